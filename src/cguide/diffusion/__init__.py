@@ -1,0 +1,12 @@
+"""Diffusion core: schedules, the forward process, respacing and the DDPM/DDIM samplers (plain torch)."""
+
+from .schedule import Schedule, make_schedule, schedule_fingerprint, linear_betas, cosine_betas, SCHEDULE_KINDS
+from .respace import Plan, make_plan, respaced_timesteps
+from .process import q_sample, x0_from_eps, eps_from_x0, posterior, gather
+from .samplers import ddpm_step, ddim_step, sample, SeededNoise, SAMPLERS, VAR_TYPES
+
+__all__ = [
+    "Schedule", "make_schedule", "schedule_fingerprint", "linear_betas", "cosine_betas", "SCHEDULE_KINDS",
+    "Plan", "make_plan", "respaced_timesteps", "q_sample", "x0_from_eps", "eps_from_x0", "posterior",
+    "gather", "ddpm_step", "ddim_step", "sample", "SeededNoise", "SAMPLERS", "VAR_TYPES",
+]

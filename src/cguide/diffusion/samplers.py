@@ -1,0 +1,94 @@
+"""DDPM and DDIM steps and the one sampling loop that every sampler and guidance variant share.
+
+All samplers take an ``eps_fn(x_t, t) -> eps`` with t the ORIGINAL timestep index (int64 [B]);
+classifier guidance is a wrapper around that function (``cguide.guidance``), never a branch here."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .process import posterior, x0_from_eps, eps_from_x0
+from .respace import Plan
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SAMPLERS = ("ddpm", "ddim")
+VAR_TYPES = ("fixed_small", "fixed_large")
+
+
+def predict_x0(x_t, eps, alphabar_t, clip_x0: bool):
+    x0 = x0_from_eps(x_t, eps, alphabar_t)
+    return x0.clamp(-1, 1) if clip_x0 else x0
+
+
+def ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type="fixed_small", clip_x0=False):
+    """Ancestral step x_{t-1} ~ N(mu(x_t, x0_hat), var); no noise on the final step (alphabar_prev = 1).
+    fixed_small: var = posterior variance beta_t (1 - alphabar_{t-1}) / (1 - alphabar_t); fixed_large: var = beta_t."""
+    x0 = predict_x0(x_t, eps, alphabar_t, clip_x0)
+    mean, var = posterior(x0, x_t, alphabar_t, alphabar_prev)
+    if var_type == "fixed_large":
+        var = 1 - alphabar_t / alphabar_prev
+    elif var_type != "fixed_small":
+        raise ValueError(f"unknown var_type {var_type!r}; known: {', '.join(VAR_TYPES)}")
+    last = (alphabar_prev >= 1).to(x_t.dtype)
+    return mean + (1 - last) * var.sqrt() * noise, x0
+
+
+def ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise=None, eta=0.0, clip_x0=False):
+    """Song et al. (2021) eq. 12: x_{t-1} = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z,
+    sigma = eta sqrt((1 - ab_prev)/(1 - ab_t)) sqrt(1 - ab_t/ab_prev). With clipping, eps is re-derived
+    from the clipped x0 so the step stays on the same trajectory family."""
+    x0 = predict_x0(x_t, eps, alphabar_t, clip_x0)
+    if clip_x0:
+        eps = eps_from_x0(x_t, x0, alphabar_t)
+    sigma = eta * ((1 - alphabar_prev) / (1 - alphabar_t) * (1 - alphabar_t / alphabar_prev)).sqrt()
+    x_prev = alphabar_prev.sqrt() * x0 + (1 - alphabar_prev - sigma**2).clamp(min=0).sqrt() * eps
+    if eta > 0:
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0
+
+
+class SeededNoise:
+    """Gaussian noise drawn per sample from its own generator, on the CPU, so a sample with a given
+    seed is the same whatever else is in the batch and whichever device runs the networks."""
+
+    def __init__(self, seeds: Sequence[int], shape: Sequence[int]):
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.shape = tuple(shape)
+
+    def __call__(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        z = torch.stack([torch.randn(self.shape, generator=g) for g in self.gens])
+        return z.to(device=device, dtype=dtype)
+
+
+def sample(eps_fn: EpsFn, shape: Sequence[int], plan: Plan, seeds: Sequence[int], *, sampler: str = "ddim",
+           eta: float = 0.0, var_type: str = "fixed_small", clip_x0: bool = False, device=None,
+           dtype=torch.float32, progress: bool = True, desc: str = "sampling") -> torch.Tensor:
+    """Draw len(seeds) samples of shape [C,H,W] by running plan's steps from the noisiest to t = tau_0.
+
+    The initial x_T and every step's noise come from the per-sample generators, in a fixed order
+    (x_T first, then one draw per stochastic step), so results are reproducible per seed."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+    if eta < 0:
+        raise ValueError(f"sampler.eta must be >= 0, got {eta}")
+    noise = SeededNoise(seeds, shape)
+    x = noise(device, dtype)
+    B = x.shape[0]
+    coef_shape = (B,) + (1,) * (x.ndim - 1)
+    ab, ab_prev = plan.alphabar, plan.alphabar_prev
+    stochastic = sampler == "ddpm" or eta > 0
+    for i in tqdm(range(plan.K - 1, -1, -1), desc=desc, disable=not progress, leave=False):
+        t = torch.full((B,), int(plan.timesteps[i]), dtype=torch.long, device=x.device)
+        a_t = torch.full(coef_shape, float(ab[i]), dtype=dtype, device=x.device)
+        a_p = torch.full(coef_shape, float(ab_prev[i]), dtype=dtype, device=x.device)
+        with torch.no_grad():
+            eps = eps_fn(x, t)
+            z = noise(device, dtype) if stochastic and i > 0 else torch.zeros_like(x)
+            if sampler == "ddpm":
+                x, _ = ddpm_step(x, eps, a_t, a_p, z, var_type, clip_x0)
+            else:
+                x, _ = ddim_step(x, eps, a_t, a_p, z, eta, clip_x0)
+    return x
