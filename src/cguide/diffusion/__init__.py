@@ -3,10 +3,11 @@
 from .schedule import Schedule, make_schedule, schedule_fingerprint, linear_betas, cosine_betas, SCHEDULE_KINDS
 from .respace import Plan, make_plan, respaced_timesteps
 from .process import q_sample, x0_from_eps, eps_from_x0, posterior, gather
-from .samplers import ddpm_step, ddim_step, sample, SeededNoise, SAMPLERS, VAR_TYPES
+from .noise import seeded_normal
+from .samplers import ddpm_step, ddim_step, sample, SAMPLERS, VAR_TYPES
 
 __all__ = [
     "Schedule", "make_schedule", "schedule_fingerprint", "linear_betas", "cosine_betas", "SCHEDULE_KINDS",
     "Plan", "make_plan", "respaced_timesteps", "q_sample", "x0_from_eps", "eps_from_x0", "posterior",
-    "gather", "ddpm_step", "ddim_step", "sample", "SeededNoise", "SAMPLERS", "VAR_TYPES",
+    "gather", "ddpm_step", "ddim_step", "sample", "seeded_normal", "SAMPLERS", "VAR_TYPES",
 ]

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .process import posterior, x0_from_eps, eps_from_x0
+from .noise import seeded_normal
 from .respace import Plan
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,32 +51,19 @@ def ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise=None, eta=0.0, clip_x0=
     return x_prev, x0
 
 
-class SeededNoise:
-    """Gaussian noise drawn per sample from its own generator, on the CPU, so a sample with a given
-    seed is the same whatever else is in the batch and whichever device runs the networks."""
-
-    def __init__(self, seeds: Sequence[int], shape: Sequence[int]):
-        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.shape = tuple(shape)
-
-    def __call__(self, device=None, dtype=torch.float32) -> torch.Tensor:
-        z = torch.stack([torch.randn(self.shape, generator=g) for g in self.gens])
-        return z.to(device=device, dtype=dtype)
-
-
 def sample(eps_fn: EpsFn, shape: Sequence[int], plan: Plan, seeds: Sequence[int], *, sampler: str = "ddim",
            eta: float = 0.0, var_type: str = "fixed_small", clip_x0: bool = False, device=None,
            dtype=torch.float32, progress: bool = True, desc: str = "sampling") -> torch.Tensor:
     """Draw len(seeds) samples of shape [C,H,W] by running plan's steps from the noisiest to t = tau_0.
 
-    The initial x_T and every step's noise come from the per-sample generators, in a fixed order
-    (x_T first, then one draw per stochastic step), so results are reproducible per seed."""
+    x_T is draw 0 of each sample's seed and step i's noise is draw i + 1 (``seeded_normal``), so a
+    sample is reproducible from its seed alone, whatever else shares its batch."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
     if eta < 0:
         raise ValueError(f"sampler.eta must be >= 0, got {eta}")
-    noise = SeededNoise(seeds, shape)
-    x = noise(device, dtype)
+    seeds = torch.as_tensor(seeds, dtype=torch.long, device=device)
+    x = seeded_normal(seeds, 0, shape, device, dtype)
     B = x.shape[0]
     coef_shape = (B,) + (1,) * (x.ndim - 1)
     ab, ab_prev = plan.alphabar, plan.alphabar_prev
@@ -86,7 +74,7 @@ def sample(eps_fn: EpsFn, shape: Sequence[int], plan: Plan, seeds: Sequence[int]
         a_p = torch.full(coef_shape, float(ab_prev[i]), dtype=dtype, device=x.device)
         with torch.no_grad():
             eps = eps_fn(x, t)
-            z = noise(device, dtype) if stochastic and i > 0 else torch.zeros_like(x)
+            z = seeded_normal(seeds, i + 1, shape, device, dtype) if stochastic and i > 0 else torch.zeros_like(x)
             if sampler == "ddpm":
                 x, _ = ddpm_step(x, eps, a_t, a_p, z, var_type, clip_x0)
             else:
