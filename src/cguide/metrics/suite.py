@@ -1,0 +1,202 @@
+"""The metric suite: one call from final samples to a flat dict of floats.
+
+Keys by requested metric:
+  fid -> 'fid'; kid -> 'kid_mean', 'kid_std'; is -> 'is_mean', 'is_std'; prc -> 'precision', 'recall';
+  accuracy -> 'accuracy'; guide_confidence -> 'guide_confidence'; classwise_fid -> 'classwise_fid';
+  nonfinite -> 'nonfinite'.
+
+Samples with any non-finite value count towards 'nonfinite' and are dropped before every other
+metric; with none left those metrics are NaN. Images reach the feature extractor the way
+torch-fidelity takes them (uint8 RGB, so values are clamped to [-1, 1] and quantised); accuracy and
+guide_confidence see the float samples as they are. Feature extraction and the metric routines are
+torch-fidelity's own (see feature_metrics.py); features are extracted once per call and shared by
+FID, KID, IS, PRC and class-wise FID.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from torch_fidelity.utils import get_featuresdict_from_dataset
+
+from . import feature_metrics as fm
+from .extractors import build_extractor, eval_mode, extractor_id, module_device, to_uint8_rgb
+from .real_stats import content_id, load_or_compute
+
+METRIC_NAMES = ("fid", "kid", "is", "prc", "accuracy", "guide_confidence", "classwise_fid", "nonfinite")
+FEATURE_METRICS = ("fid", "kid", "is", "prc", "classwise_fid")
+NAN = float("nan")
+
+
+class _Uint8Images(Dataset):
+    """Tensor-backed Dataset of uint8 RGB images: the input torch-fidelity's extraction loop accepts."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = to_uint8_rgb(x.cpu())
+
+    def __len__(self):
+        return self.x.shape[0]
+
+    def __getitem__(self, i):
+        return self.x[i]
+
+
+def _extract(extractor, x: torch.Tensor, layers: list[str], batch_size: int,
+             device: torch.device) -> dict[str, torch.Tensor]:
+    """Only `layers` of the extractor, e.g. no logits for the real split (a second judge pass)."""
+    full = extractor.features_list
+    extractor.features_list = [name for name in full if name in layers]  # read by forward and torch-fidelity
+    try:
+        # save_cpu_ram=True -> num_workers=0: workers only cost start-up time on in-memory tensors.
+        return get_featuresdict_from_dataset(_Uint8Images(x), extractor, batch_size, cuda=device.type == "cuda",
+                                             save_cpu_ram=True, verbose=False)
+    finally:
+        extractor.features_list = full
+
+
+@torch.no_grad()
+def _batched_logits(fn, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    return torch.cat([fn(xb.to(device)).float().cpu() for xb in x.split(batch_size)])
+
+
+def classwise_fid(f_gen: torch.Tensor, y_gen: torch.Tensor, f_real: torch.Tensor, y_real: torch.Tensor) -> float:
+    """Mean over target classes of FID(class's samples, class's real images).
+
+    A class needs >= 2 samples and >= 2 real images (a covariance); classes short of that are left
+    out of the mean with a warning, and the result is NaN when no class qualifies.
+    """
+    fids, short = [], []
+    for c in torch.unique(y_gen).tolist():
+        g, r = f_gen[y_gen == c], f_real[y_real == c]
+        if g.shape[0] < 2 or r.shape[0] < 2:
+            short.append(c)
+            continue
+        fids.append(fm.frechet_distance(fm.feature_stats(g), fm.feature_stats(r)))
+    if short:
+        warnings.warn(f"classwise_fid: classes {short} have < 2 samples or < 2 real images; left out of the mean")
+    return sum(fids) / len(fids) if fids else NAN
+
+
+def compute_metrics(
+    samples: torch.Tensor,
+    targets: torch.Tensor,
+    real: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    *,
+    judge: nn.Module,
+    guide: nn.Module | None = None,
+    extractor: str = "judge",
+    metrics: Sequence[str] = METRIC_NAMES,
+    real_labels: torch.Tensor | None = None,
+    real_stats_cache: str | None = None,
+    real_id: str | None = None,
+    inception_weights: str | None = None,
+    batch_size: int = 256,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    prc_neighborhood: int = 3,
+    prc_match_sizes: bool = True,
+    isc_splits: int = 10,
+    seed: int = 2020,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Sample-quality metrics of `samples` [N,C,H,W] in [-1,1] with target labels `targets` [N].
+
+    real: held-out real images [M,C,H,W] in [-1,1], or (images, labels); labels (also `real_labels`)
+        are needed for classwise_fid.
+    judge: clean classifier (forward -> logits, features -> [N,D]); accuracy always uses it.
+    guide: noisy classifier forward(x, t); guide_confidence = mean p(y | x, t=0), NaN without a guide.
+    extractor: 'judge' (offline default) or 'inception' (local weights: `inception_weights` or hub cache).
+    real_stats_cache: dir for cached real features/statistics (None: no disk cache). The key is
+        (real_id, extractor id, layer, M); real_id defaults to a hash of the real images + labels and
+        a judge's id is a hash of its weights.
+    KID uses subsets of min(kid_subset_size, N, M) (default 1000 as torch-fidelity); PRC uses
+        k = prc_neighborhood (3, the paper's value) capped at N-1, and with prc_match_sizes a seeded
+        random subset of N real images, since precision/recall are biased when N != M; IS uses
+        min(isc_splits, N) splits. FID and KID use all M real images.
+    """
+    unknown = [m for m in metrics if m not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRIC_NAMES)}")
+    if isinstance(real, (tuple, list)):
+        real, real_labels = real
+    want = set(metrics)
+    if "classwise_fid" in want and real_labels is None:
+        raise ValueError("classwise_fid needs the real images' labels: real=(images, labels) or real_labels=")
+    if samples.shape[0] != targets.shape[0]:
+        raise ValueError(f"samples ({samples.shape[0]}) and targets ({targets.shape[0]}) differ in length")
+    device = torch.device(device) if device is not None else module_device(judge)
+    feat_ext = None
+    if want & set(FEATURE_METRICS):  # build early: unknown extractor / missing weights fail before any work
+        feat_ext = build_extractor(extractor, judge, inception_weights, in_channels=samples.shape[1]).to(device)
+
+    out: dict[str, float] = {}
+    finite = torch.isfinite(samples.flatten(1)).all(dim=1).cpu()
+    if "nonfinite" in want:
+        out["nonfinite"] = 1.0 - finite.double().mean().item() if samples.shape[0] else NAN
+    x, y = samples.detach().cpu()[finite], targets.detach().cpu().long()[finite]
+    n = x.shape[0]
+
+    if "accuracy" in want:
+        with eval_mode(judge):
+            logits = _batched_logits(judge, x, batch_size, device) if n else None
+        out["accuracy"] = (logits.argmax(1) == y).double().mean().item() if n else NAN
+    if "guide_confidence" in want:
+        out["guide_confidence"] = NAN
+        if guide is not None and n:
+            gdev = module_device(guide)
+            with eval_mode(guide):
+                logits = _batched_logits(lambda xb: guide(xb, torch.zeros(xb.shape[0], dtype=torch.long,
+                                                                          device=gdev)), x, batch_size, gdev)
+            out["guide_confidence"] = F.softmax(logits.double(), 1).gather(1, y[:, None]).mean().item()
+
+    if feat_ext is not None:
+        out.update(_feature_metrics(feat_ext, want, x, y, real, real_labels, device=device,
+                                    batch_size=batch_size, cache_dir=real_stats_cache,
+                                    dataset_id=real_id, ext_id=extractor_id(extractor, judge),
+                                    kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+                                    prc_neighborhood=prc_neighborhood, prc_match_sizes=prc_match_sizes,
+                                    isc_splits=isc_splits, seed=seed))
+    return {k: float(v) for k, v in out.items()}
+
+
+def _feature_metrics(feat_ext, want, x, y, real, real_labels, *, device, batch_size, cache_dir, dataset_id,
+                     ext_id, kid_subsets, kid_subset_size, prc_neighborhood, prc_match_sizes, isc_splits,
+                     seed) -> dict[str, float]:
+    keys = {"fid": ["fid"], "kid": ["kid_mean", "kid_std"], "is": ["is_mean", "is_std"],
+            "prc": ["precision", "recall"], "classwise_fid": ["classwise_fid"]}
+    if x.shape[0] == 0:
+        return {k: NAN for m in FEATURE_METRICS if m in want for k in keys[m]}
+    layer = feat_ext.get_default_feature_layer_for_metric("fid")  # the same layer for FID, KID and PRC
+    logits_layer = feat_ext.get_default_feature_layer_for_metric("isc")
+    gen = _extract(feat_ext, x, [layer, logits_layer] if "is" in want else [layer], batch_size, device)
+    out: dict[str, float] = {}
+    if "is" in want:
+        logits = gen[logits_layer]
+        out["is_mean"], out["is_std"] = fm.inception_score(logits, isc_splits, seed)
+    if not want & {"fid", "kid", "prc", "classwise_fid"}:
+        return out
+
+    rl = None if real_labels is None else real_labels.detach().cpu().long()
+    rs = load_or_compute(lambda: _extract(feat_ext, real, [layer], batch_size, device)[layer], rl, n=real.shape[0],
+                         cache_dir=cache_dir, dataset_id=dataset_id or content_id(real, rl),
+                         extractor_id=ext_id, layer=layer)
+    f_gen = gen[layer]
+    if "fid" in want:
+        out["fid"] = fm.frechet_distance(fm.feature_stats(f_gen), rs.stats)
+    if "kid" in want:
+        out["kid_mean"], out["kid_std"] = fm.kernel_inception_distance(f_gen, rs.features, kid_subsets,
+                                                                       kid_subset_size, seed)
+    if "prc" in want:
+        f_real = rs.features
+        if prc_match_sizes and f_real.shape[0] > f_gen.shape[0]:
+            pick = torch.randperm(f_real.shape[0], generator=torch.Generator().manual_seed(seed))
+            f_real = f_real[pick[: f_gen.shape[0]]]
+        out["precision"], out["recall"] = fm.precision_recall(f_gen, f_real, prc_neighborhood)
+    if "classwise_fid" in want:
+        out["classwise_fid"] = classwise_fid(f_gen, y, rs.features, rs.labels)
+    return out
