@@ -1,0 +1,19 @@
+"""Networks (plain torch): the eps-model UNet, the noisy classifier, the clean-image judge.
+
+Build them by preset name with ``build_unet`` / ``build_encoder`` / ``build_judge`` (sizes.py),
+or from a config dataclass; ``cfg.to_dict()`` / ``Config.from_dict(d)`` round-trip through
+checkpoints as plain containers.
+"""
+
+from .encoder import AttentionPool2d, EncoderClassifier, EncoderConfig
+from .judge import JudgeConfig, JudgeNet
+from .layers import timestep_embedding
+from .sizes import (SIZES, build_encoder, build_judge, build_unet, encoder_config, judge_config, preset,
+                    unet_config)
+from .unet import UNet, UNetConfig
+
+__all__ = [
+    "SIZES", "AttentionPool2d", "EncoderClassifier", "EncoderConfig", "JudgeConfig", "JudgeNet", "UNet",
+    "UNetConfig", "build_encoder", "build_judge", "build_unet", "encoder_config", "judge_config", "preset",
+    "timestep_embedding", "unet_config",
+]

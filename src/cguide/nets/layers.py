@@ -1,0 +1,293 @@
+"""Building blocks shared by the UNet eps-model and the noisy classifier (ADM style).
+
+Plain torch. The UNet and the encoder both build their downsampling half with
+``build_down_path`` and their bottleneck with ``MiddleBlock``, so the classifier trunk is the
+same code as the UNet's encoder half, not a copy of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+class ConfigDict:
+    """to_dict/from_dict for the net config dataclasses.
+
+    to_dict gives plain ints/floats/strs/lists/None only, so a checkpoint that stores it loads
+    with ``torch.load(weights_only=True)``; from_dict refuses unknown keys rather than dropping
+    them, since a silently ignored field would build a different net than the one trained.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, (tuple, list)) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__}.from_dict: unknown keys {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+
+def int_tuple(v: Sequence[int] | None) -> tuple[int, ...]:
+    """Lists, tuples and OmegaConf ListConfigs all become a tuple of ints."""
+    return tuple(int(x) for x in (v or ()))
+
+
+def check_trunk(name: str, image_size: int, channel_mult: Sequence[int],
+                attention_resolutions: Sequence[int], model_channels: int,
+                num_heads: int, num_head_channels: int) -> None:
+    """Validation shared by UNetConfig and EncoderConfig: one-line messages that name the fix."""
+    factor = 2 ** (len(channel_mult) - 1)
+    if image_size % factor:
+        raise ValueError(
+            f"{name}: image_size={image_size} is not divisible by the downsampling factor {factor} "
+            f"(2**(len(channel_mult)-1), channel_mult={list(channel_mult)}); use an image_size that "
+            f"is a multiple of {factor} or fewer channel_mult levels")
+    resolutions = [image_size // 2**i for i in range(len(channel_mult))]
+    missing = [r for r in attention_resolutions if r not in resolutions]
+    if missing:
+        # A resolution that never occurs would silently give a net without that attention.
+        raise ValueError(f"{name}: attention_resolutions {missing} never occur; the resolutions of "
+                         f"this net are {resolutions} (pixels)")
+    # Levels with attention, and the lowest one (middle block, attention pool), need whole heads.
+    for level, m in enumerate(channel_mult):
+        if resolutions[level] in attention_resolutions or level == len(channel_mult) - 1:
+            try:
+                heads_for(model_channels * m, num_heads, num_head_channels)
+            except ValueError as e:
+                raise ValueError(f"{name}: at resolution {resolutions[level]}: {e}") from None
+
+
+def heads_for(channels: int, num_heads: int, num_head_channels: int) -> int:
+    """Head count: channels // num_head_channels, or num_heads when num_head_channels == -1."""
+    if num_head_channels == -1:
+        if num_heads < 1 or channels % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide channels={channels}")
+        return num_heads
+    if num_head_channels < 1 or channels % num_head_channels:
+        raise ValueError(f"num_head_channels={num_head_channels} must divide channels={channels} "
+                         f"(or set num_head_channels=-1 and use num_heads)")
+    return channels // num_head_channels
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """ADM sinusoidal embedding: cat[cos(t f), sin(t f)], f_i = exp(-ln(max_period) i / half).
+
+    t: [B] timestep indices (any dtype); returns float32 [B, dim] (zero-padded when dim is odd).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal features of t through a 2-layer MLP: [B] -> [B, 4 * model_channels] in ADM."""
+
+    def __init__(self, model_channels: int, emb_channels: int):
+        super().__init__()
+        self.model_channels = model_channels
+        self.mlp = nn.Sequential(nn.Linear(model_channels, emb_channels), nn.SiLU(),
+                                 nn.Linear(emb_channels, emb_channels))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_embedding(t, self.model_channels))
+
+
+def norm_groups(channels: int) -> int:
+    """GroupNorm groups: at most 32, at least 2 channels per group, dividing channels.
+
+    Gives ADM's 32 groups for every multiple of 64 channels; narrower nets keep 2+ channels per
+    group so the norm does not degenerate into an InstanceNorm (1 channel per group).
+    """
+    return math.gcd(32, channels // 2) if channels >= 2 else 1
+
+
+def normalization(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(norm_groups(channels), channels)
+
+
+def zero_module(m: nn.Module) -> nn.Module:
+    """Zero-init a residual branch's last layer (ADM): every block starts as the identity."""
+    for p in m.parameters():
+        nn.init.zeros_(p)
+    return m
+
+
+def check_input(name: str, x: torch.Tensor, image_size: int, in_channels: int) -> None:
+    if x.ndim != 4 or x.shape[1] != in_channels or x.shape[-2:] != (image_size, image_size):
+        raise ValueError(f"{name}: expected x of shape [B, {in_channels}, {image_size}, {image_size}], "
+                         f"got {list(x.shape)}")
+
+
+def expand_t(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """A scalar t broadcasts over the batch; a [B] t is used as is."""
+    t = torch.as_tensor(t)
+    return t.expand(batch) if t.ndim == 0 else t
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class EmbedBlock(nn.Module):
+    """Marker: a block whose forward takes (x, emb)."""
+
+
+class EmbedSequential(nn.Sequential):
+    """Sequential that hands the time embedding to the blocks that take one."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, EmbedBlock) else layer(x)
+        return x
+
+
+class ResBlock(EmbedBlock):
+    """GroupNorm-SiLU-conv, + time embedding (scale-shift or additive), GroupNorm-SiLU-dropout-conv.
+
+    updown="up"/"down" resamples x2 inside the block (ADM's resblock_updown): nearest / average
+    pooling on both branches, between the first norm-SiLU and the first conv.
+    """
+
+    def __init__(self, in_channels: int, emb_channels: int, out_channels: int | None = None,
+                 dropout: float = 0.0, use_scale_shift_norm: bool = True, updown: str | None = None):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.use_scale_shift_norm = use_scale_shift_norm
+        resamplers = {None: nn.Identity, "up": lambda: nn.Upsample(scale_factor=2, mode="nearest"),
+                      "down": lambda: nn.AvgPool2d(2)}
+        if updown not in resamplers:
+            raise ValueError(f"ResBlock: updown={updown!r}; expected None, 'up' or 'down'")
+        self.resample = resamplers[updown]()
+        self.in_norm = nn.Sequential(normalization(in_channels), nn.SiLU())
+        self.in_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_layers = nn.Sequential(
+            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
+        self.out_norm = normalization(out_channels)
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout),
+                                        zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
+        self.skip = (nn.Identity() if in_channels == out_channels
+                     else nn.Conv2d(in_channels, out_channels, 1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_conv(self.resample(self.in_norm(x)))
+        x = self.resample(x)
+        e = self.emb_layers(emb)[:, :, None, None]
+        if self.use_scale_shift_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.out_norm(h) * (1 + scale) + shift
+        else:
+            h = self.out_norm(h + e)
+        return self.skip(x) + self.out_layers(h)
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the pixels, residual, zero-initialised output projection."""
+
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1):
+        super().__init__()
+        self.num_heads = heads_for(channels, num_heads, num_head_channels)
+        self.norm = normalization(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, hgt * wid)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, HW, head_dim]
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = h.transpose(-1, -2).reshape(b, c, hgt, wid)
+        return x + self.proj(h)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv."""
+
+    def __init__(self, channels: int, out_channels: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2, then a 3x3 conv (no checkerboard artefacts of transposed convs)."""
+
+    def __init__(self, channels: int, out_channels: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def resample_block(kind: str, channels: int, emb_channels: int, dropout: float, use_scale_shift_norm: bool,
+                   resblock_updown: bool) -> nn.Module:
+    """The x2 up/down step between levels: a resampling ResBlock (ADM) or a plain conv layer."""
+    if resblock_updown:
+        return ResBlock(channels, emb_channels, channels, dropout, use_scale_shift_norm, updown=kind)
+    return Downsample(channels) if kind == "down" else Upsample(channels)
+
+
+class MiddleBlock(EmbedSequential):
+    """Bottleneck: ResBlock, attention, ResBlock (attention always on at the lowest resolution)."""
+
+    def __init__(self, channels: int, emb_channels: int, dropout: float, use_scale_shift_norm: bool,
+                 num_heads: int, num_head_channels: int):
+        super().__init__(
+            ResBlock(channels, emb_channels, channels, dropout, use_scale_shift_norm),
+            AttentionBlock(channels, num_heads, num_head_channels),
+            ResBlock(channels, emb_channels, channels, dropout, use_scale_shift_norm),
+        )
+
+
+def build_down_path(in_channels: int, model_channels: int, channel_mult: Sequence[int],
+                    num_res_blocks: int, attention_resolutions: Sequence[int], image_size: int,
+                    emb_channels: int, dropout: float, use_scale_shift_norm: bool,
+                    num_heads: int, num_head_channels: int,
+                    resblock_updown: bool = False) -> tuple[nn.ModuleList, list[int], int]:
+    """The encoder half of the UNet: conv_in, then per level ResBlocks(+attention) and a Downsample.
+
+    Returns (blocks, skip_channels, out_channels): every block's output is a UNet skip
+    connection and skip_channels lists their widths in order.
+    """
+    blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+    skips = [model_channels]
+    ch, res = model_channels, image_size
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            layers: list[nn.Module] = [ResBlock(ch, emb_channels, model_channels * mult, dropout,
+                                                use_scale_shift_norm)]
+            ch = model_channels * mult
+            if res in attention_resolutions:
+                layers.append(AttentionBlock(ch, num_heads, num_head_channels))
+            blocks.append(EmbedSequential(*layers))
+            skips.append(ch)
+        if level != len(channel_mult) - 1:
+            blocks.append(EmbedSequential(resample_block("down", ch, emb_channels, dropout,
+                                                         use_scale_shift_norm, resblock_updown)))
+            skips.append(ch)
+            res //= 2
+    return blocks, skips, ch

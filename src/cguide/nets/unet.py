@@ -1,0 +1,104 @@
+"""The eps-model eps_theta(x_t, t[, y]): an ADM-style UNet (Dhariwal & Nichol 2021)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .layers import (AttentionBlock, ConfigDict, EmbedSequential, MiddleBlock, ResBlock, TimeEmbedding,
+                     build_down_path, check_input, check_trunk, expand_t, int_tuple,
+                     normalization, resample_block, zero_module)
+
+
+@dataclass
+class UNetConfig(ConfigDict):
+    """UNet hyperparameters; plain fields only so ``to_dict()`` can live in a checkpoint.
+
+    attention_resolutions are in pixels (16 = the 16x16 feature maps); the middle block always
+    has attention. out_channels=None means in_channels (use 2*in_channels for a learned sigma).
+    num_head_channels=-1 switches to a fixed num_heads. resblock_updown=True resamples with
+    ResBlocks (ADM) instead of a stride-2 conv / nearest+conv.
+    """
+
+    image_size: int
+    in_channels: int
+    out_channels: Optional[int] = None
+    model_channels: int = 64
+    channel_mult: Sequence[int] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: Sequence[int] = ()
+    dropout: float = 0.0
+    num_head_channels: int = 32
+    num_heads: int = 1
+    num_classes: Optional[int] = None
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = False
+
+    def __post_init__(self):
+        self.channel_mult = int_tuple(self.channel_mult)
+        self.attention_resolutions = int_tuple(self.attention_resolutions)
+        if self.out_channels is None:
+            self.out_channels = self.in_channels
+        check_trunk("UNetConfig", self.image_size, self.channel_mult, self.attention_resolutions,
+                    self.model_channels, self.num_heads, self.num_head_channels)
+
+
+class UNet(nn.Module):
+    """forward(x [B,C,H,W], t int64 [B] original timestep indices, y [B] or None) -> eps [B,C_out,H,W].
+
+    The output conv is zero-initialised (ADM), so a fresh net predicts eps = 0 exactly.
+    """
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        mc = cfg.model_channels
+        emb_ch = 4 * mc
+        self.time_embed = TimeEmbedding(mc, emb_ch)
+        self.label_emb = nn.Embedding(cfg.num_classes, emb_ch) if cfg.num_classes is not None else None
+        attn = dict(num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels)
+        block = dict(dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm)
+
+        self.input_blocks, skips, ch = build_down_path(
+            cfg.in_channels, mc, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions,
+            cfg.image_size, emb_ch, **block, **attn, resblock_updown=cfg.resblock_updown)
+        self.middle_block = MiddleBlock(ch, emb_ch, **block, **attn)
+
+        self.output_blocks = nn.ModuleList()
+        res = cfg.image_size // 2 ** (len(cfg.channel_mult) - 1)
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers: list[nn.Module] = [ResBlock(ch + skips.pop(), emb_ch, mc * mult, **block)]
+                ch = mc * mult
+                if res in cfg.attention_resolutions:
+                    layers.append(AttentionBlock(ch, **attn))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(resample_block("up", ch, emb_ch, **block,
+                                                 resblock_updown=cfg.resblock_updown))
+                    res *= 2
+                self.output_blocks.append(EmbedSequential(*layers))
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
+                                 zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        check_input("UNet", x, self.cfg.image_size, self.cfg.in_channels)
+        emb = self.time_embed(expand_t(t, x.shape[0]).to(x.device))
+        if self.label_emb is not None:
+            if y is None:
+                raise ValueError("UNet: built with num_classes, so forward needs y (class indices [B])")
+            emb = emb + self.label_emb(y)
+        elif y is not None:
+            raise ValueError("UNet: got y but the net was built with num_classes=None")
+
+        hs = []
+        h = x
+        for blk in self.input_blocks:
+            h = blk(h, emb)
+            hs.append(h)
+        h = self.middle_block(h, emb)
+        for blk in self.output_blocks:
+            h = blk(torch.cat([h, hs.pop()], dim=1), emb)
+        return self.out(h)
