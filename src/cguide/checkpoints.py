@@ -1,0 +1,107 @@
+"""Checkpoint I/O without Lightning: atomic writes, and loading any of the three trained networks
+by kind with checks that name the file and the fix.
+
+Every LightningModule of this project stores a plain ``cguide`` dict in its checkpoints:
+{kind, net_config, weights_prefix, image_shape, num_classes, schedule (config), fingerprint, extra},
+so ``torch.load(..., weights_only=True)`` is all it takes to rebuild a net."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .nets import EncoderClassifier, EncoderConfig, JudgeConfig, JudgeNet, UNet, UNetConfig
+
+KINDS = {
+    "eps_model": (UNet, UNetConfig, "an eps-model (task=diffusion)"),
+    "noisy_classifier": (EncoderClassifier, EncoderConfig, "a noisy classifier (task=classifier)"),
+    "judge": (JudgeNet, JudgeConfig, "a judge classifier (task=judge)"),
+}
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call write(tmp_path) on a temp file beside ``path``, then rename it over ``path``: a crash
+    mid-way leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """torch.load with weights_only=True, and one clear line for a missing or damaged file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; check the path (train it first with cguide.train)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, wrong format...
+        raise ValueError(f"checkpoint {path} is truncated or corrupted ({type(e).__name__}); "
+                         "delete it and retrain, or point to another file") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {path} is not a cguide checkpoint (no 'cguide' metadata)")
+    return ckpt
+
+
+@dataclass
+class Loaded:
+    """A network rebuilt from a checkpoint, in eval mode, with its metadata."""
+
+    net: nn.Module
+    kind: str
+    path: Path
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    fingerprint: dict | None
+    schedule: dict | None
+    extra: dict = field(default_factory=dict)
+
+
+def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.device = "cpu") -> Loaded:
+    """Rebuild the network of ``kind`` ('eps_model', 'noisy_classifier', 'judge') from ``path``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; known: {', '.join(KINDS)}")
+    ckpt = read_checkpoint(path)
+    meta = ckpt.get("cguide")
+    if not isinstance(meta, dict):
+        raise ValueError(f"checkpoint {path} has no 'cguide' metadata: it was not written by this project")
+    if meta["kind"] != kind:
+        raise ValueError(f"checkpoint {path} holds {KINDS[meta['kind']][2]}, but {KINDS[kind][2]} is expected "
+                         f"here; swap the paths")
+    net_cls, cfg_cls, _ = KINDS[kind]
+    net = net_cls(cfg_cls.from_dict(meta["net_config"]))
+    prefix = meta["weights_prefix"]
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    net.load_state_dict(state)
+    return Loaded(net.eval().to(map_location), kind, Path(path), tuple(meta["image_shape"]), int(meta["num_classes"]),
+                  meta.get("fingerprint"), meta.get("schedule"), dict(meta.get("extra") or {}))
+
+
+def check_compatible(eps: Loaded, clf: Loaded) -> None:
+    """The guide must share the eps-model's schedule, image shape and (for y) class count."""
+    if eps.fingerprint != clf.fingerprint:
+        raise ValueError(f"schedule mismatch: {eps.path} was trained with {eps.fingerprint}, {clf.path} with "
+                         f"{clf.fingerprint}; train the classifier with the same diffusion config")
+    if eps.image_shape != clf.image_shape:
+        raise ValueError(f"image shape mismatch: {eps.path} makes {list(eps.image_shape)}, {clf.path} expects "
+                         f"{list(clf.image_shape)}; use checkpoints trained on the same data settings")
+    if eps.num_classes != clf.num_classes:
+        raise ValueError(f"class count mismatch: {eps.path} was trained on {eps.num_classes} classes, {clf.path} "
+                         f"on {clf.num_classes}; use checkpoints trained on the same dataset")

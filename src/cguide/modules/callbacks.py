@@ -1,0 +1,40 @@
+"""Callbacks: a sample grid from the EMA eps-model every N steps (PNG on disk and to the logger)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from ..diffusion import make_plan, sample
+from ..images import save_grid
+
+
+class SampleGrid(L.Callback):
+    """Every ``every_n_steps`` (and at the end of training) draw ``n`` samples with DDIM on
+    ``steps`` respaced steps from fixed seeds, so grids of successive steps are comparable."""
+
+    def __init__(self, every_n_steps: int = 500, n: int = 64, steps: int = 50, dirpath: str | None = None):
+        self.every, self.n, self.steps, self.dirpath = every_n_steps, n, steps, dirpath
+
+    def _grid(self, trainer: L.Trainer, module) -> None:
+        if not trainer.is_global_zero or self.n <= 0:
+            return
+        plan = make_plan(module.schedule, min(self.steps, module.T))
+        net = module.ema.eval()
+        x = sample(lambda x, t: net(x, t), module.hparams.image_shape, plan, range(self.n), sampler="ddim",
+                   device=module.device, progress=False)
+        root = Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
+        path = save_grid(x, root / f"step_{trainer.global_step:07d}.png")
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):  # WandbLogger
+                logger.log_image("samples", [str(path)], step=trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every > 0 and step > 0 and step % self.every == 0:
+            self._grid(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self._grid(trainer, pl_module)

@@ -1,0 +1,109 @@
+"""Classifier LightningModules: the noisy classifier p_phi(y | x_t, t), trained on x_t from the SAME
+schedule as the eps-model, and the judge, an independent classifier of clean images."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..diffusion import make_schedule, q_sample
+from ..nets import EncoderClassifier, EncoderConfig, JudgeConfig, JudgeNet
+from .common import CheckpointMeta, adamw_with_warmup, quartile_means
+
+
+class _ClassifierModule(CheckpointMeta):
+    weights_prefix = "net."
+
+    def configure_optimizers(self):
+        h = self.hparams
+        return adamw_with_warmup(self.net.parameters(), h.lr, h.weight_decay, h.warmup_steps)
+
+    def _log(self, split: str, logits: torch.Tensor, y: torch.Tensor, t: Optional[torch.Tensor] = None):
+        losses = F.cross_entropy(logits, y, reduction="none")
+        correct = (logits.argmax(-1) == y).float()
+        on_step = split == "train"
+        self.log(f"{split}/loss", losses.mean(), prog_bar=True, on_step=on_step, on_epoch=True)
+        self.log(f"{split}/acc", correct.mean(), prog_bar=True, on_step=on_step, on_epoch=True)
+        if t is not None:
+            for q, (v, n) in quartile_means(correct, t, self.T).items():
+                self.log(f"{split}/acc_q{q}", v, on_step=False, on_epoch=True, batch_size=n)
+        return losses.mean()
+
+
+class NoisyClassifierModule(_ClassifierModule):
+    """Cross-entropy on x_t = q_sample(x_0, t, eps), t uniform over all T steps. Accuracy is logged
+    per t-quartile (q1 = least noise), so one sees how it decays towards pure noise."""
+
+    kind = "noisy_classifier"
+
+    def __init__(self, net: dict, schedule: dict, image_shape: list, num_classes: int, lr: float = 3e-4,
+                 weight_decay: float = 0.05, warmup_steps: int = 100, data: Optional[dict] = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = EncoderClassifier(EncoderConfig.from_dict(dict(net)))
+        self.schedule = make_schedule(**schedule)
+        self.T = self.schedule.T
+
+    def _noisy(self, x0, generator=None):
+        t = torch.randint(0, self.T, (x0.shape[0],), generator=generator).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0)
+        return q_sample(self.schedule, x0, t, eps), t
+
+    def training_step(self, batch, batch_idx):
+        x_t, t = self._noisy(batch[0])
+        return self._log("train", self.net(x_t, t), batch[1], t)
+
+    def validation_step(self, batch, batch_idx):
+        x_t, t = self._noisy(batch[0], torch.Generator().manual_seed(batch_idx))
+        self._log("val", self.net(x_t, t), batch[1], t)
+
+    def cguide_meta(self) -> dict:
+        h = self.hparams
+        return {"kind": self.kind, "weights_prefix": self.weights_prefix, "net_config": dict(h.net),
+                "image_shape": list(h.image_shape), "num_classes": int(h.num_classes),
+                "schedule": dict(h.schedule), "fingerprint": self.schedule.fingerprint(), "extra": {}}
+
+
+class JudgeModule(_ClassifierModule):
+    """Clean-image classifier used only for evaluation; light random shifts as augmentation.
+    Its held-out test accuracy is stored in the checkpoint (extra.test_acc)."""
+
+    kind = "judge"
+
+    def __init__(self, net: dict, image_shape: list, num_classes: int, lr: float = 1e-3,
+                 weight_decay: float = 5e-4, warmup_steps: int = 50, shift: int = 1, data: Optional[dict] = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = JudgeNet(JudgeConfig.from_dict(dict(net)))
+        self.test_acc: Optional[float] = None
+        self._test_correct: list[torch.Tensor] = []
+
+    def _shift(self, x):
+        s = self.hparams.shift
+        if s <= 0:
+            return x
+        dx, dy = (int(v) for v in torch.randint(-s, s + 1, (2,)))
+        return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+    def training_step(self, batch, batch_idx):
+        return self._log("train", self.net(self._shift(batch[0])), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self._log("val", self.net(batch[0]), batch[1])
+
+    def test_step(self, batch, batch_idx):
+        logits = self.net(batch[0])
+        self._test_correct.append((logits.argmax(-1) == batch[1]).float().cpu())
+        self._log("test", logits, batch[1])
+
+    def on_test_epoch_end(self):
+        self.test_acc = float(torch.cat(self._test_correct).mean()) if self._test_correct else None
+        self._test_correct = []
+
+    def cguide_meta(self) -> dict:
+        h = self.hparams
+        return {"kind": self.kind, "weights_prefix": self.weights_prefix, "net_config": dict(h.net),
+                "image_shape": list(h.image_shape), "num_classes": int(h.num_classes), "schedule": None,
+                "fingerprint": None, "extra": {"test_acc": self.test_acc}}
