@@ -96,3 +96,4 @@ class TrainConfig:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    from .sweep.config import store_schemas; store_schemas(cs)  # noqa: E702  sample_schema, sweep_schema

@@ -1,0 +1,177 @@
+"""Run a sweep: check everything, claim the results folder, then draw and measure the points not yet
+done, appending one row per point as it finishes (so an interrupted sweep resumes where it stopped)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ..checkpoints import Loaded, load_net
+from ..data import as_data_config, build_datamodule
+from ..diffusion import VAR_TYPES, make_plan, make_schedule
+from ..guidance import NONFINITE_MODES
+from ..images import save_grid
+from ..logging_utils import finish_wandb
+from ..metrics import EXTRACTOR_NAMES, METRIC_NAMES, compute_metrics, inception_weights_path
+from ..metrics.suite import FEATURE_METRICS
+from ..sampling import draw, resolve_device
+from . import wandb_log
+from .config import require
+from .grid import Point, balanced_targets, build_grid, pack
+from .report import write_plots
+from .results import ResultsFolder
+
+
+def file_identity(path: str | Path | None) -> dict | None:
+    """Content hash + size: a checkpoint moved or copied is the same; retrained or edited is not."""
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"sha256": h.hexdigest()[:16], "size": Path(path).stat().st_size}
+
+
+def check_metrics(m: DictConfig) -> list[str]:
+    """Fail before any drawing on settings the metric suite would only refuse after it."""
+    names = list(m.names)
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown} in metrics.names; known: {', '.join(METRIC_NAMES)}")
+    if m.extractor not in EXTRACTOR_NAMES:
+        raise ValueError(f"unknown feature extractor {m.extractor!r} (metrics.extractor); known: "
+                         f"{', '.join(EXTRACTOR_NAMES)}")
+    if m.extractor == "inception" and set(FEATURE_METRICS) & set(names):
+        inception_weights_path(m.inception_weights)  # FileNotFoundError naming where to put the file
+    return list(dict.fromkeys(names + ["nonfinite"]))  # the non-finite share is in every row
+
+
+def check_sampling(cfg: DictConfig, eps: Loaded, points: list[Point]) -> None:
+    """Settings the sampler would only refuse mid-sweep: step counts vs T, eta, var_type, nonfinite mode."""
+    schedule = make_schedule(**eps.schedule)
+    for steps in {p.steps for p in points}:
+        make_plan(schedule, steps, cfg.sampler.spacing)
+    if cfg.sampler.eta < 0:
+        raise ValueError(f"sampler.eta must be >= 0, got {cfg.sampler.eta}")
+    if cfg.sampler.var_type not in VAR_TYPES:
+        raise ValueError(f"unknown sampler.var_type {cfg.sampler.var_type!r}; known: {', '.join(VAR_TYPES)}")
+    if cfg.guidance.nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"unknown guidance.nonfinite {cfg.guidance.nonfinite!r}; known: {', '.join(NONFINITE_MODES)}")
+
+
+def check_same_images(eps: Loaded, what: str, image_shape, num_classes) -> None:
+    if (tuple(image_shape), num_classes) != (eps.image_shape, eps.num_classes):
+        raise ValueError(f"{what} gives {num_classes} classes of images {list(image_shape)}, the eps-model "
+                         f"{eps.path} makes {eps.num_classes} classes of {list(eps.image_shape)}; "
+                         "use matching data settings (e.g. data.image_size) and checkpoints")
+
+
+def manifest(cfg: DictConfig, eps: Loaded, clf: Loaded | None, judge: Loaded, names: list[str]) -> dict:
+    """Everything a row's numbers depend on except the grid axes (those are in the row itself)."""
+    data = {k: v for k, v in vars(as_data_config(OmegaConf.to_container(cfg.data, resolve=True))).items()
+            if k not in ("root", "batch_size", "num_workers", "download")}
+    m, smp = cfg.metrics, cfg.sampler
+    return {
+        "eps_ckpt": file_identity(eps.path), "classifier_ckpt": file_identity(clf.path if clf else None),
+        "judge_ckpt": file_identity(judge.path), "n_per_point": cfg.sweep.n_per_point, "seed": cfg.sweep.seed,
+        "sampler": {"eta": smp.eta, "var_type": smp.var_type, "clip_x0": smp.clip_x0, "spacing": smp.spacing},
+        "nonfinite": cfg.guidance.nonfinite, "data": data,
+        "metrics": {"names": sorted(names), "extractor": m.extractor, "n_real": m.n_real,
+                    "inception_weights": file_identity(m.inception_weights) if m.extractor == "inception"
+                    and m.inception_weights else None, "kid_subset_size": m.kid_subset_size, "seed": m.seed},
+    }
+
+
+def sweep_group(name: str, defines: dict) -> str:
+    """The W&B group: the same for every job of one sweep (same name and results-defining settings)."""
+    return f"{name}-{hashlib.sha1(json.dumps(defines, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def class_grid(x: torch.Tensor, y: torch.Tensor, per_class: int, path: Path) -> Path:
+    """One row per class: the first per_class samples of each target class."""
+    rows = [x[y == c][:per_class] for c in torch.unique(y).tolist()]
+    k = min(len(r) for r in rows)
+    return save_grid(torch.cat([r[:k] for r in rows]), path, nrow=k)
+
+
+def run_sweep(cfg: DictConfig) -> Path:
+    """Run (or resume) the sweep described by cfg into cfg.out_dir; returns the folder."""
+    require(cfg, "eps_ckpt", "judge_ckpt")
+    sw = cfg.sweep
+    points = build_grid(list(sw.scales), list(sw.variants), list(sw.samplers), list(sw.steps),
+                        [list(iv) for iv in sw.intervals])
+    names = check_metrics(cfg.metrics)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    eps = load_net(cfg.eps_ckpt, "eps_model")
+    judge = load_net(cfg.judge_ckpt, "judge")
+    clf = load_net(cfg.classifier_ckpt, "noisy_classifier") if cfg.classifier_ckpt else None
+    if clf is None and any(p.scale > 0 for p in points):
+        raise ValueError("guidance scales > 0 need a noisy classifier: set classifier_ckpt=<path>")
+    check_same_images(eps, f"judge {judge.path}", judge.image_shape, judge.num_classes)
+    check_sampling(cfg, eps, points)
+    y = balanced_targets(sw.n_per_point, eps.num_classes)
+    dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+    check_same_images(eps, f"data '{cfg.data.name}'", dm.image_shape, dm.num_classes)
+
+    out = Path(cfg.out_dir)
+    folder = ResultsFolder(out)
+    defines = manifest(cfg, eps, clf, judge, names)
+    folder.claim(defines, {"eps_ckpt": str(eps.path), "classifier_ckpt": cfg.classifier_ckpt,
+                           "judge_ckpt": str(judge.path)})
+    done = folder.done()
+    todo = [p for p in points if p.key not in done]
+    print(f"sweep {out}: {len(points)} point(s), {len(points) - len(todo)} done already, {len(todo)} to run")
+
+    device = resolve_device(cfg.device)
+    judge.net.to(device)
+    real, real_y = dm.test_images(cfg.metrics.n_real)
+    seeds = (sw.seed + torch.arange(sw.n_per_point)).tolist()
+    group = sweep_group(sw.name, defines)
+    run = wandb_log.start_run(cfg.logger, out, group, name=f"{group}-{time.strftime('%H%M%S')}",
+                              config=OmegaConf.to_container(cfg, resolve=True))
+    try:
+        step = 0
+        for call in pack(todo, sw.batch_size // sw.n_per_point):  # as many points per call as batch_size holds
+            for point, row, grid in _run_call(cfg, call, eps, clf, judge, y, seeds, real, real_y, names, out):
+                if folder.append(row):  # False: a parallel job finished this point first
+                    wandb_log.log_point(run, row, grid, step)
+                    step += 1
+        rows = folder.rows()
+        plots = write_plots(rows, out / "plots")
+        wandb_log.log_summary(run, rows, plots)
+    finally:
+        finish_wandb()  # multirun jobs must never log into one run
+    return out
+
+
+def _run_call(cfg, call: list[Point], eps, clf, judge, y, seeds, real, real_y, names, out):
+    """Draw the points of one call in shared batches, then measure them one by one (yields per point)."""
+    n, smp, first = len(seeds), cfg.sampler, call[0]
+    t0 = time.perf_counter()
+    scales = torch.tensor([p.scale for p in call]).repeat_interleave(n)
+    variants = [p.variant for p in call for _ in range(n)]
+    x, nonfinite = draw(eps, clf, y=y.repeat(len(call)), scale=scales, variant=variants,
+                        sampler=first.sampler, steps=first.steps,
+                        spacing=smp.spacing, eta=smp.eta, var_type=smp.var_type, clip_x0=smp.clip_x0,
+                        interval=first.interval, nonfinite=cfg.guidance.nonfinite, seeds=seeds * len(call),
+                        batch_size=cfg.sweep.batch_size, device=cfg.device, progress=cfg.progress)
+    draw_s = (time.perf_counter() - t0) / len(call)  # shared batches: each point gets an equal share
+    m = cfg.metrics
+    for j, point in enumerate(call):
+        t1 = time.perf_counter()
+        xs, bad = x[j * n:(j + 1) * n], nonfinite[j * n:(j + 1) * n]
+        metrics = compute_metrics(xs, y, (real, real_y), judge=judge.net, guide=clf.net if clf else None,
+                                  extractor=m.extractor, metrics=names, real_stats_cache=m.real_stats_cache,
+                                  inception_weights=m.inception_weights, batch_size=m.batch_size,
+                                  kid_subset_size=m.kid_subset_size, seed=m.seed)
+        grid = class_grid(xs, y, cfg.sweep.grid_per_class, out / "grids" / f"{point.key}.png")
+        row = {**point.settings(), "n": n, **metrics, "grad_nonfinite_share": (bad > 0).double().mean().item(),
+               "wall_s": draw_s + time.perf_counter() - t1}
+        yield point, row, grid

@@ -1,0 +1,52 @@
+"""W&B logging of a sweep: one run per job, all runs of a sweep in one group. Offline by default
+(runs land in <out_dir>/wandb; upload later with `wandb sync`); logger=none turns it off."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..logging_utils import wandb_mode
+from .report import num, series
+
+LINE_METRICS = ("fid", "accuracy", "is_mean", "precision", "recall")
+
+
+def start_run(logger_cfg, out_dir: Path, group: str, name: str, config: dict):
+    """A W&B run, or None when the logger is not wandb (or its mode is 'disabled')."""
+    if logger_cfg.name != "wandb" or logger_cfg.mode == "disabled":
+        return None
+    import wandb
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return wandb.init(project=logger_cfg.project, group=logger_cfg.group or group, name=name, job_type="sweep",
+                      tags=list(logger_cfg.tags), dir=str(out_dir), mode=wandb_mode(logger_cfg.mode), config=config,
+                      reinit="finish_previous")
+
+
+def log_point(run, row: dict, grid: Path, step: int) -> None:
+    if run is None:
+        return
+    import wandb
+
+    metrics = {f"point/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    run.log({**metrics, "point/grid": wandb.Image(str(grid), caption=row["point"])}, step=step)
+
+
+def log_summary(run, rows: list[dict], plots: dict[str, Path]) -> None:
+    """The whole results table (every job's rows so far), line plots per metric and the PNG plots."""
+    if run is None or not rows:
+        return
+    import wandb
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+    payload = {"results": table, **{f"plots/{k}": wandb.Image(str(p)) for k, p in plots.items()}}
+    lines = series(rows)
+    for key in LINE_METRICS:
+        if any(key in r for r in rows):
+            ys = [[num(r.get(key)) if not math.isnan(num(r.get(key))) else None for r in rs] for rs in lines.values()]
+            payload[f"lines/{key}_vs_scale"] = wandb.plot.line_series(
+                xs=[[num(r["scale"]) for r in rs] for rs in lines.values()], ys=ys, keys=list(lines),
+                title=f"{key} vs guidance scale", xname="scale")
+    run.log(payload)

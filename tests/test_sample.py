@@ -1,0 +1,137 @@
+"""Sample entry point and the shared draw() helper: files, shapes, labels, settings; s = 0 is exactly
+unguided; bad inputs fail with one clear line."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from cguide.checkpoints import load_net
+from cguide.diffusion import make_plan, make_schedule, sample
+from cguide.sampling import draw
+from conftest import compose_cfg
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on two shared cores spin against other jobs (seconds per tiny draw); one does not."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _ckpt_args(tiny_ckpts, classifier="noisy_classifier"):
+    return [f"eps_ckpt={tiny_ckpts['eps_model']}", f"classifier_ckpt={tiny_ckpts[classifier]}"]
+
+
+FAST = ["sampler.steps=3", "progress=false"]
+
+
+def test_sample_writes_class_grids_and_npz(tiny_ckpts, tmp_path):
+    from cguide.sample import run_sample
+
+    cfg = compose_cfg("sample", [*_ckpt_args(tiny_ckpts), *FAST, "classes=[1,7]", "n_per_class=3",
+                                 "guidance.scale=2", "guidance.variant=seed_literal", "batch_size=4", "seed=5"],
+                      tmp_path)
+    path = run_sample(cfg)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["grid_class1.png", "grid_class7.png"]
+    with np.load(path, allow_pickle=False) as z:
+        assert z["samples"].shape == (6, 1, 8, 8) and z["samples"].dtype == np.float32
+        assert z["targets"].tolist() == [1, 1, 1, 7, 7, 7]
+        assert z["seeds"].tolist() == [5, 6, 7, 8, 9, 10]
+        assert z["nonfinite_steps"].shape == (6,)
+        settings = json.loads(z["settings"].item())
+    assert settings["guidance"]["scale"] == 2.0 and settings["guidance"]["variant"] == "seed_literal"
+    assert settings["sampler"]["name"] == "ddim" and settings["sampler"]["steps"] == 3
+    assert settings["classes"] == [1, 7] and settings["n_per_class"] == 3
+    assert settings["classifier_ckpt"] == str(tiny_ckpts["noisy_classifier"])
+
+
+def test_s0_draw_equals_unguided_bitwise(tiny_ckpts):
+    eps = load_net(tiny_ckpts["eps_model"], "eps_model")
+    clf = load_net(tiny_ckpts["noisy_classifier"], "noisy_classifier")
+    plan = make_plan(make_schedule(**eps.schedule), 4)
+    ref = sample(lambda x, t: eps.net(x, t), eps.image_shape, plan, range(6), sampler="ddpm", progress=False)
+    kw = dict(y=torch.arange(6) % 10, sampler="ddpm", steps=4, seeds=range(6), batch_size=6, progress=False)
+    x0, nf = draw(eps, clf, scale=0.0, **kw)
+    assert torch.equal(x0, ref) and nf.tolist() == [0] * 6
+    assert torch.equal(draw(eps, None, scale=0.0, **kw)[0], ref)  # no classifier needed at s = 0
+    # per-sample scales in one batch: the s = 0 rows are still exactly unguided, the others are guided
+    mixed, _ = draw(eps, clf, scale=torch.tensor([0.0, 0.0, 0.0, 3.0, 3.0, 3.0]), **kw)
+    assert torch.equal(mixed[:3], ref[:3])
+    assert not torch.allclose(mixed[3:], ref[3:])
+
+
+def test_draw_batches_do_not_change_samples(tiny_ckpts):
+    eps = load_net(tiny_ckpts["eps_model"], "eps_model")
+    clf = load_net(tiny_ckpts["noisy_classifier"], "noisy_classifier")
+    kw = dict(y=torch.tensor([0, 1, 2, 3, 4, 5]), scale=[0.0, 1.0, 2.0, 0.0, 1.0, 2.0],
+              variant=["score", "seed_literal", "unit"] * 2, steps=3, seeds=[3, 1, 4, 1, 5, 9], progress=False)
+    whole, _ = draw(eps, clf, batch_size=6, **kw)
+    split, _ = draw(eps, clf, batch_size=4, **kw)
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+
+
+def _edited_ckpt(src, dst, edit):
+    ckpt = torch.load(src, weights_only=True)
+    edit(ckpt["cguide"])
+    torch.save(ckpt, dst)
+    return dst
+
+
+@pytest.mark.parametrize("override,match", [
+    ("guidance.scale=-1", r"guidance scale must be finite and >= 0"),
+    ("guidance.variant=scor", r"unknown guidance variant 'scor'; known: score, seed_literal"),
+    ("classes=[3,12]", r"target class out of range: got \[3, 12\].*classes 0\.\.9"),
+    ("guidance.interval=[0.8,0.2]", r"needs 0 <= t_lo <= t_hi <= 1, got t_lo=0.8, t_hi=0.2"),
+    ("sampler.name=euler", r"unknown sampler 'euler'; known: ddpm, ddim"),
+    ("sampler.steps=500", r"sampling steps must be in \[1, T=100\]"),
+    ("classes=[]", r"classes is empty"),
+])
+def test_sample_bad_settings_raise_clear_errors(tiny_ckpts, tmp_path, override, match):
+    from cguide.sample import run_sample
+
+    with pytest.raises(ValueError, match=match):
+        run_sample(compose_cfg("sample", [*_ckpt_args(tiny_ckpts), *FAST, override], tmp_path))
+    assert not (tmp_path / "samples.npz").exists()
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m["fingerprint"].update(T=50), r"schedule mismatch: .* train the classifier with the same diffusion"),
+    (lambda m: m.update(image_shape=[1, 16, 16]), r"image shape mismatch: .* makes \[1, 8, 8\]"),
+    (lambda m: m.update(num_classes=5), r"class count mismatch: .* 10 classes"),
+])
+def test_sample_incompatible_checkpoints(tiny_ckpts, tmp_path, edit, match):
+    from cguide.sample import run_sample
+
+    bad = _edited_ckpt(tiny_ckpts["noisy_classifier"], tmp_path / "clf.ckpt", edit)
+    cfg = compose_cfg("sample", [f"eps_ckpt={tiny_ckpts['eps_model']}", f"classifier_ckpt={bad}", *FAST], tmp_path)
+    with pytest.raises(ValueError, match=match):
+        run_sample(cfg)
+
+
+def test_sample_wrong_kind_and_missing_classifier(tiny_ckpts, tmp_path):
+    from cguide.sample import run_sample
+
+    with pytest.raises(ValueError, match=r"holds a judge classifier .* noisy classifier .* expected here; swap"):
+        run_sample(compose_cfg("sample", [*_ckpt_args(tiny_ckpts, "judge"), *FAST], tmp_path))
+    with pytest.raises(ValueError, match=r"guidance scale > 0 needs a noisy classifier: set classifier_ckpt"):
+        run_sample(compose_cfg("sample", [f"eps_ckpt={tiny_ckpts['eps_model']}", *FAST], tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nope.ckpt"):
+        run_sample(compose_cfg("sample", ["eps_ckpt=nope.ckpt", *FAST], tmp_path))
+
+
+def test_sample_cli_reports_one_line_and_exit_code_2(tiny_ckpts, tmp_path, monkeypatch, capsys):
+    from cguide.sample import main
+
+    monkeypatch.chdir(tmp_path)  # Hydra's run folder lands here
+    monkeypatch.setattr(sys, "argv", ["cguide.sample", *_ckpt_args(tiny_ckpts), "guidance.scale=-2",
+                                      f"out_dir={tmp_path / 'out'}"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: guidance scale must be finite and >= 0"), err
