@@ -96,4 +96,9 @@ class TrainConfig:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    from .sweep.config import store_schemas; store_schemas(cs)  # noqa: E702  sample_schema, sweep_schema
+    # Imported here: those modules import this one.
+    from .pipeline_config import PipelineConfig
+    from .sweep.config import store_schemas
+
+    store_schemas(cs)  # sample_schema, sweep_schema
+    cs.store(name="pipeline_schema", node=PipelineConfig)

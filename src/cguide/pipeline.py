@@ -1,0 +1,153 @@
+"""Hydra entry point: the whole experiment in one command -- train the eps-model, the noisy classifier
+and the judge, then sweep guidance settings and report.
+
+    python -m cguide.pipeline profile=quick        # = make run: mnist5k, 2 CPU cores
+    python -m cguide.pipeline profile=full          # one GPU, bigger models, 2,000 samples per point
+
+Each stage reuses its checkpoint when the settings that define it are unchanged, resumes an
+interrupted run, and retrains (keeping the old folder aside) when they changed; one line says which."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoints import atomic_write
+from .config import TrainConfig, register_configs
+from .sweep.config import SweepConfig
+
+STAGES = {"diffusion": ("model", True), "classifier": ("classifier", True), "judge": ("judge", False)}
+TABLE = [("scale", "s"), ("variant", "variant"), ("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"),
+         ("accuracy", "accuracy"), ("guide_confidence", "guide_conf"), ("precision", "precision"),
+         ("recall", "recall")]
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def stage_key(cfg: DictConfig, task: str) -> dict:
+    """The settings that define a stage's checkpoint; anything else (logging, progress) may change freely."""
+    net_key, uses_schedule = STAGES[task]
+    key = {"task": task, "seed": cfg.seed, "data": _plain(cfg.data), "net": _plain(cfg[net_key]),
+           "precision": cfg.trainer.precision}
+    if uses_schedule:
+        key["diffusion"] = _plain(cfg.diffusion)
+    return key
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def stage_config(cfg: DictConfig, task: str, folder: Path) -> DictConfig:
+    parts = {k: _plain(cfg[k]) for k in ("seed", "data", "diffusion", "model", "classifier", "judge", "trainer",
+                                         "logger", "callbacks")}
+    parts.update(task=task, resume=True, paths={"output_dir": str(folder), "ckpt_dir": str(folder / "checkpoints")})
+    parts["logger"]["group"] = parts["logger"]["group"] or f"pipeline-{cfg.profile}"
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), parts)
+
+
+def run_stage(cfg: DictConfig, task: str, out: Path) -> Path:
+    """Train one network unless a finished checkpoint with the same defining settings exists."""
+    from .train import train
+
+    folder = out / task
+    final, marker = folder / "checkpoints" / f"{task}.ckpt", folder / "stage.json"
+    key = stage_key(cfg, task)
+    old = json.loads(marker.read_text()) if marker.is_file() else None
+    if old is not None and old != key:
+        aside = folder.with_name(f"{task}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        changed = sorted(k for k in set(key) | set(old) if key.get(k) != old.get(k))
+        print(f"[{task}] settings changed ({', '.join(changed)}): retraining; previous run kept in {aside}")
+        shutil.move(str(folder), aside)
+    elif old is not None and final.is_file():
+        print(f"[{task}] settings unchanged: reusing {final}")
+        return final
+    elif old is not None:
+        print(f"[{task}] unfinished run found: resuming from {folder / 'checkpoints' / 'last.ckpt'}")
+    else:
+        print(f"[{task}] no checkpoint yet: training")
+    atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(key, indent=1, sort_keys=True)))
+    t0 = time.perf_counter()
+    path = train(stage_config(cfg, task, folder))
+    print(f"[{task}] trained in {time.perf_counter() - t0:.0f} s: {path}")
+    return path
+
+
+def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConfig:
+    parts = {k: _plain(cfg[k]) for k in ("device", "num_threads", "progress", "data", "sampler", "guidance",
+                                         "sweep", "metrics", "logger")}
+    from .sweep.runner import file_identity
+
+    ids = {k: str(p) for k, p in ckpts.items()}
+    # A folder per (checkpoint contents, grid, sampler): retrained stages get a fresh sweep, never a mixed one.
+    defines = {"ckpts": {k: file_identity(p) for k, p in ckpts.items()}, "sweep": parts["sweep"],
+               "sampler": parts["sampler"]}
+    sweep_dir = out / "sweep" / _digest(defines)
+    parts.update(eps_ckpt=ids["diffusion"], classifier_ckpt=ids["classifier"], judge_ckpt=ids["judge"],
+                 out_dir=str(sweep_dir), paths={"output_dir": str(sweep_dir)})
+    parts["metrics"]["real_stats_cache"] = str(out / "real_stats")
+    parts["logger"]["group"] = parts["logger"]["group"] or f"pipeline-{cfg.profile}"
+    return OmegaConf.merge(OmegaConf.structured(SweepConfig), parts)
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def print_report(sweep_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .sweep.results import ResultsFolder
+
+    rows = sorted(ResultsFolder(sweep_dir).rows(), key=lambda r: (r["variant"], float(r["scale"])))
+    table = Table(title=f"guidance sweep ({len(rows)} points)")
+    for _, title in TABLE:
+        table.add_column(title, justify="right")
+    for r in rows:
+        table.add_row(*[_fmt(r.get(k)) for k, _ in TABLE])
+    console = Console()
+    console.print(table)
+    console.print(f"results: {sweep_dir / 'results.csv'}  {sweep_dir / 'results.jsonl'}")
+    console.print(f"plots:   {sweep_dir / 'plots'}")
+    console.print(f"grids:   {sweep_dir / 'grids'}")
+    runs = sorted(sweep_dir.glob("wandb/offline-run-*"))
+    if runs:
+        console.print(f"W&B (offline): {runs[-1]}\n  upload with: wandb sync {runs[-1]}")
+
+
+def run_pipeline(cfg: DictConfig) -> Path:
+    out = Path(cfg.out_dir)
+    t0 = time.perf_counter()
+    ckpts = {task: run_stage(cfg, task, out) for task in STAGES}
+    from .sweep.runner import run_sweep
+
+    sweep_dir = run_sweep(sweep_config(cfg, ckpts, out))
+    print_report(sweep_dir)
+    print(f"pipeline finished in {time.perf_counter() - t0:.0f} s")
+    return sweep_dir
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="pipeline")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_pipeline(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

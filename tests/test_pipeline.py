@@ -1,0 +1,44 @@
+"""The pipeline: three trained stages then a sweep, reusing what is done and retraining what changed."""
+
+import json
+
+from conftest import compose_cfg
+
+TINY_PIPE = ["data.image_size=8", "data.batch_size=32", "model=tiny", "classifier=tiny", "judge=tiny", "logger=none",
+             "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2", "callbacks.sample_n=0",
+             "diffusion.T=100", "model.max_steps=4", "classifier.max_steps=4", "judge.max_steps=4",
+             "sweep.scales=[0,2]", "sweep.variants=[score]", "sweep.n_per_point=20", "sweep.steps=[4]",
+             "sweep.batch_size=64", "progress=false", "num_threads=1"]
+
+
+def _run(tmp_path, extra=()):
+    from cguide.pipeline import run_pipeline
+
+    cfg = compose_cfg("pipeline", [f"out_dir={tmp_path}", *TINY_PIPE, *extra], tmp_path / "hydra")
+    return run_pipeline(cfg)
+
+
+def test_pipeline_trains_sweeps_then_reuses(tmp_path, capsys):
+    sweep_dir = _run(tmp_path)
+    out = capsys.readouterr().out
+    assert out.count("no checkpoint yet: training") == 3
+    rows = [json.loads(line) for line in (sweep_dir / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["scale"] for r in rows) == [0.0, 2.0]
+    assert "guidance sweep (2 points)" in out and "FID" in out
+    csv_before = (sweep_dir / "results.csv").read_bytes()
+
+    assert _run(tmp_path) == sweep_dir
+    out = capsys.readouterr().out
+    assert out.count("settings unchanged: reusing") == 3
+    assert "2 done already, 0 to run" in out
+    assert (sweep_dir / "results.csv").read_bytes() == csv_before
+
+
+def test_changed_stage_settings_retrain_and_keep_the_old_run(tmp_path, capsys):
+    _run(tmp_path)
+    capsys.readouterr()
+    _run(tmp_path, ["judge.max_steps=5"])
+    out = capsys.readouterr().out
+    assert "[judge] settings changed (net): retraining; previous run kept in" in out
+    assert out.count("settings unchanged: reusing") == 2
+    assert len(list(tmp_path.glob("judge.replaced-*/checkpoints/judge.ckpt"))) == 1
