@@ -14,15 +14,6 @@ from cguide.sampling import draw
 from conftest import compose_cfg
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on two shared cores spin against other jobs (seconds per tiny draw); one does not."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ckpt_args(tiny_ckpts, classifier="noisy_classifier"):
     return [f"eps_ckpt={tiny_ckpts['eps_model']}", f"classifier_ckpt={tiny_ckpts[classifier]}"]
 

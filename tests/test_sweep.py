@@ -21,15 +21,6 @@ TINY_SWEEP = ["data.image_size=8", "sampler.steps=5", "sweep.n_per_point=20", "s
               "progress=false", "sweep.variants=[score,seed_literal]"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on two shared cores spin against other jobs (seconds per tiny draw); one does not."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ckpts(tiny_ckpts):
     return [f"eps_ckpt={tiny_ckpts['eps_model']}", f"classifier_ckpt={tiny_ckpts['noisy_classifier']}",
             f"judge_ckpt={tiny_ckpts['judge']}"]
@@ -177,6 +168,7 @@ def test_grid_points_and_shared_batches():
     assert sorted(p.key for c in calls for p in c) == sorted(p.key for p in pts)
     assert all(len(c) <= 4 and len({p.batch_key for p in c}) == 1 for c in calls)
     assert len(calls) == 8 * 2  # 8 loops (sampler x steps x interval) of 6 points each -> 4 + 2
+    assert [p.scale for p in calls[0][:2]] == [0.0, 0.0]  # s = 0 of both variants share the first call
     assert balanced_targets(23, 10).bincount().tolist() == [3, 3, 3] + [2] * 7
     from cguide.metrics import METRIC_NAMES
     from cguide.sweep.config import MetricsConfig

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoints import atomic_write
+from .cli import CONF_DIR, run_or_exit
 from .config import TrainConfig, register_configs
 from .sweep.config import SweepConfig
 
@@ -140,13 +140,9 @@ def run_pipeline(cfg: DictConfig) -> Path:
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="pipeline")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pipeline")
 def main(cfg: DictConfig) -> None:
-    try:
-        run_pipeline(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(run_pipeline, cfg)
 
 
 if __name__ == "__main__":

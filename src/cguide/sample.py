@@ -10,7 +10,6 @@ and settings (a JSON string: np.load(...)["settings"].item())."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
@@ -19,12 +18,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoints import atomic_write, load_net
+from .cli import CONF_DIR, run_or_exit
 from .config import register_configs
 from .images import save_grid
 from .sampling import draw
 from .sweep.config import require
 
-ERRORS = (ValueError, FileNotFoundError, FloatingPointError)  # reported as one line, exit code 2
 
 
 def write_npz(path: Path, **arrays) -> Path:
@@ -67,18 +66,11 @@ def run_sample(cfg: DictConfig) -> Path:
 
 
 register_configs()
-# Absolute: the entry point also works when imported (tests), not only as `python -m`.
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 def main(cfg: DictConfig) -> None:
-    try:
-        path = run_sample(cfg)
-    except ERRORS as e:  # a bad input is one line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"samples: {path}")
+    print(f"samples: {run_or_exit(run_sample, cfg)}")
 
 
 if __name__ == "__main__":

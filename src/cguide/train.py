@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoints import atomic_write
+from .cli import CONF_DIR, run_or_exit
 from .config import register_configs
 from .data import as_data_config, build_datamodule
 from .logging_utils import build_logger, finish_wandb
@@ -98,10 +99,9 @@ def train(cfg: DictConfig) -> Path:
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    path = train(cfg)
-    print(f"checkpoint: {path}")
+    print(f"checkpoint: {run_or_exit(train, cfg)}")
 
 
 if __name__ == "__main__":

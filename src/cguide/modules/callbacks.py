@@ -13,7 +13,8 @@ from ..images import save_grid
 
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` (and at the end of training) draw ``n`` samples with DDIM on
-    ``steps`` respaced steps from fixed seeds, so grids of successive steps are comparable."""
+    ``steps`` respaced steps from fixed seeds, so grids of successive steps are comparable. x_0 is
+    clipped to [-1, 1] at each step, as in the sampler's default."""
 
     def __init__(self, every_n_steps: int = 500, n: int = 64, steps: int = 50, dirpath: str | None = None):
         self.every, self.n, self.steps, self.dirpath = every_n_steps, n, steps, dirpath
@@ -24,7 +25,7 @@ class SampleGrid(L.Callback):
         plan = make_plan(module.schedule, min(self.steps, module.T))
         net = module.ema.eval()
         x = sample(lambda x, t: net(x, t), module.hparams.image_shape, plan, range(self.n), sampler="ddim",
-                   device=module.device, progress=False)
+                   clip_x0=True, device=module.device, progress=False)
         root = Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
         path = save_grid(x, root / f"step_{trainer.global_step:07d}.png")
         for logger in trainer.loggers:

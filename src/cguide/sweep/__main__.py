@@ -10,30 +10,20 @@ Rerunning into the same folder skips the points already in results.jsonl."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from ..cli import CONF_DIR, run_or_exit
 from ..config import register_configs
 from .runner import run_sweep
 
-ERRORS = (ValueError, FileNotFoundError, FloatingPointError)  # reported as one line, exit code 2
-
 register_configs()
-# Absolute: the entry point also works when imported (tests), not only as `python -m`.
-CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sweep")
 def main(cfg: DictConfig) -> None:
-    try:
-        out = run_sweep(cfg)
-    except ERRORS as e:  # a bad input is one line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"results: {out}/results.csv")
+    print(f"results: {run_or_exit(run_sweep, cfg)}/results.csv")
 
 
 if __name__ == "__main__":

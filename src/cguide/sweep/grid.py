@@ -71,9 +71,10 @@ def build_grid(scales: Sequence[float], variants: Sequence[str], samplers: Seque
 
 
 def pack(points: Sequence[Point], points_per_call: int) -> list[list[Point]]:
-    """Groups of up to points_per_call points sharing a batch_key, in grid order."""
+    """Groups of up to points_per_call points sharing a batch_key; s = 0 points first, so the unguided
+    draw that all variants share lands in the first call."""
     by_key: dict[tuple, list[Point]] = {}
-    for p in points:
+    for p in sorted(points, key=lambda p: p.scale != 0):  # stable: grid order otherwise
         by_key.setdefault(p.batch_key, []).append(p)
     k = max(1, points_per_call)
     return [group[i:i + k] for group in by_key.values() for i in range(0, len(group), k)]

@@ -138,7 +138,7 @@ def run_sweep(cfg: DictConfig) -> Path:
                               config=OmegaConf.to_container(cfg, resolve=True))
     try:
         step = 0
-        for call in pack(todo, sw.batch_size // sw.n_per_point):  # as many points per call as batch_size holds
+        for call in pack(todo, sw.points_per_call or len(todo)):
             for point, row, grid in _run_call(cfg, call, eps, clf, judge, y, seeds, real, real_y, names, out):
                 if folder.append(row):  # False: a parallel job finished this point first
                     wandb_log.log_point(run, row, grid, step)
@@ -152,19 +152,22 @@ def run_sweep(cfg: DictConfig) -> Path:
 
 
 def _run_call(cfg, call: list[Point], eps, clf, judge, y, seeds, real, real_y, names, out):
-    """Draw the points of one call in shared batches, then measure them one by one (yields per point)."""
+    """Draw the points of one call in shared batches, then measure them one by one (yields per point).
+    Points at s = 0 are the same unguided samples whatever their variant: drawn once, measured per point."""
     n, smp, first = len(seeds), cfg.sampler, call[0]
     t0 = time.perf_counter()
-    scales = torch.tensor([p.scale for p in call]).repeat_interleave(n)
-    variants = [p.variant for p in call for _ in range(n)]
-    x, nonfinite = draw(eps, clf, y=y.repeat(len(call)), scale=scales, variant=variants,
+    draws = list(dict.fromkeys((p.scale, p.variant if p.scale else "") for p in call))
+    scales = torch.tensor([s for s, _ in draws]).repeat_interleave(n)
+    variants = [v or "score" for _, v in draws for _ in range(n)]
+    x, nonfinite = draw(eps, clf, y=y.repeat(len(draws)), scale=scales, variant=variants,
                         sampler=first.sampler, steps=first.steps,
                         spacing=smp.spacing, eta=smp.eta, var_type=smp.var_type, clip_x0=smp.clip_x0,
-                        interval=first.interval, nonfinite=cfg.guidance.nonfinite, seeds=seeds * len(call),
+                        interval=first.interval, nonfinite=cfg.guidance.nonfinite, seeds=seeds * len(draws),
                         batch_size=cfg.sweep.batch_size, device=cfg.device, progress=cfg.progress)
     draw_s = (time.perf_counter() - t0) / len(call)  # shared batches: each point gets an equal share
     m = cfg.metrics
-    for j, point in enumerate(call):
+    for point in call:
+        j = draws.index((point.scale, point.variant if point.scale else ""))
         t1 = time.perf_counter()
         xs, bad = x[j * n:(j + 1) * n], nonfinite[j * n:(j + 1) * n]
         metrics = compute_metrics(xs, y, (real, real_y), judge=judge.net, guide=clf.net if clf else None,
