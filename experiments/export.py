@@ -1,0 +1,56 @@
+"""Copy a pipeline run's artefacts into an experiment folder and write its measured table.
+
+    python experiments/export.py outputs/pipeline/quick experiments/mnist5k_quick
+
+Copies: the resolved config, results.csv/.jsonl, plots, per-point grids, the eps-model's final
+sample grid; writes results.md (the table, every number straight from results.csv)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import sys
+from pathlib import Path
+
+COLUMNS = [("scale", "s", "{:g}"), ("variant", "variant", "{}"), ("fid", "FID", "{:.2f}"),
+           ("kid_mean", "KID", "{:.3f}"), ("is_mean", "IS", "{:.2f}"), ("accuracy", "accuracy", "{:.3f}"),
+           ("guide_confidence", "guide_conf", "{:.3f}"), ("precision", "precision", "{:.3f}"),
+           ("recall", "recall", "{:.3f}"), ("classwise_fid", "class-wise FID", "{:.1f}"),
+           ("grad_nonfinite_share", "non-finite g", "{:.3f}"), ("wall_s", "wall s", "{:.0f}")]
+
+
+def cell(row: dict, key: str, fmt: str) -> str:
+    v = row.get(key, "")
+    try:
+        return fmt.format(float(v)) if fmt != "{}" else str(v)
+    except ValueError:
+        return str(v)
+
+
+def table(rows: list[dict]) -> str:
+    rows = sorted(rows, key=lambda r: (r["variant"], float(r["scale"])))
+    lines = ["| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(run_dir: str, exp_dir: str) -> None:
+    run, exp = Path(run_dir), Path(exp_dir)
+    sweep = max((run / "sweep").glob("*/results.csv"), key=lambda p: p.stat().st_mtime).parent
+    exp.mkdir(parents=True, exist_ok=True)
+    for name in ("results.csv", "results.jsonl", "sweep.json"):
+        shutil.copy(sweep / name, exp / name)
+    for sub in ("plots", "grids"):
+        shutil.copytree(sweep / sub, exp / sub, dirs_exist_ok=True)
+    config = max(run.glob("hydra/*/.hydra/config.yaml"), key=lambda p: p.stat().st_mtime)
+    shutil.copy(config, exp / "config.yaml")
+    grids = sorted((run / "diffusion" / "samples").glob("step_*.png"))
+    if grids:
+        shutil.copy(grids[-1], exp / "eps_model_samples.png")
+    rows = list(csv.DictReader(open(sweep / "results.csv")))
+    (exp / "results.md").write_text(table(rows) + "\n")
+    print(f"exported {len(rows)} rows from {sweep} to {exp}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
