@@ -39,3 +39,16 @@ class SampleGrid(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self._grid(trainer, pl_module)
+
+
+class FinalCheckpoint(L.Callback):
+    """Write the final checkpoint at the end of fit, inside the training processes: under ddp_spawn the
+    launching process gets the weights back but not the step count or optimizer state, so a checkpoint
+    saved there after fit would claim step 0. Every rank calls save (Lightning writes on rank 0 only)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module):
+        if not trainer.fast_dev_run:
+            trainer.save_checkpoint(self.path)

@@ -67,8 +67,9 @@ class NoisyClassifierModule(_ClassifierModule):
 
 
 class JudgeModule(_ClassifierModule):
-    """Clean-image classifier used only for evaluation; light random shifts as augmentation.
-    Its held-out test accuracy is stored in the checkpoint (extra.test_acc)."""
+    """Clean-image classifier used only for evaluation; light random shifts as augmentation and a
+    cosine learning-rate decay over the run. Its held-out test accuracy is stored in the checkpoint
+    (extra.test_acc)."""
 
     kind = "judge"
 
@@ -79,6 +80,11 @@ class JudgeModule(_ClassifierModule):
         self.net = JudgeNet(JudgeConfig.from_dict(dict(net)))
         self.test_acc: Optional[float] = None
         self._test_correct: list[torch.Tensor] = []
+
+    def configure_optimizers(self):
+        h = self.hparams
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        return adamw_with_warmup(self.net.parameters(), h.lr, h.weight_decay, h.warmup_steps, total)
 
     def _shift(self, x):
         s = self.hparams.shift

@@ -3,14 +3,23 @@ and the plain ``cguide`` metadata every checkpoint carries (see cguide.checkpoin
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 
 
-def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int):
+def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int, total_steps: int | None = None):
+    """Linear warm-up, then constant lr, or cosine decay to 0 at total_steps when given."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     warm = max(int(warmup_steps), 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+
+    def factor(step: int) -> float:
+        if step < warm or not total_steps or total_steps <= warm:
+            return min(1.0, (step + 1) / warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total_steps - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
