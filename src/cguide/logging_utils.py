@@ -1,13 +1,16 @@
-"""Experiment loggers for Lightning: W&B (offline by default, never needs an API key), CSV, none."""
+"""Experiment loggers for Lightning: W&B (offline by default, never needs an API key), CSV, none.
+Logging never kills a run: W&B online without a key, or with its server out of reach, logs offline."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 LOGGERS = ("wandb", "csv", "none")
+# wandb.init waits 90 s for an unreachable server by default; fail over to offline sooner.
+INIT_TIMEOUT_S = 30.0
 
 
 def wandb_mode(requested: str) -> str:
@@ -22,6 +25,26 @@ def wandb_mode(requested: str) -> str:
     return "online"
 
 
+def init_timeout() -> float:
+    return float(os.environ.get("WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S))
+
+
+def start_wandb(start: Callable[[str], object], requested: str):
+    """start(mode) creates and connects a W&B run (or logger); if mode 'online' fails (server out of reach,
+    key refused), warn once and start it offline instead."""
+    mode = wandb_mode(requested)
+    if mode != "online":
+        return start(mode)
+    try:
+        return start("online")
+    except Exception as e:  # noqa: BLE001 -- any W&B failure: keep the run, log offline
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        warnings.warn(f"W&B online mode failed ({type(e).__name__}: {reason}); logging offline instead "
+                      "(upload later with `wandb sync`)", stacklevel=2)
+        finish_wandb()
+        return start("offline")
+
+
 def build_logger(cfg, save_dir: str, name: Optional[str] = None, config: Optional[dict] = None):
     """A Lightning logger from cfg (LoggerConfig), or False for none."""
     kind = cfg.name
@@ -31,11 +54,19 @@ def build_logger(cfg, save_dir: str, name: Optional[str] = None, config: Optiona
         from lightning.pytorch.loggers import CSVLogger
         return CSVLogger(save_dir=save_dir, name=name or "csv")
     if kind == "wandb":
+        import wandb
         from lightning.pytorch.loggers import WandbLogger
         os.makedirs(save_dir, exist_ok=True)
-        logger = WandbLogger(project=cfg.project, name=name, group=cfg.group, tags=list(cfg.tags), save_dir=save_dir,
-                             mode=wandb_mode(cfg.mode), config=config, reinit="finish_previous")
-        return logger
+
+        def start(mode: str):
+            logger = WandbLogger(project=cfg.project, name=name, group=cfg.group, tags=list(cfg.tags),
+                                 save_dir=save_dir, mode=mode, config=config, reinit="finish_previous",
+                                 settings=wandb.Settings(init_timeout=init_timeout()))
+            if mode == "online":
+                logger.experiment  # connect now, where a failure can still fall back to offline
+            return logger
+
+        return start_wandb(start, cfg.mode)
     raise ValueError(f"unknown logger {kind!r}; known: {', '.join(LOGGERS)}")
 
 

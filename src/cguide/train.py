@@ -14,10 +14,11 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import atomic_write
+from .checkpoints import KINDS, atomic_write, read_checkpoint
 from .cli import CONF_DIR, run_or_exit
 from .config import register_configs
 from .data import as_data_config, build_datamodule
@@ -26,6 +27,18 @@ from .modules import DiffusionModule, JudgeModule, NoisyClassifierModule, Sample
 from .nets import encoder_config, judge_config, unet_config
 
 TASKS = {"diffusion": "model", "classifier": "classifier", "judge": "judge"}
+TASK_KINDS = {"diffusion": "eps_model", "classifier": "noisy_classifier", "judge": "judge"}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint the Trainer writes (last.ckpt, top-k, the final one) goes to a temp file beside
+    its target and is renamed over it: a crash mid-write leaves the previous checkpoint intact.
+    (Lightning's own save stages in the system temp dir and may fall back to a non-atomic copy.)"""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def _plain(node) -> dict:
@@ -54,6 +67,24 @@ def check_task(task: str) -> None:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
 
 
+def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
+    """The checkpoint to continue from (cfg.ckpt_path, or last.ckpt with resume=true), checked first so a
+    damaged or foreign file is one clear line rather than Lightning's traceback."""
+    path = cfg.ckpt_path
+    if path is None and cfg.resume and (ckpt_dir / "last.ckpt").is_file():
+        path = ckpt_dir / "last.ckpt"
+    if path is None:
+        return None
+    ckpt = read_checkpoint(path)
+    kind = (ckpt.get("cguide") or {}).get("kind")
+    if kind != TASK_KINDS[cfg.task]:
+        what = KINDS[kind][2] if kind in KINDS else "no 'cguide' metadata (not written by this project)"
+        raise ValueError(f"cannot resume task={cfg.task} from {path}: it holds {what}; "
+                         f"point ckpt_path to a checkpoint of task={cfg.task}, or drop resume/ckpt_path")
+    print(f"resuming task={cfg.task} from {path} at step {ckpt.get('global_step')}")
+    return str(path)
+
+
 def train(cfg: DictConfig) -> Path:
     """Fit (and for the judge, test) one network; returns the final checkpoint, ckpt_dir/<task>.ckpt."""
     check_task(cfg.task)
@@ -67,6 +98,7 @@ def train(cfg: DictConfig) -> Path:
     dm = build_datamodule(as_data_config(data))
     module = build_module(cfg, dm)
     out, ckpt_dir = Path(cfg.paths.output_dir), Path(cfg.paths.ckpt_dir)
+    ckpt_path = resume_path(cfg, ckpt_dir)
     logger = build_logger(cfg.logger, str(out), name=f"{cfg.task}-{out.name}",
                           config=OmegaConf.to_container(cfg, resolve=True))
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename=f"{cfg.task}-{{step}}", save_last=True, save_top_k=1,
@@ -80,17 +112,15 @@ def train(cfg: DictConfig) -> Path:
                         val_check_interval=t.val_check_interval, check_val_every_n_epoch=t.check_val_every_n_epoch,
                         limit_val_batches=t.limit_val_batches, gradient_clip_val=t.gradient_clip_val,
                         enable_progress_bar=t.enable_progress_bar, fast_dev_run=t.fast_dev_run,
-                        deterministic=t.deterministic, logger=logger, callbacks=callbacks, default_root_dir=str(out))
-    ckpt_path = cfg.ckpt_path
-    if ckpt_path is None and cfg.resume and (ckpt_dir / "last.ckpt").is_file():
-        ckpt_path = str(ckpt_dir / "last.ckpt")
+                        deterministic=t.deterministic, logger=logger, callbacks=callbacks, default_root_dir=str(out),
+                        plugins=[AtomicCheckpointIO()])
     try:
         trainer.fit(module, dm, ckpt_path=ckpt_path)
         if cfg.task == "judge":
             trainer.test(module, dm, verbose=False)
         final = ckpt_dir / f"{cfg.task}.ckpt"
         if not t.fast_dev_run:
-            atomic_write(final, trainer.save_checkpoint)
+            trainer.save_checkpoint(final)  # atomic (AtomicCheckpointIO); only rank 0 writes under DDP
     finally:
         finish_wandb()
     return final

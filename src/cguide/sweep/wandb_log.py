@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..logging_utils import wandb_mode
+from ..logging_utils import init_timeout, start_wandb
 from .report import num, series
 
 LINE_METRICS = ("fid", "accuracy", "is_mean", "precision", "recall")
@@ -19,9 +19,10 @@ def start_run(logger_cfg, out_dir: Path, group: str, name: str, config: dict):
     import wandb
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=logger_cfg.project, group=logger_cfg.group or group, name=name, job_type="sweep",
-                      tags=list(logger_cfg.tags), dir=str(out_dir), mode=wandb_mode(logger_cfg.mode), config=config,
-                      reinit="finish_previous")
+    return start_wandb(lambda mode: wandb.init(
+        project=logger_cfg.project, group=logger_cfg.group or group, name=name, job_type="sweep",
+        tags=list(logger_cfg.tags), dir=str(out_dir), mode=mode, config=config, reinit="finish_previous",
+        settings=wandb.Settings(init_timeout=init_timeout())), logger_cfg.mode)
 
 
 def log_point(run, row: dict, grid: Path, step: int) -> None:

@@ -1,0 +1,225 @@
+"""The catalogue of bad inputs in README.md ("## Errors you may see"): every row is fed through a real entry
+point (the run_* functions in-process, the Hydra mains for the `cli` rows), must fail with that row's one-line
+message, and must leave every file already on disk as it was.
+
+The README table is the list: a row without a case here fails, and so does a case without a row.
+In a message, … stands for a part that varies (paths, dicts, exception names)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from conftest import TINY, compose_cfg
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = "## Errors you may see"
+
+
+def catalogue() -> dict[str, str]:
+    """id -> message, from the README table (first column `id`, last column `message`)."""
+    text = README.read_text()
+    assert SECTION in text, f"README.md has no '{SECTION}' section"
+    body = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) >= 3:
+            rows[cells[0].strip("`")] = cells[-1].strip("`")
+    return rows
+
+
+def pattern(message: str) -> str:
+    return ".*?".join(re.escape(part) for part in message.split("…"))
+
+
+# ---------------------------------------------------------------- what each row needs on disk
+
+def _edited(src: Path, dst: Path, edit: Callable[[dict], None]) -> Path:
+    ckpt = torch.load(src, weights_only=True)
+    edit(ckpt["cguide"])
+    torch.save(ckpt, dst)
+    return dst
+
+
+def _truncated(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    return dst
+
+
+def _image_folder(root: Path, classes: dict[str, int]) -> Path:
+    from PIL import Image
+
+    for c, n in classes.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("L", (8, 8), color=i * 40).save(root / c / f"{i}.png")
+    return root
+
+
+def _flat_folder(root: Path) -> Path:
+    """Images straight in root, without the class subfolders."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    Image.new("L", (8, 8)).save(root / "0.png")
+    return root
+
+
+def _finished_sweep(ckpts, out: Path) -> Path:
+    from cguide.sweep.runner import run_sweep
+
+    run_sweep(compose_cfg("sweep", [*_args(SWEEP_BASE, ckpts, out, {})], out))
+    return out
+
+
+def _nan_classifier(src: Path, dst: Path) -> Path:
+    """The classifier with NaN weights: its gradient is NaN for every sample."""
+    ckpt = torch.load(src, weights_only=True)
+    ckpt["state_dict"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v
+                          for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, dst)
+    return dst
+
+
+# ---------------------------------------------------------------- the cases
+
+SAMPLE_BASE = {"eps_ckpt": "{eps}", "classifier_ckpt": "{clf}", "sampler.steps": "3", "progress": "false",
+               "n_per_class": "1", "out_dir": "{out}"}
+SWEEP_BASE = {"eps_ckpt": "{eps}", "classifier_ckpt": "{clf}", "judge_ckpt": "{judge}", "data.image_size": "8",
+              "sampler.steps": "2", "sweep.n_per_point": "10", "sweep.scales": "[0]", "metrics.names": "[accuracy]",
+              "progress": "false", "logger": "none", "out_dir": "{out}"}
+TRAIN_BASE = {**dict(o.split("=", 1) for o in TINY), "task": "diffusion", "trainer.fast_dev_run": "true",
+              "paths.output_dir": "{out}"}
+BASES = {"sample": SAMPLE_BASE, "sweep": SWEEP_BASE, "train": TRAIN_BASE}
+
+
+@dataclass
+class Case:
+    entry: str  # sample | sweep | train; "-cli" = through the Hydra main
+    over: dict = field(default_factory=dict)  # key -> value (None drops a base key); {names} filled by setup
+    setup: Callable | None = None  # (ckpts, tmp) -> {name: path}
+    error: type = ValueError
+    hydra: bool = False  # refused by Hydra's composition (its own message and exit code 1)
+
+
+CASES = {
+    "negative-scale": Case("sample-cli", {"guidance.scale": "-1"}),
+    "infinite-scale": Case("sweep", {"sweep.scales": "[0,inf]"}),
+    "unknown-variant": Case("sample", {"guidance.variant": "scor"}),
+    "unknown-sampler": Case("sweep", {"sweep.samplers": "[ddim,euler]"}),
+    "unknown-dataset": Case("train", {"data.name": "mnist6k"}),
+    "unknown-metric": Case("sweep", {"metrics.names": "[fid,fidd]"}),
+    "unknown-task": Case("train", {"task": "difusion"}),
+    "unknown-config-key": Case("train-cli", {"data.colour": "1"}, hydra=True),
+    "wrong-type": Case("train-cli", {"diffusion.T": "many"}, hydra=True),
+    "missing-setting": Case("sweep", {"judge_ckpt": None}),
+    "missing-file": Case("sample", {"eps_ckpt": "{tmp}/nope.ckpt"}, error=FileNotFoundError),
+    "corrupted-checkpoint": Case("sweep", {"judge_ckpt": "{bad}"},
+                                 lambda c, t: {"bad": _truncated(c["judge"], t / "judge.ckpt")}),
+    "corrupted-resume": Case("train-cli", {"resume": "true"},
+                             lambda c, t: {"bad": _truncated(c["eps"], t / "out" / "checkpoints" / "last.ckpt")}),
+    "resume-other-task": Case("train", {"task": "classifier", "ckpt_path": "{eps}"}),
+    "wrong-kind": Case("sample", {"classifier_ckpt": "{judge}"}),
+    "schedule-mismatch": Case("sample", {"classifier_ckpt": "{bad}"}, lambda c, t: {"bad": _edited(
+        c["clf"], t / "clf.ckpt", lambda m: m["fingerprint"].update(T=50))}),
+    "shape-mismatch": Case("sample", {"classifier_ckpt": "{bad}"}, lambda c, t: {"bad": _edited(
+        c["clf"], t / "clf.ckpt", lambda m: m.update(image_shape=[1, 16, 16]))}),
+    "class-count-mismatch": Case("sample", {"classifier_ckpt": "{bad}"}, lambda c, t: {"bad": _edited(
+        c["clf"], t / "clf.ckpt", lambda m: m.update(num_classes=5))}),
+    "data-mismatch": Case("sweep", {"data.image_size": "16"}),
+    "no-classifier": Case("sample", {"classifier_ckpt": None, "guidance.scale": "1"}),
+    "class-out-of-range": Case("sample", {"classes": "[3,12]"}),
+    "steps-over-T": Case("sample", {"sampler.steps": "500"}),
+    "interval-reversed": Case("sample", {"guidance.interval": "[0.8,0.2]"}),
+    "too-few-samples": Case("sweep", {"sweep.n_per_point": "5"}),
+    "image-size-not-divisible": Case("train", {"data.image_size": "10", "model": "small"}),
+    "image-folder-missing": Case("train", {"data": "image_folder", "data.root": "{tmp}/images"},
+                                 error=FileNotFoundError),
+    "image-folder-flat": Case("train", {"data": "image_folder", "data.root": "{root}"},
+                              lambda c, t: {"root": _flat_folder(t / "images")}),
+    "image-folder-empty-class": Case("train", {"data": "image_folder", "data.root": "{root}"}, lambda c, t: {
+        "root": _image_folder(t / "images", {"a": 3, "b": 0})}),
+    "no-inception-weights": Case("sweep", {"metrics.extractor": "inception", "metrics.names": "[fid]",
+                                           "metrics.inception_weights": "/nowhere/w.pth"}, error=FileNotFoundError),
+    "sweep-folder-other-settings": Case("sweep-cli", {"sweep.n_per_point": "20"},
+                                        lambda c, t: {"sweep": _finished_sweep(c, t / "out")}),
+    "nonfinite-raise": Case("sample", {"classifier_ckpt": "{bad}", "guidance.nonfinite": "raise"},
+                            lambda c, t: {"bad": _nan_classifier(c["clf"], t / "clf.ckpt")},
+                            error=FloatingPointError),
+}
+
+
+def _args(base: dict, ckpts: dict, out: Path, over: dict, names: dict | None = None) -> list[str]:
+    kv = {**base, **over}
+    fill = {"eps": ckpts["eps"], "clf": ckpts["clf"], "judge": ckpts["judge"], "out": out, "tmp": out.parent,
+            **(names or {})}
+    return [f"{k}={str(v).format(**fill)}" for k, v in kv.items() if v is not None]
+
+
+def snapshot(*roots: Path) -> dict[str, bytes]:
+    """Every file under roots (Hydra's own run logs aside), with its bytes."""
+    files = {}
+    for root in roots:
+        for p in sorted(root.rglob("*") if root.is_dir() else [root]):
+            if p.is_file() and not {"outputs", "hydra", ".hydra"} & set(p.relative_to(root.parent).parts):
+                files[str(p)] = p.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def ckpts(tiny_ckpts):
+    return {"eps": tiny_ckpts["eps_model"], "clf": tiny_ckpts["noisy_classifier"], "judge": tiny_ckpts["judge"]}
+
+
+def test_readme_table_and_cases_agree():
+    rows = catalogue()
+    assert len(rows) >= 15
+    assert sorted(rows) == sorted(CASES), "README rows and CASES differ: " \
+        f"{sorted(set(rows) ^ set(CASES))}"
+    assert all("\n" not in m and m for m in rows.values())
+
+
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_catalogued_error(case_id, ckpts, tmp_path, monkeypatch, capsys):
+    message = catalogue().get(case_id)
+    assert message, f"no README row for {case_id}"
+    case = CASES[case_id]
+    monkeypatch.chdir(tmp_path)  # Hydra's run folders of the cli cases land here
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("an earlier output")
+    names = case.setup(ckpts, tmp_path) if case.setup else {}
+    entry = case.entry.removesuffix("-cli")
+    args = _args(BASES[entry], ckpts, out, case.over, names)
+    before = snapshot(tmp_path, *ckpts.values())
+
+    if case.entry.endswith("-cli"):
+        main = {"train": "cguide.train", "sample": "cguide.sample", "sweep": "cguide.sweep.__main__"}[entry]
+        monkeypatch.setattr(sys, "argv", [main, *args])
+        with pytest.raises(SystemExit) as e:
+            __import__(main, fromlist=["main"]).main()
+        err = capsys.readouterr().err
+        if case.hydra:  # Hydra's error: several lines, one of them the message
+            assert e.value.code == 1 and re.search(pattern(message), err), err
+        else:
+            lines = err.strip().splitlines()
+            assert e.value.code == 2 and len(lines) == 1, err
+            assert re.fullmatch("error: " + pattern(message), lines[0]), lines[0]
+    else:
+        run = {"train": "cguide.train:train", "sample": "cguide.sample:run_sample",
+               "sweep": "cguide.sweep.runner:run_sweep"}[entry].split(":")
+        fn = getattr(__import__(run[0], fromlist=[run[1]]), run[1])
+        cfg = compose_cfg({"train": "train", "sample": "sample", "sweep": "sweep"}[entry], args, out)
+        with pytest.raises(case.error) as e:
+            fn(cfg)
+        assert "\n" not in str(e.value) and re.fullmatch(pattern(message), str(e.value)), str(e.value)
+
+    assert snapshot(tmp_path, *ckpts.values()) == before, "a failed run changed files on disk"
