@@ -268,3 +268,23 @@ def test_unknown_names():
         M.build_extractor("vgg", judge=StandInJudge())
     with pytest.raises(ValueError, match="known: judge, inception"):
         M.compute_metrics(x, y, r, judge=StandInJudge(), extractor="clip", metrics=("fid",))
+
+
+def test_corrupted_real_stats_cache_is_recomputed(tmp_path):
+    from cguide.metrics.real_stats import cache_path, load_or_compute
+
+    calls = []
+
+    def extract():
+        calls.append(1)
+        return torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+
+    kw = dict(n=8, cache_dir=str(tmp_path), dataset_id="d", extractor_id="e", layer="f")
+    first = load_or_compute(extract, None, **kw)
+    path = cache_path(str(tmp_path), "d", "e", "f", 8)
+    with open(path, "r+b") as f:
+        f.truncate(10)
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = load_or_compute(extract, None, **kw)
+    assert len(calls) == 2 and torch.equal(again.features, first.features)
+    assert load_or_compute(extract, None, **kw) is not None and len(calls) == 2  # rewritten whole

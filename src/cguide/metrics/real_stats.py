@@ -64,6 +64,17 @@ def _unpack(d: dict) -> RealStats:
     return RealStats(d["features"], stats, d["labels"])
 
 
+def _read_cache(path: str) -> RealStats | None:
+    """The cached stats, or None when absent; a damaged file (killed disk, edited by hand) is recomputed."""
+    if not os.path.exists(path):
+        return None
+    try:
+        return _unpack(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as e:  # cache only: never worth failing a sweep over
+        warnings.warn(f"real-stats cache {path} is unreadable ({type(e).__name__}); recomputing it")
+        return None
+
+
 def load_or_compute(extract: Callable[[], torch.Tensor], labels: torch.Tensor | None, *, n: int,
                     cache_dir: str | None, dataset_id: str, extractor_id: str, layer: str) -> RealStats:
     """Cached RealStats; `extract()` (-> [n, D] features) only runs on a miss or without a cache dir."""
@@ -72,8 +83,8 @@ def load_or_compute(extract: Callable[[], torch.Tensor], labels: torch.Tensor | 
     if cache_dir is not None:
         os.makedirs(cache_dir, exist_ok=True)
         path = cache_path(cache_dir, dataset_id, extractor_id, layer, n)
-        if os.path.exists(path):
-            rs = _unpack(torch.load(path, map_location="cpu", weights_only=True))
+        rs = _read_cache(path)
+        if rs is not None:
             # Same id but other labels means a reused dataset id: recompute rather than trust it.
             same_labels = labels is None or (rs.labels is not None and torch.equal(rs.labels, labels))
             if rs.features.shape[0] == n and same_labels:
