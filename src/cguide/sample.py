@@ -51,7 +51,7 @@ def run_sample(cfg: DictConfig) -> Path:
     x, nonfinite = draw(eps, clf, y=y, scale=g.scale, variant=g.variant, sampler=smp.name, steps=smp.steps,
                         spacing=smp.spacing, eta=smp.eta, var_type=smp.var_type, clip_x0=smp.clip_x0,
                         interval=tuple(g.interval), nonfinite=g.nonfinite, seeds=seeds.tolist(),
-                        batch_size=cfg.batch_size, device=cfg.device, progress=cfg.progress)
+                        batch_size=cfg.batch_size, device=cfg.device, progress=cfg.progress, speed=cfg.speed)
     out = Path(cfg.out_dir)
     for c in classes:
         save_grid(x[y == c], out / f"grid_class{c}.png")
@@ -59,6 +59,7 @@ def run_sample(cfg: DictConfig) -> Path:
         "eps_ckpt": str(eps.path), "classifier_ckpt": str(clf.path) if clf else None,
         "classes": classes, "n_per_class": cfg.n_per_class, "seed": cfg.seed,
         "sampler": OmegaConf.to_container(smp, resolve=True), "guidance": OmegaConf.to_container(g, resolve=True),
+        "speed": OmegaConf.to_container(cfg.speed, resolve=True),
         "image_shape": list(eps.image_shape), "schedule": eps.fingerprint,
     }
     return write_npz(out / "samples.npz", samples=x.float().numpy(), targets=y.numpy(), seeds=seeds.numpy(),

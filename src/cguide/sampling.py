@@ -11,8 +11,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoints import Loaded, check_compatible
+from .cuda_graph import sample_static
+from .distributed import gather_rows, rank_world, shard
 from .diffusion import make_plan, make_schedule, sample
 from .guidance import ClassifierGuidance, check_variant
+from .speed import SpeedOptions, fast_net
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
@@ -34,12 +37,13 @@ def _per_sample(v, n: int, dtype, name: str) -> torch.Tensor:
 def draw(eps: Loaded, clf: Loaded | None, *, y, scale=0.0, variant: str | Sequence[str] = "score",
          sampler: str = "ddim", steps: int | None = None, spacing: str = "uniform", eta: float = 0.0,
          var_type: str = "fixed_small", clip_x0: bool = False, interval=(0.0, 1.0), nonfinite: str = "zero",
-         seeds: Sequence[int], batch_size: int = 256, device=None,
-         progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+         seeds: Sequence[int], batch_size: int = 256, device=None, progress: bool = True,
+         speed: SpeedOptions | dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw len(seeds) samples from ``eps`` guided by ``clf`` towards targets ``y``.
 
     y, scale, variant: scalars or one per seed. Where every scale is 0 no classifier is needed (clf may
-    be None) and the result is exactly unguided sampling. Returns (x [N,C,H,W] on cpu,
+    be None) and the result is exactly unguided sampling. speed: ``SpeedOptions`` (or its dict; None = eager
+    fp32). Returns (x [N,C,H,W] on cpu,
     nonfinite_steps [N]: steps at which a sample's classifier gradient was non-finite and contained)."""
     seeds = torch.as_tensor(list(seeds), dtype=torch.long)
     n = len(seeds)
@@ -69,9 +73,11 @@ def draw(eps: Loaded, clf: Loaded | None, *, y, scale=0.0, variant: str | Sequen
         check_compatible(eps, clf)
 
     device = resolve_device(device)
+    opts = SpeedOptions.from_config(speed)
+    opts.check(device)
     plan = make_plan(make_schedule(**eps.schedule), steps, spacing)
-    net = eps.net.to(device).eval()
-    guide = clf.net.to(device) if guided else None
+    net = fast_net(eps.net.eval(), opts, device)
+    guide = fast_net(clf.net, opts, device) if guided else None
     eps_fn = lambda x, t: net(x, t)  # noqa: E731
     xs, bad = [], []
     starts = range(0, n, batch_size)
@@ -81,11 +87,33 @@ def draw(eps: Loaded, clf: Loaded | None, *, y, scale=0.0, variant: str | Sequen
         if guide is not None and bool((s[sl] > 0).any()):  # an all-s=0 batch stays exactly unguided
             fn = ClassifierGuidance(eps_fn, guide, plan, y=y[sl].to(device), scale=s[sl].to(device),
                                     variant=variants[sl], interval=(t_lo, t_hi), nonfinite=nonfinite,
-                                    num_classes=clf.num_classes)
-        x = sample(fn, eps.image_shape, plan, seeds[sl].tolist(), sampler=sampler, eta=eta, var_type=var_type,
-                   clip_x0=clip_x0, device=device, progress=False)
+                                    num_classes=clf.num_classes, static=opts.cuda_graph)
+        run = dict(sampler=sampler, eta=eta, var_type=var_type, clip_x0=clip_x0, device=device)
+        if opts.cuda_graph:
+            x = sample_static(eps_fn, fn if fn is not eps_fn else None, eps.image_shape, plan, seeds[sl].tolist(), **run)
+        else:
+            x = sample(fn, eps.image_shape, plan, seeds[sl].tolist(), progress=False, **run)
         if fn is not eps_fn and fn.nonfinite_steps is not None:
             nonfinite_steps = fn.nonfinite_steps.cpu()
         xs.append(x.cpu())
         bad.append(nonfinite_steps)
     return torch.cat(xs), torch.cat(bad)
+
+
+def draw_sharded(eps: Loaded, clf: Loaded | None, *, y, scale=0.0, variant: str | Sequence[str] = "score",
+                 seeds: Sequence[int], **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """``draw`` split over the ranks of a process group (cguide.distributed): each rank draws its
+    contiguous share of the samples and every rank gets all of them back in order, the same samples
+    one process draws from the same seeds. Without a process group it is ``draw``."""
+    seeds = list(seeds)
+    n = len(seeds)
+    if rank_world()[1] == 1:
+        return draw(eps, clf, y=y, scale=scale, variant=variant, seeds=seeds, **kwargs)
+    sl = shard(n)
+    y_, s_ = _per_sample(y, n, torch.long, "target class y"), _per_sample(scale, n, torch.float64, "guidance scale")
+    v_ = [variant] * n if isinstance(variant, str) else list(variant)
+    if sl.stop > sl.start:
+        x, bad = draw(eps, clf, y=y_[sl], scale=s_[sl], variant=v_[sl], seeds=seeds[sl], **kwargs)
+    else:  # more ranks than samples
+        x, bad = torch.empty((0, *eps.image_shape)), torch.empty(0, dtype=torch.long)
+    return gather_rows(x, n), gather_rows(bad, n)

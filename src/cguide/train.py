@@ -24,6 +24,7 @@ from .config import register_configs
 from .data import as_data_config, build_datamodule
 from .logging_utils import build_logger, finish_wandb
 from .modules import DiffusionModule, JudgeModule, NoisyClassifierModule, SampleGrid
+from .modules.callbacks import FinalCheckpoint
 from .nets import encoder_config, judge_config, unet_config
 
 TASKS = {"diffusion": "model", "classifier": "classifier", "judge": "judge"}
@@ -103,6 +104,8 @@ def train(cfg: DictConfig) -> Path:
                           config=OmegaConf.to_container(cfg, resolve=True))
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename=f"{cfg.task}-{{step}}", save_last=True, save_top_k=1,
                                  every_n_train_steps=cfg.callbacks.ckpt_every_n_steps)]
+    final = ckpt_dir / f"{cfg.task}.ckpt"
+    callbacks.append(FinalCheckpoint(str(final)))  # saved in the training processes (ddp_spawn: see there)
     if cfg.task == "diffusion":
         callbacks.append(SampleGrid(cfg.callbacks.sample_every_n_steps, cfg.callbacks.sample_n,
                                     cfg.callbacks.sample_steps, str(out / "samples")))
@@ -118,9 +121,6 @@ def train(cfg: DictConfig) -> Path:
         trainer.fit(module, dm, ckpt_path=ckpt_path)
         if cfg.task == "judge":
             trainer.test(module, dm, verbose=False)
-        final = ckpt_dir / f"{cfg.task}.ckpt"
-        if not t.fast_dev_run:
-            trainer.save_checkpoint(final)  # atomic (AtomicCheckpointIO); only rank 0 writes under DDP
     finally:
         finish_wandb()
     return final

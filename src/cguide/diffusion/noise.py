@@ -35,13 +35,15 @@ def splitmix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
-def seeded_normal(seeds: torch.Tensor, draw: int, shape: Sequence[int], device=None,
+def seeded_normal(seeds: torch.Tensor, draw: int | torch.Tensor, shape: Sequence[int], device=None,
                   dtype=torch.float32) -> torch.Tensor:
     """Standard normal noise [B, *shape]; row b depends only on (seeds[b], draw).
     One 64-bit hash per pair of normals: two 32-bit uniforms feed Box-Muller's cos and sin branches."""
     seeds = torch.as_tensor(seeds, dtype=torch.long, device=device).reshape(-1, 1)
     n = math.prod(shape)
-    stream = splitmix64(splitmix64(seeds) ^ splitmix64(torch.full_like(seeds, int(draw))))
+    # draw may be a device tensor, so a captured CUDA graph can replay one step body for every step
+    draw = torch.as_tensor(draw, dtype=torch.long, device=seeds.device).reshape(-1, 1).expand_as(seeds)
+    stream = splitmix64(splitmix64(seeds) ^ splitmix64(draw))
     bits = splitmix64(stream + torch.arange((n + 1) // 2, device=seeds.device, dtype=torch.long))
     u1 = (_shr(bits, 32).double() + 1.0) * 2.0**-32  # (0, 1], so log(u1) is finite
     u2 = (bits & 0xFFFFFFFF).double() * 2.0**-32

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from ..checkpoints import atomic_torch_save, read_checkpoint
 from ..diffusion import make_plan, sample
 from ..images import save_grid
 
@@ -44,7 +45,8 @@ class SampleGrid(L.Callback):
 class FinalCheckpoint(L.Callback):
     """Write the final checkpoint at the end of fit, inside the training processes: under ddp_spawn the
     launching process gets the weights back but not the step count or optimizer state, so a checkpoint
-    saved there after fit would claim step 0. Every rank calls save (Lightning writes on rank 0 only)."""
+    saved there after fit would claim step 0. Every rank calls save (Lightning writes on rank 0 only).
+    After a test (the judge) only the metadata's ``extra`` (test accuracy) is refreshed in that file."""
 
     def __init__(self, path: str):
         self.path = path
@@ -52,3 +54,10 @@ class FinalCheckpoint(L.Callback):
     def on_train_end(self, trainer, pl_module):
         if not trainer.fast_dev_run:
             trainer.save_checkpoint(self.path)
+
+    def on_test_end(self, trainer, pl_module):
+        if trainer.is_global_zero and not trainer.fast_dev_run and Path(self.path).is_file():
+            ckpt = read_checkpoint(self.path)
+            ckpt["cguide"]["extra"] = pl_module.cguide_meta()["extra"]
+            atomic_torch_save(ckpt, self.path)
+        trainer.strategy.barrier()

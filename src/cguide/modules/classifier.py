@@ -105,7 +105,9 @@ class JudgeModule(_ClassifierModule):
         self._log("test", logits, batch[1])
 
     def on_test_epoch_end(self):
-        self.test_acc = float(torch.cat(self._test_correct).mean()) if self._test_correct else None
+        # DDP: each rank tested its share of the split (DistributedSampler pads it by a few repeats)
+        correct = self.all_gather(torch.cat(self._test_correct).to(self.device)) if self._test_correct else None
+        self.test_acc = float(correct.float().mean()) if correct is not None else None
         self._test_correct = []
 
     def cguide_meta(self) -> dict:

@@ -34,6 +34,22 @@ class GuidanceConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """speed: options of the guided sampling step (cguide.speed); all off = eager fp32."""
+    bf16: bool = False  # bf16 autocast of both networks (moves samples beyond fp32 rounding; recorded in sweep.json)
+    channels_last: bool = False  # NHWC convolutions
+    compile: bool = False  # torch.compile both networks
+    cuda_graph: bool = False  # capture the whole guided step as a CUDA graph (CUDA only)
+
+
+@dataclass
+class DistributedConfig:
+    """distributed: sweep sampling over several processes (cguide.distributed). Under torchrun or a
+    multi-task submitit job the ranks come from the environment and devices stays 1."""
+    devices: int = 1  # > 1: spawn this many processes here (one GPU each on CUDA, gloo processes on CPU)
+
+
+@dataclass
 class MetricsConfig:
     """group metrics/: what each sweep point is measured with (see cguide.metrics.suite)."""
     # = cguide.metrics.METRIC_NAMES, spelled out so composing a config never imports the metric suite
@@ -63,6 +79,7 @@ class SampleConfig:
     out_dir: str = "${paths.output_dir}"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
@@ -101,6 +118,8 @@ class SweepConfig:
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     sweep: GridConfig = field(default_factory=GridConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 

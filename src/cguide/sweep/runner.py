@@ -13,13 +13,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoints import Loaded, load_net
 from ..data import as_data_config, build_datamodule
+from ..distributed import is_main, main_then_share
 from ..diffusion import VAR_TYPES, make_plan, make_schedule
 from ..guidance import NONFINITE_MODES
 from ..images import save_grid
 from ..logging_utils import finish_wandb
 from ..metrics import EXTRACTOR_NAMES, METRIC_NAMES, compute_metrics, inception_weights_path
 from ..metrics.suite import FEATURE_METRICS
-from ..sampling import draw, resolve_device
+from ..sampling import draw_sharded, resolve_device
 from . import wandb_log
 from .config import require
 from .grid import Point, balanced_targets, build_grid, pack
@@ -77,7 +78,10 @@ def manifest(cfg: DictConfig, eps: Loaded, clf: Loaded | None, judge: Loaded, na
     data = {k: v for k, v in vars(as_data_config(OmegaConf.to_container(cfg.data, resolve=True))).items()
             if k not in ("root", "batch_size", "num_workers", "download")}
     m, smp = cfg.metrics, cfg.sampler
-    return {
+    # bf16 moves samples beyond fp32 rounding, so it defines results (the other speed options are fp32 rounding only);
+    # recorded only when on, so folders written before the option existed still resume
+    speed = {"speed": {"bf16": True}} if cfg.speed.bf16 else {}
+    return {**speed,
         "eps_ckpt": file_identity(eps.path), "classifier_ckpt": file_identity(clf.path if clf else None),
         "judge_ckpt": file_identity(judge.path), "n_per_point": cfg.sweep.n_per_point, "seed": cfg.sweep.seed,
         "sampler": {"eta": smp.eta, "var_type": smp.var_type, "clip_x0": smp.clip_x0, "spacing": smp.spacing},
@@ -123,11 +127,16 @@ def run_sweep(cfg: DictConfig) -> Path:
     out = Path(cfg.out_dir)
     folder = ResultsFolder(out)
     defines = manifest(cfg, eps, clf, judge, names)
-    folder.claim(defines, {"eps_ckpt": str(eps.path), "classifier_ckpt": cfg.classifier_ckpt,
-                           "judge_ckpt": str(judge.path)})
-    done = folder.done()
+
+    def claim() -> set:
+        folder.claim(defines, {"eps_ckpt": str(eps.path), "classifier_ckpt": cfg.classifier_ckpt,
+                               "judge_ckpt": str(judge.path)})
+        return folder.done()
+
+    done = main_then_share(claim)  # distributed: rank 0 claims and reads, every rank gets the same to-do list
     todo = [p for p in points if p.key not in done]
-    print(f"sweep {out}: {len(points)} point(s), {len(points) - len(todo)} done already, {len(todo)} to run")
+    if is_main():
+        print(f"sweep {out}: {len(points)} point(s), {len(points) - len(todo)} done already, {len(todo)} to run")
 
     device = resolve_device(cfg.device)
     judge.net.to(device)
@@ -135,7 +144,7 @@ def run_sweep(cfg: DictConfig) -> Path:
     seeds = (sw.seed + torch.arange(sw.n_per_point)).tolist()
     group = sweep_group(sw.name, defines)
     run = wandb_log.start_run(cfg.logger, out, group, name=f"{group}-{time.strftime('%H%M%S')}",
-                              config=OmegaConf.to_container(cfg, resolve=True))
+                              config=OmegaConf.to_container(cfg, resolve=True)) if is_main() else None
     try:
         step = 0
         for call in pack(todo, sw.points_per_call or len(todo)):
@@ -143,6 +152,8 @@ def run_sweep(cfg: DictConfig) -> Path:
                 if folder.append(row):  # False: a parallel job finished this point first
                     wandb_log.log_point(run, row, grid, step)
                     step += 1
+        if not is_main():  # other ranks only drew their shares
+            return out
         rows = folder.rows()
         plots = write_plots(rows, out / "plots")
         wandb_log.log_summary(run, rows, plots)
@@ -159,11 +170,14 @@ def _run_call(cfg, call: list[Point], eps, clf, judge, y, seeds, real, real_y, n
     draws = list(dict.fromkeys((p.scale, p.variant if p.scale else "") for p in call))
     scales = torch.tensor([s for s, _ in draws]).repeat_interleave(n)
     variants = [v or "score" for _, v in draws for _ in range(n)]
-    x, nonfinite = draw(eps, clf, y=y.repeat(len(draws)), scale=scales, variant=variants,
-                        sampler=first.sampler, steps=first.steps,
-                        spacing=smp.spacing, eta=smp.eta, var_type=smp.var_type, clip_x0=smp.clip_x0,
-                        interval=first.interval, nonfinite=cfg.guidance.nonfinite, seeds=seeds * len(draws),
-                        batch_size=cfg.sweep.batch_size, device=cfg.device, progress=cfg.progress)
+    x, nonfinite = draw_sharded(eps, clf, y=y.repeat(len(draws)), scale=scales, variant=variants,
+                                sampler=first.sampler, steps=first.steps,
+                                spacing=smp.spacing, eta=smp.eta, var_type=smp.var_type, clip_x0=smp.clip_x0,
+                                interval=first.interval, nonfinite=cfg.guidance.nonfinite, seeds=seeds * len(draws),
+                                batch_size=cfg.sweep.batch_size, device=cfg.device, progress=cfg.progress,
+                                speed=cfg.speed)
+    if not is_main():  # rank 0 measures the gathered samples
+        return
     draw_s = (time.perf_counter() - t0) / len(call)  # shared batches: each point gets an equal share
     m = cfg.metrics
     for point in call:

@@ -1,0 +1,152 @@
+"""Distributed sampling for the sweep (torch.distributed; gloo on CPU, NCCL on GPUs).
+
+Each rank draws a contiguous share of every call's sample indices. A sample depends on its own seed
+alone (counter-based noise), so the shares gathered in rank order ARE the single-process draw, and
+rank 0 measures them with the single-process metric code: the metrics need all samples at once (FID
+statistics, KID subsets), so gathering the samples is simpler and exactly as accurate as syncing
+partial statistics. Only rank 0 writes results and logs.
+
+A process group comes from torchrun's environment (RANK, WORLD_SIZE, ...), from a multi-task submitit
+job (SLURM or local, tasks_per_node > 1), or from ``spawn`` (``distributed.devices=N``)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import traceback
+from datetime import timedelta
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from .cli import ERRORS
+
+
+def rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return rank_world()[0] == 0
+
+
+def _submitit_tasks() -> int:
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return 1
+    from submitit import JobEnvironment
+
+    return JobEnvironment().num_tasks
+
+
+def init_from_env(timeout_min: float = 30) -> bool:
+    """Join the process group the environment describes; False when this is a single process."""
+    if dist.is_initialized():
+        return True
+    if "WORLD_SIZE" not in os.environ and _submitit_tasks() > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    cuda = torch.cuda.is_available()
+    if cuda:  # one GPU per rank: device "cuda" (and "auto") then means this rank's GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_min))
+    return True
+
+
+def shard(n: int) -> slice:
+    """This rank's contiguous share of n indices (the first n % world ranks get one more)."""
+    rank, world = rank_world()
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+def gather_rows(part: torch.Tensor, n: int) -> torch.Tensor:
+    """Concatenate every rank's share (rank order) on every rank; shares may differ in length by one."""
+    rank, world = rank_world()
+    if world == 1:
+        return part
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    longest = -(-n // world)
+    padded = torch.zeros((longest, *part.shape[1:]), dtype=part.dtype, device=dev)
+    padded[:len(part)] = part.to(dev)
+    bufs = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(bufs, padded)
+    base, extra = divmod(n, world)
+    return torch.cat([b[:base + (r < extra)] for r, b in enumerate(bufs)]).cpu()
+
+
+def main_then_share(fn: Callable, *args) -> Any:
+    """Run fn on rank 0 only and hand its result, or its (one-line) error, to every rank."""
+    rank, world = rank_world()
+    if world == 1:
+        return fn(*args)
+    box: list = [None]
+    if rank == 0:
+        try:
+            box = [(None, fn(*args))]
+        except ERRORS as e:
+            box = [(e, None)]
+    dist.broadcast_object_list(box, src=0)
+    err, value = box[0]
+    if err is not None:
+        raise err
+    return value
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, queue, fn: Callable, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    try:
+        init_from_env()
+        # by value: a tensor sent as-is travels as a shared-memory handle that dies with this process
+        queue.put((rank, None, pickle.dumps(fn(*args))))
+    except ERRORS as e:
+        queue.put((rank, e, None))
+    except BaseException:  # anything else: the full traceback, so the parent can show where
+        queue.put((rank, RuntimeError(f"rank {rank} failed:\n{traceback.format_exc()}"), None))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn(fn: Callable, nprocs: int, *args) -> Any:
+    """Run fn(*args) in nprocs fresh processes forming one process group on this machine; returns
+    rank 0's result, or raises the first error a rank reported (the other ranks are then stopped)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = free_port()
+    procs = [ctx.Process(target=_entry, args=(r, nprocs, port, queue, fn, args)) for r in range(nprocs)]
+    for p in procs:
+        p.start()
+    results, error = {}, None
+    while len(results) < nprocs and error is None:
+        if queue.empty():
+            if any(p.exitcode not in (None, 0) for p in procs):  # died without reporting (killed, OOM)
+                error = RuntimeError(f"a rank exited with code {[p.exitcode for p in procs]} before reporting")
+            else:
+                procs[0].join(0.1)
+            continue
+        rank, err, value = queue.get()
+        results[rank] = None if value is None else pickle.loads(value)
+        error = error or err
+    for p in procs:
+        if error is not None and p.is_alive():
+            p.terminate()
+        p.join()
+    if error is not None:
+        raise error
+    return results[0]

@@ -1,0 +1,114 @@
+"""Speed options of the guided step: the static (CUDA-graph) path computes what eager guidance computes,
+s = 0 rows stay bitwise unguided, and channels_last / bf16 / compile sample what eager fp32 samples
+(within fp32 / bf16 tolerances). CUDA-graph capture itself needs a GPU: benchmarks/guided_step.py
+checks it there against eager."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cguide.checkpoints import Loaded
+from cguide.cuda_graph import sample_static
+from cguide.diffusion import make_plan, make_schedule, sample
+from cguide.guidance import ClassifierGuidance
+from cguide.nets import build_encoder, build_unet
+from cguide.sampling import draw
+from cguide.speed import SpeedOptions
+
+from test_guidance import NaNClassifier, TinyClassifier, eps_model
+
+
+def _pair(static: bool, clf, plan, **kw):
+    return ClassifierGuidance(eps_model, clf, plan, static=static, **kw)
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.5)])
+def test_static_step_matches_eager_guidance(sampler, eta):
+    plan = make_plan(make_schedule("linear", 1000), 12)
+    clf = TinyClassifier(dim=4, dtype=torch.float32)
+    seeds, s, y = [5, 6, 7, 8], torch.tensor([0.0, 2.0, 5.0, 1.0]), torch.tensor([2, 0, 1, 1])
+    kw = dict(y=y, scale=s, variant=["score", "seed_literal", "mean_shift", "unit"], interval=(0.1, 0.8))
+    eager = _pair(False, clf, plan, **kw)
+    ref = sample(eager, (1, 2, 2), plan, seeds, sampler=sampler, eta=eta, progress=False)
+    static = _pair(True, clf, plan, **kw)
+    got = sample_static(eps_model, static, (1, 2, 2), plan, seeds, sampler=sampler, eta=eta, capture=False)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert static.classifier_calls == eager.classifier_calls > 0  # skipped outside the interval alike
+    plain = sample(eps_model, (1, 2, 2), plan, seeds, sampler=sampler, eta=eta, progress=False)
+    assert torch.equal(got[0], plain[0])  # s = 0 row: bitwise unguided
+    assert not torch.allclose(got[1:], plain[1:])
+
+
+def test_static_keeps_s0_rows_bitwise_even_with_nan_gradients():
+    plan = make_plan(make_schedule("linear", 1000), 5)
+    plain = sample(eps_model, (1, 2, 2), plan, [0, 1], progress=False)
+    # NaNClassifier gives row 0 a NaN gradient; its s = 0, so it must still be exactly unguided
+    guide = ClassifierGuidance(eps_model, NaNClassifier(), plan, y=0, scale=torch.tensor([0.0, 1.0]), static=True)
+    got = sample_static(eps_model, guide, (1, 2, 2), plan, [0, 1], capture=False)
+    assert torch.equal(got[0], plain[0]) and torch.isfinite(got).all()
+    assert guide.nonfinite_steps.tolist() == [0, 0]
+    guide = ClassifierGuidance(eps_model, NaNClassifier(), plan, y=0, scale=1.0, static=True)
+    sample_static(eps_model, guide, (1, 2, 2), plan, [0, 1], capture=False)
+    assert guide.nonfinite_steps.tolist() == [5, 0]  # as the eager path counts
+    with pytest.raises(FloatingPointError, match="non-finite classifier gradient for 1 sample"):
+        sample_static(eps_model, ClassifierGuidance(eps_model, NaNClassifier(), plan, y=0, scale=1.0, static=True,
+                                                    nonfinite="raise"), (1, 2, 2), plan, [0, 1], capture=False)
+
+
+def _randomise(net: nn.Module, seed: int) -> nn.Module:
+    """Fresh nets zero-init their output layers (eps = 0): give every parameter a random value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return net.eval()
+
+
+def tiny_pair() -> tuple[Loaded, Loaded]:
+    """A random tiny eps-model and classifier (8x8x1, 10 classes, T = 100), the same on every call."""
+    schedule = dict(kind="linear", T=100)
+    fp = make_schedule(**schedule).fingerprint()
+    eps = Loaded(_randomise(build_unet("tiny", 1, 8), 0), "eps_model", Path("eps"), (1, 8, 8), 10, fp, schedule)
+    clf = Loaded(_randomise(build_encoder("tiny", 1, 8, 10), 1), "noisy_classifier", Path("clf"), (1, 8, 8), 10,
+                 fp, schedule)
+    return eps, clf
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return tiny_pair()
+
+
+def _draw(nets, speed, **kw):
+    eps, clf = nets
+    args = dict(y=torch.arange(6) % 10, scale=torch.tensor([0.0, 1.0, 2.0, 0.0, 4.0, 1.0]), sampler="ddpm", steps=6,
+                seeds=range(6), batch_size=4, device="cpu", progress=False, speed=speed) | kw
+    return draw(eps, clf, **args)[0]
+
+
+@pytest.mark.parametrize("speed,tol", [({"channels_last": True}, 1e-4), ({"bf16": True}, 0.15),
+                                       ({"bf16": True, "channels_last": True}, 0.15)])
+def test_speed_options_sample_what_eager_samples(nets, speed, tol):
+    ref = _draw(nets, None)
+    got = _draw(nets, speed)
+    assert ref.abs().max() > 0.1 and not torch.isnan(got).any()
+    diff = (got - ref).abs().max().item()
+    assert diff <= tol, f"{speed}: max abs diff {diff}"
+    if speed.get("bf16"):
+        assert diff > 0  # autocast really ran in bf16
+
+
+def test_cuda_graph_on_cpu_is_refused_in_one_line(nets):
+    with pytest.raises(ValueError, match=r"^speed.cuda_graph needs a CUDA device, the sampler runs on cpu"):
+        _draw(nets, {"cuda_graph": True})
+    with pytest.raises(ValueError, match=r"unknown speed option\(s\) \['fast'\]"):
+        SpeedOptions.from_config({"fast": True})
+
+
+@pytest.mark.slow
+def test_compiled_networks_sample_what_eager_samples(nets):
+    ref = _draw(nets, None)
+    got = _draw(nets, {"compile": True})
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
