@@ -44,3 +44,12 @@ def tiny_ckpts(tmp_path_factory) -> dict[str, Path]:
         cfg = compose_cfg("train", [f"task={task}", *TINY], root / task)
         out[kind] = train(cfg)
     return out
+
+
+def nan_classifier(src: Path, dst: Path) -> Path:
+    """A copy of a classifier checkpoint with NaN weights: its gradient is NaN for every sample, every step."""
+    ckpt = torch.load(src, weights_only=True)
+    ckpt["state_dict"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v
+                          for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, dst)
+    return dst

@@ -16,7 +16,7 @@ from typing import Callable
 import pytest
 import torch
 
-from conftest import TINY, compose_cfg
+from conftest import TINY, compose_cfg, nan_classifier
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Errors you may see"
@@ -78,15 +78,6 @@ def _finished_sweep(ckpts, out: Path) -> Path:
 
     run_sweep(compose_cfg("sweep", [*_args(SWEEP_BASE, ckpts, out, {})], out))
     return out
-
-
-def _nan_classifier(src: Path, dst: Path) -> Path:
-    """The classifier with NaN weights: its gradient is NaN for every sample."""
-    ckpt = torch.load(src, weights_only=True)
-    ckpt["state_dict"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v
-                          for k, v in ckpt["state_dict"].items()}
-    torch.save(ckpt, dst)
-    return dst
 
 
 # ---------------------------------------------------------------- the cases
@@ -152,7 +143,7 @@ CASES = {
     "sweep-folder-other-settings": Case("sweep-cli", {"sweep.n_per_point": "20"},
                                         lambda c, t: {"sweep": _finished_sweep(c, t / "out")}),
     "nonfinite-raise": Case("sample", {"classifier_ckpt": "{bad}", "guidance.nonfinite": "raise"},
-                            lambda c, t: {"bad": _nan_classifier(c["clf"], t / "clf.ckpt")},
+                            lambda c, t: {"bad": nan_classifier(c["clf"], t / "clf.ckpt")},
                             error=FloatingPointError),
 }
 

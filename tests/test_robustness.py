@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from cguide.checkpoints import read_checkpoint
-from conftest import TINY, compose_cfg
+from conftest import TINY, compose_cfg, nan_classifier
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true",
        "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
@@ -217,15 +217,6 @@ def test_failed_write_leaves_previous_file_and_no_temp(writer, tmp_path, monkeyp
 
 # ------------------------------------------------------------------ NaN containment
 
-def _nan_classifier(src: Path, dst: Path) -> Path:
-    """The noisy classifier with NaN weights: its gradient is NaN for every sample, at every step."""
-    ckpt = torch.load(src, weights_only=True)
-    ckpt["state_dict"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v
-                          for k, v in ckpt["state_dict"].items()}
-    torch.save(ckpt, dst)
-    return dst
-
-
 SWEEP = ["data.image_size=8", "sampler.steps=4", "sweep.n_per_point=20", "sweep.batch_size=40", "progress=false",
          "logger=none", "metrics.names=[fid,accuracy,nonfinite]"]
 
@@ -240,7 +231,7 @@ def _sweep(ckpts: dict, out: Path, *over: str) -> list[dict]:
 
 
 def test_nan_gradients_are_contained_and_reported_through_a_sweep(tiny_ckpts, tmp_path):
-    ckpts = {**tiny_ckpts, "noisy_classifier": _nan_classifier(tiny_ckpts["noisy_classifier"], tmp_path / "nan.ckpt")}
+    ckpts = {**tiny_ckpts, "noisy_classifier": nan_classifier(tiny_ckpts["noisy_classifier"], tmp_path / "nan.ckpt")}
     rows = {r["scale"]: r for r in _sweep(ckpts, tmp_path / "out", "sweep.scales=[0,2]")}
     assert rows[0.0]["grad_nonfinite_share"] == 0.0 and rows[2.0]["grad_nonfinite_share"] == 1.0
     for r in rows.values():  # every gradient zeroed: the samples stay finite, and so do the metrics
