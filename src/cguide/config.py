@@ -77,11 +77,9 @@ class PathsConfig:
 
 
 @dataclass
-class TrainConfig:
-    task: str = "diffusion"  # diffusion | classifier | judge
+class TrainingParts:
+    """The sections that define the three networks and how they train (shared by train and pipeline)."""
     seed: int = 0
-    resume: bool = False  # continue from ckpt_dir/last.ckpt when it exists
-    ckpt_path: Optional[str] = None  # or from this checkpoint
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: ScheduleConfig = field(default_factory=ScheduleConfig)
     model: NetConfig = field(default_factory=NetConfig)
@@ -91,6 +89,13 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class TrainConfig(TrainingParts):
+    task: str = "diffusion"  # diffusion | classifier | judge
+    resume: bool = False  # continue from ckpt_dir/last.ckpt when it exists
+    ckpt_path: Optional[str] = None  # or from this checkpoint
 
 
 def register_configs() -> None:
