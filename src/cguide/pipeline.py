@@ -84,7 +84,7 @@ def run_stage(cfg: DictConfig, task: str, out: Path) -> Path:
 
 def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConfig:
     parts = {k: _plain(cfg[k]) for k in ("device", "num_threads", "progress", "data", "sampler", "guidance",
-                                         "sweep", "metrics", "logger")}
+                                         "sweep", "metrics", "speed", "logger")}
     from .sweep.runner import file_identity
 
     ids = {k: str(p) for k, p in ckpts.items()}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .config import TrainingParts
-from .sweep.config import GridConfig, GuidanceConfig, MetricsConfig, SamplerConfig
+from .sweep.config import GridConfig, GuidanceConfig, MetricsConfig, SamplerConfig, SpeedConfig
 
 
 @dataclass
@@ -21,3 +21,4 @@ class PipelineConfig(TrainingParts):
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     sweep: GridConfig = field(default_factory=GridConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
