@@ -91,6 +91,8 @@ def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConf
     # A folder per (checkpoint contents, grid, sampler): retrained stages get a fresh sweep, never a mixed one.
     defines = {"ckpts": {k: file_identity(p) for k, p in ckpts.items()}, "sweep": parts["sweep"],
                "sampler": parts["sampler"]}
+    if parts["speed"]["bf16"]:  # bf16 defines results (cguide.sweep.runner.manifest); only when on: old digests hold
+        defines["speed"] = {"bf16": True}
     sweep_dir = out / "sweep" / _digest(defines)
     parts.update(eps_ckpt=ids["diffusion"], classifier_ckpt=ids["classifier"], judge_ckpt=ids["judge"],
                  out_dir=str(sweep_dir), paths={"output_dir": str(sweep_dir)})
