@@ -113,7 +113,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     # one process compiles many nets and options here (one forward code object): past dynamo's default
     # limit of 8 recompiles it would silently fall back to eager
-    torch._dynamo.config.recompile_limit = 64  # (named cache_size_limit before torch 2.6)
+    torch._dynamo.config.recompile_limit = 64
     torch._dynamo.config.accumulated_recompile_limit = 1024
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     options = dict(OPTIONS)
