@@ -37,7 +37,8 @@ def _multirun(tiny_ckpts, out, *extra):
            f"judge_ckpt={tiny_ckpts['judge']}", f"out_dir={out}", "data.image_size=8", "sampler.steps=3",
            "sweep.n_per_point=10", "metrics.names=[fid,accuracy]", "progress=false", "num_threads=1", "logger=none",
            "sweep.name=submitit", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a stale, unusable MASTER_PORT from the launching shell (Lightning's ddp_spawn leaves one) must be ignored
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "1"}
     proc = subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {r["point"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}

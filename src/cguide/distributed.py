@@ -50,6 +50,11 @@ def init_from_env(timeout_min: float = 30) -> bool:
     if "WORLD_SIZE" not in os.environ and _submitit_tasks() > 1:
         from submitit.helpers import TorchDistributedEnvironment
 
+        # The job's tasks define the group. A MASTER_PORT inherited from the launching shell (another job,
+        # a Lightning ddp_spawn run) is dropped: submitit would make every job of a sweep on one node listen
+        # on it; without it each job gets its own port, derived from its job id.
+        for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+            os.environ.pop(key, None)
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -68,14 +69,14 @@ def check_task(task: str) -> None:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
 
 
-def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
-    """The checkpoint to continue from (cfg.ckpt_path, or last.ckpt with resume=true), checked first so a
-    damaged or foreign file is one clear line rather than Lightning's traceback."""
+def resume_path(cfg: DictConfig, ckpt_dir: Path) -> tuple[str | None, int]:
+    """The checkpoint to continue from (cfg.ckpt_path, or last.ckpt with resume=true) and its step, checked
+    first so a damaged or foreign file is one clear line rather than Lightning's traceback."""
     path = cfg.ckpt_path
     if path is None and cfg.resume and (ckpt_dir / "last.ckpt").is_file():
         path = ckpt_dir / "last.ckpt"
     if path is None:
-        return None
+        return None, 0
     ckpt = read_checkpoint(path)
     kind = (ckpt.get("cguide") or {}).get("kind")
     if kind != TASK_KINDS[cfg.task]:
@@ -83,7 +84,7 @@ def resume_path(cfg: DictConfig, ckpt_dir: Path) -> str | None:
         raise ValueError(f"cannot resume task={cfg.task} from {path}: it holds {what}; "
                          f"point ckpt_path to a checkpoint of task={cfg.task}, or drop resume/ckpt_path")
     print(f"resuming task={cfg.task} from {path} at step {ckpt.get('global_step')}")
-    return str(path)
+    return str(path), int(ckpt.get("global_step") or 0)
 
 
 def train(cfg: DictConfig) -> Path:
@@ -99,7 +100,7 @@ def train(cfg: DictConfig) -> Path:
     dm = build_datamodule(as_data_config(data))
     module = build_module(cfg, dm)
     out, ckpt_dir = Path(cfg.paths.output_dir), Path(cfg.paths.ckpt_dir)
-    ckpt_path = resume_path(cfg, ckpt_dir)
+    ckpt_path, resumed_step = resume_path(cfg, ckpt_dir)
     logger = build_logger(cfg.logger, str(out), name=f"{cfg.task}-{out.name}",
                           config=OmegaConf.to_container(cfg, resolve=True))
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename=f"{cfg.task}-{{step}}", save_last=True, save_top_k=1,
@@ -119,6 +120,10 @@ def train(cfg: DictConfig) -> Path:
                         plugins=[AtomicCheckpointIO()])
     try:
         trainer.fit(module, dm, ckpt_path=ckpt_path)
+        if ckpt_path and 0 < net_cfg.max_steps <= resumed_step:
+            # Lightning skips a fit loop that is done on arrival, on_train_end included: the checkpoint
+            # resumed from is the final state
+            atomic_write(final, lambda tmp: shutil.copyfile(ckpt_path, tmp))
         if cfg.task == "judge":
             trainer.test(module, dm, verbose=False)
     finally:
