@@ -45,13 +45,11 @@ def test_changed_stage_settings_retrain_and_keep_the_old_run(tmp_path, capsys):
 
 
 def test_full_profile_composes_for_one_gpu_with_the_fast_fp32_step(tmp_path):
-    from pathlib import Path
-
     from cguide.pipeline import sweep_config
 
     cfg = compose_cfg("pipeline", [f"out_dir={tmp_path}", "profile=full"], tmp_path / "hydra")
     assert cfg.trainer.accelerator == "gpu" and cfg.model.size == "bench32" and cfg.data.image_size == 32
-    ckpts = {k: Path(tmp_path / f"{k}.ckpt") for k in ("diffusion", "classifier", "judge")}
+    ckpts = {k: tmp_path / f"{k}.ckpt" for k in ("diffusion", "classifier", "judge")}
     for p in ckpts.values():
         p.write_bytes(b"x")
     speed = sweep_config(cfg, ckpts, tmp_path).speed

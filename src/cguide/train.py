@@ -120,7 +120,7 @@ def train(cfg: DictConfig) -> Path:
                         plugins=[AtomicCheckpointIO()])
     try:
         trainer.fit(module, dm, ckpt_path=ckpt_path)
-        if ckpt_path and 0 < net_cfg.max_steps <= resumed_step:
+        if ckpt_path and 0 < net_cfg.max_steps <= resumed_step and trainer.is_global_zero:
             # Lightning skips a fit loop that is done on arrival, on_train_end included: the checkpoint
             # resumed from is the final state
             atomic_write(final, lambda tmp: shutil.copyfile(ckpt_path, tmp))
