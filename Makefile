@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m cguide.pipeline profile=quick
+	$(BIN)/python -m cguide.pipeline experiment=mnist5k_quick
 
+# the architecture contracts (.importlinter: layers, no cycles, a plain-torch core), then the fast tests
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(STAMP)

@@ -1,4 +1,4 @@
-"""Guided-step speed per speed option (cguide.speed), through the production path (cguide.sampling.draw),
+"""Guided-step speed per speed option (cguide.runtime.speed), through the production path (cguide.runtime.draw),
 with each option's guided samples checked against eager fp32 ones (max abs diff), and training images/s.
 
     python benchmarks/guided_step.py                          # GPU: bench32 at batch 256 and small, all options
@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cguide.checkpoints import Loaded
-from cguide.diffusion import make_schedule
+from cguide.diffusion import SamplerSpec, make_schedule
+from cguide.guidance import GuidanceSpec
+from cguide.io.checkpoints import Loaded
 from cguide.nets import build_encoder, build_unet
-from cguide.sampling import draw
-from cguide.speed import SpeedOptions
+from cguide.runtime.draw import RunOptions, draw
+from cguide.runtime.speed import SpeedOptions
 
 SHAPES = {"tiny": (8, 1), "small": (16, 1), "bench32": (32, 3), "cifar": (32, 3)}  # preset -> (image size, channels)
 OPTIONS = {  # the order of the table; on a GPU the likely fastest come early
@@ -71,12 +72,13 @@ def build(size: str, device) -> tuple[Loaded, Loaded]:
 
 def run(eps, clf, opts, batch, steps, scale, device) -> tuple[float, torch.Tensor]:
     """(ms per step, samples) of the second of two identical draws."""
-    args = dict(y=torch.arange(batch) % 10, scale=scale, sampler="ddim", steps=steps, seeds=range(batch), clip_x0=True,
-                batch_size=batch, device=device, progress=False, speed=opts)
+    guidance = GuidanceSpec.of(torch.arange(batch) % 10, scale)
+    sampler = SamplerSpec("ddim", steps, clip_x0=True)
+    run_opts = RunOptions(batch, device, False, opts)
     for _ in range(2):
         sync(device)
         start = time.perf_counter()
-        x, _ = draw(eps, clf if scale else None, **args)
+        x, _ = draw(eps, clf if scale else None, guidance, sampler, range(batch), run_opts)
         sync(device)
     return 1000 * (time.perf_counter() - start) / steps, x
 

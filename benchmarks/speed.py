@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cguide.diffusion import make_plan, make_schedule, sample
-from cguide.guidance import ClassifierGuidance
+from cguide.guidance import ClassifierGuidance, GuidanceSpec
 from cguide.nets import build_encoder, build_unet
 
 # preset -> (image size, channels): the resolution each preset is meant for
@@ -85,7 +85,7 @@ def main() -> None:
         unet.eval()
         plan = make_plan(make_schedule("linear", 1000), args.sample_steps)
         plain = ms_per_step(lambda a, b: unet(a, b), (ch, res, res), batch, plan, device)
-        guided_fn = ClassifierGuidance(lambda a, b: unet(a, b), enc, plan, y=y, scale=1.0)
+        guided_fn = ClassifierGuidance(lambda a, b: unet(a, b), enc, plan, GuidanceSpec.of(y.cpu(), 1.0))
         guided = ms_per_step(guided_fn, (ch, res, res), batch, plan, device)
         print(f"| {size} | {res}x{res}x{ch} | {n_params(unet)/1e6:.2f}M | {n_params(enc)/1e6:.2f}M | {batch} | "
               f"{unet_rate:.0f} | {enc_rate:.0f} | {plain:.1f} | {guided:.1f} | {guided/plain:.2f}x |")

@@ -1,6 +1,6 @@
 """Copy a pipeline run's artefacts into an experiment folder and write its measured table.
 
-    python experiments/export.py outputs/pipeline/quick experiments/mnist5k_quick
+    python experiments/export.py outputs/pipeline/mnist5k_quick experiments/mnist5k_quick
 
 Copies: the resolved config, results.csv/.jsonl, plots, per-point grids, the eps-model's final
 sample grid; writes results.md (the table, every number straight from results.csv)."""

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Hydra config, composed, and tiny trained checkpoints of all three nets."""
+"""Shared fixtures: the real Hydra configs, composed (train / sweep / pipeline), and tiny trained
+checkpoints of all three nets. Helpers live in tests/helpers/."""
 
 from __future__ import annotations
 
@@ -7,30 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from helpers.config import TINY, compose_cfg
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 # One thread: the test tensors are tiny, and two threads on two busy cores thrash (seen: 5 s vs 0.02 s).
 torch.set_num_threads(1)
-
-# Tiny and fast: 8x8 mnist5k, few steps, no logger, no progress bars.
-TINY = ["data.image_size=8", "data.batch_size=32", "model=tiny", "classifier=tiny", "judge=tiny", "logger=none",
-        "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2", "callbacks.sample_n=4",
-        "callbacks.sample_steps=3", "callbacks.sample_every_n_steps=0", "diffusion.T=100",
-        "model.max_steps=6", "classifier.max_steps=6", "judge.max_steps=6"]
-
-
-def compose_cfg(config_name: str, overrides: list[str], output_dir: Path):
-    """Compose conf/<config_name>.yaml as the entry point would, with paths under output_dir."""
-    from cguide.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name, overrides=[f"paths.output_dir={output_dir}", *overrides])
 
 
 @pytest.fixture(scope="session")
@@ -42,14 +26,29 @@ def tiny_ckpts(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for task, kind in [("diffusion", "eps_model"), ("classifier", "noisy_classifier"), ("judge", "judge")]:
         cfg = compose_cfg("train", [f"task={task}", *TINY], root / task)
-        out[kind] = train(cfg)
+        out[kind] = train(cfg).checkpoint
     return out
 
 
-def nan_classifier(src: Path, dst: Path) -> Path:
-    """A copy of a classifier checkpoint with NaN weights: its gradient is NaN for every sample, every step."""
-    ckpt = torch.load(src, weights_only=True)
-    ckpt["state_dict"] = {k: v.fill_(float("nan")) if v.is_floating_point() else v
-                          for k, v in ckpt["state_dict"].items()}
-    torch.save(ckpt, dst)
-    return dst
+@pytest.fixture
+def cfg_train(tmp_path):
+    """cfg_train(*overrides): conf/train.yaml with the tiny settings, writing under tmp_path."""
+    return lambda *overrides: compose_cfg("train", [*TINY, *overrides], tmp_path)
+
+
+@pytest.fixture
+def cfg_sweep(tmp_path, tiny_ckpts):
+    """cfg_sweep(*overrides): conf/sweep.yaml on the tiny checkpoints, a 2-step sampler, into tmp_path/sweep."""
+    out = tmp_path / "sweep"
+    base = [f"eps_ckpt={tiny_ckpts['eps_model']}", f"classifier_ckpt={tiny_ckpts['noisy_classifier']}",
+            f"judge_ckpt={tiny_ckpts['judge']}", "data.image_size=8", "sampler.steps=2", "sweep.n_per_point=10",
+            "progress=false", "logger=none", f"out_dir={out}"]
+    return lambda *overrides: compose_cfg("sweep", [*base, *overrides], out)
+
+
+@pytest.fixture
+def cfg_pipeline(tmp_path):
+    """cfg_pipeline(*overrides): the tiny pipeline (debug=default) into tmp_path/pipeline."""
+    out = tmp_path / "pipeline"
+    return lambda *overrides: compose_cfg("pipeline", ["debug=default", f"out_dir={out}", "progress=false",
+                                                       *overrides], out)

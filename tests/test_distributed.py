@@ -10,15 +10,15 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY, compose_cfg
-from test_speed import tiny_pair
+from helpers.config import TINY, compose_cfg
+from helpers.nets import tiny_pair
 
 DRAW = dict(y=torch.arange(7) % 10, scale=torch.tensor([0.0, 1.0, 2.0, 0.0, 4.0, 1.0, 3.0]), sampler="ddpm", steps=5,
             seeds=list(range(100, 107)), batch_size=2, device="cpu", progress=False)
 
 
 def test_shards_are_contiguous_disjoint_and_cover(monkeypatch):
-    import cguide.distributed as d
+    import cguide.runtime.distributed as d
 
     for n, world in [(7, 2), (10, 3), (2, 4)]:
         parts = []
@@ -31,17 +31,17 @@ def test_shards_are_contiguous_disjoint_and_cover(monkeypatch):
 
 
 def _draw_on_ranks():
-    from cguide.distributed import rank_world
-    from cguide.sampling import draw_sharded
+    from cguide.runtime.distributed import rank_world
+    from helpers.draw import draw_kw
 
     torch.set_num_threads(1)
     eps, clf = tiny_pair()
-    x, bad = draw_sharded(eps, clf, **DRAW)
+    x, bad = draw_kw(eps, clf, sharded=True, **DRAW)
     return x, bad, rank_world()
 
 
 def _fail_on_rank_1():
-    from cguide.distributed import rank_world
+    from cguide.runtime.distributed import rank_world
 
     if rank_world()[0] == 1:
         raise ValueError("sweep.scales is empty on rank 1")
@@ -49,8 +49,8 @@ def _fail_on_rank_1():
 
 
 def test_two_gloo_ranks_draw_exactly_the_one_process_samples():
-    from cguide.distributed import spawn
-    from cguide.sampling import draw
+    from cguide.runtime.distributed import spawn
+    from helpers.draw import draw_kw as draw
 
     x, bad, (rank, world) = spawn(_draw_on_ranks, 2)
     assert (rank, world) == (0, 2)
@@ -69,10 +69,10 @@ def test_two_gloo_ranks_draw_exactly_the_one_process_samples():
                                                  ("classifier", "noisy_classifier", "bf16-mixed"),
                                                  ("judge", "judge", "32-true")])
 def test_ddp_cpu_training_two_processes(task, kind, precision, tmp_path):
-    from cguide.checkpoints import load_net
+    from cguide.io.checkpoints import load_net
     from cguide.train import train
 
-    cfg = compose_cfg("train", [f"task={task}", *TINY, "trainer=ddp_cpu", "trainer.num_threads=1",
+    cfg = compose_cfg("train", [f"task={task}", *TINY, "trainer=ddp_cpu", "num_threads=1",
                                 f"trainer.precision={precision}"], tmp_path)
     ckpt = train(cfg)
     loaded = load_net(ckpt, kind)

@@ -16,7 +16,8 @@ from typing import Callable
 import pytest
 import torch
 
-from conftest import TINY, compose_cfg, nan_classifier
+from helpers.config import TINY, compose_cfg
+from helpers.nets import nan_classifier
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Errors you may see"
@@ -74,7 +75,7 @@ def _flat_folder(root: Path) -> Path:
 
 
 def _finished_sweep(ckpts, out: Path) -> Path:
-    from cguide.sweep.runner import run_sweep
+    from cguide.grid.runner import run_sweep
 
     run_sweep(compose_cfg("sweep", [*_args(SWEEP_BASE, ckpts, out, {})], out))
     return out
@@ -130,6 +131,8 @@ CASES = {
     "class-out-of-range": Case("sample", {"classes": "[3,12]"}),
     "steps-over-T": Case("sample", {"sampler.steps": "500"}),
     "interval-reversed": Case("sample", {"guidance.interval": "[0.8,0.2]"}),
+    "interval-malformed": Case("sample-cli", {"guidance.interval": "[0.5]"}),
+    "nan-eta": Case("sample", {"sampler.eta": "nan"}),
     "too-few-samples": Case("sweep", {"sweep.n_per_point": "5"}),
     "image-size-not-divisible": Case("train", {"data.image_size": "10", "model": "small"}),
     "image-folder-missing": Case("train", {"data": "image_folder", "data.root": "{tmp}/images"},
@@ -193,7 +196,7 @@ def test_catalogued_error(case_id, ckpts, tmp_path, monkeypatch, capsys):
     before = snapshot(tmp_path, *ckpts.values())
 
     if case.entry.endswith("-cli"):
-        main = {"train": "cguide.train", "sample": "cguide.sample", "sweep": "cguide.sweep.__main__"}[entry]
+        main = {"train": "cguide.train", "sample": "cguide.sample", "sweep": "cguide.sweep"}[entry]
         monkeypatch.setattr(sys, "argv", [main, *args])
         with pytest.raises(SystemExit) as e:
             __import__(main, fromlist=["main"]).main()
@@ -206,7 +209,7 @@ def test_catalogued_error(case_id, ckpts, tmp_path, monkeypatch, capsys):
             assert re.fullmatch("error: " + pattern(message), lines[0]), lines[0]
     else:
         run = {"train": "cguide.train:train", "sample": "cguide.sample:run_sample",
-               "sweep": "cguide.sweep.runner:run_sweep"}[entry].split(":")
+               "sweep": "cguide.sweep:run"}[entry].split(":")
         fn = getattr(__import__(run[0], fromlist=[run[1]]), run[1])
         cfg = compose_cfg({"train": "train", "sample": "sample", "sweep": "sweep"}[entry], args, out)
         with pytest.raises(case.error) as e:

@@ -6,25 +6,8 @@ import torch
 import torch.nn as nn
 
 from cguide.diffusion import ddim_step, ddpm_step, make_plan, make_schedule, posterior, sample, x0_from_eps
-from cguide.guidance import VARIANTS, ClassifierGuidance, classifier_log_prob_grad
-
-
-class TinyClassifier(nn.Module):
-    """A small smooth time-conditioned classifier on flattened inputs."""
-
-    def __init__(self, dim=8, classes=3, dtype=torch.float64, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.num_classes = classes
-        self.inp, self.temb = nn.Linear(dim, 16, dtype=dtype), nn.Embedding(1000, 16, dtype=dtype)
-        self.out = nn.Linear(16, classes, dtype=dtype)
-
-    def forward(self, x, t):
-        return self.out(torch.tanh(self.inp(x.flatten(1)) + self.temb(t)))
-
-
-def eps_model(x, t):
-    return 0.3 * x + 0.01 * torch.sin(t.to(x.dtype)).view(-1, *[1] * (x.ndim - 1))
+from cguide.guidance import ClassifierGuidance, GuidanceSetting, GuidanceSpec, classifier_log_prob_grad
+from helpers.nets import NaNClassifier, RecordingClassifier, TinyClassifier, eps_model
 
 
 def test_gradient_equals_central_differences_float64():
@@ -46,7 +29,7 @@ def test_gradient_equals_central_differences_float64():
 
 
 def _guided(plan, s, variant, clf, y):
-    return ClassifierGuidance(eps_model, clf, plan, y=y, scale=s, variant=variant)
+    return ClassifierGuidance(eps_model, clf, plan, GuidanceSpec.of(y, s, variant))
 
 
 def test_mean_shift_in_ddpm_is_algorithm_1():
@@ -98,7 +81,7 @@ def test_scale_zero_is_bitwise_unguided_and_skips_classifier(sampler):
     plan = make_plan(make_schedule("linear", 1000), 12)
     seeds = [3, 1, 4]
     plain = sample(eps_model, (1, 2, 2), plan, seeds, sampler=sampler, progress=False)
-    guided = ClassifierGuidance(eps_model, ExplodingClassifier(), plan, y=[0, 1, 2], scale=0.0)
+    guided = ClassifierGuidance(eps_model, ExplodingClassifier(), plan, GuidanceSpec.of([0, 1, 2], 0.0))
     assert torch.equal(sample(guided, (1, 2, 2), plan, seeds, sampler=sampler, progress=False), plain)
     assert guided.classifier_calls == 0
 
@@ -108,32 +91,19 @@ def test_batch_independence_with_per_sample_scale_and_class():
     clf = TinyClassifier(dim=4, dtype=torch.float32)
     seeds, s, y = [10, 20, 30], torch.tensor([0.0, 2.0, 5.0]), torch.tensor([2, 0, 1])
     variants = ["score", "seed_literal", "mean_shift"]
-    batch = sample(ClassifierGuidance(eps_model, clf, plan, y=y, scale=s, variant=variants),
+    batch = sample(ClassifierGuidance(eps_model, clf, plan, GuidanceSpec.of(y, s, variants)),
                    (1, 2, 2), plan, seeds, sampler="ddpm", progress=False)
     for i in range(3):
-        alone = sample(ClassifierGuidance(eps_model, clf, plan, y=y[i:i + 1], scale=s[i:i + 1], variant=variants[i]),
+        alone = sample(ClassifierGuidance(eps_model, clf, plan, GuidanceSpec.of(y[i:i + 1], s[i:i + 1], variants[i])),
                        (1, 2, 2), plan, seeds[i:i + 1], sampler="ddpm", progress=False)
         torch.testing.assert_close(batch[i:i + 1], alone, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(batch[1], sample(eps_model, (1, 2, 2), plan, [20], sampler="ddpm", progress=False)[0])
 
 
-class RecordingClassifier(nn.Module):
-    num_classes = 2
-
-    def __init__(self):
-        super().__init__()
-        self.w = nn.Parameter(torch.ones(1))
-        self.seen = []
-
-    def forward(self, x, t):
-        self.seen.append(t.clone())
-        return torch.stack([x.flatten(1).sum(1), -x.flatten(1).sum(1)], 1) * self.w
-
-
 def test_respaced_sampling_hands_classifier_original_indices():
     plan = make_plan(make_schedule("linear", 1000), 10)
     rec = RecordingClassifier()
-    sample(ClassifierGuidance(eps_model, rec, plan, y=1, scale=1.0), (1, 2, 2), plan, [0, 1], progress=False)
+    sample(ClassifierGuidance(eps_model, rec, plan, GuidanceSpec.of(1, 1.0, n=2)), (1, 2, 2), plan, [0, 1], progress=False)
     assert [int(t[0]) for t in rec.seen] == plan.timesteps.flip(0).tolist()
     assert not rec.w.requires_grad  # frozen: only the input gradient is computed
 
@@ -141,44 +111,54 @@ def test_respaced_sampling_hands_classifier_original_indices():
 def test_interval_skips_classifier_outside():
     plan = make_plan(make_schedule("linear", 1000), 10)
     rec = RecordingClassifier()
-    sample(ClassifierGuidance(eps_model, rec, plan, y=0, scale=1.0, interval=(0.0, 0.5)), (1, 2, 2), plan, [0],
+    sample(ClassifierGuidance(eps_model, rec, plan, GuidanceSpec.of(0, 1.0, interval=(0.0, 0.5), n=1)), (1, 2, 2), plan, [0],
            progress=False)
     seen = [int(t[0]) for t in rec.seen]
     assert seen and all(t <= 500 for t in seen)
     assert seen == [t for t in plan.timesteps.flip(0).tolist() if t <= 500]
 
 
-def test_every_variant_has_a_formula_docstring():
-    assert set(VARIANTS) >= {"score", "seed_literal", "mean_shift", "mean_shift_large", "unit"}
-    assert all("c_t" in fn.__doc__ for fn in VARIANTS.values())
-
-
-class NaNClassifier(RecordingClassifier):
-    def forward(self, x, t):
-        out = super().forward(x, t)
-        return out * torch.tensor([float("nan"), 1.0]).view(-1, 1)[: len(out)] if len(out) == 2 else out
-
-
 @pytest.mark.parametrize("mode", ["zero", "clamp"])
 def test_nonfinite_gradients_are_contained_per_sample(mode):
     plan = make_plan(make_schedule("linear", 1000), 5)
-    guided = ClassifierGuidance(eps_model, NaNClassifier(), plan, y=0, scale=1.0, nonfinite=mode)
+    guided = ClassifierGuidance(eps_model, NaNClassifier(), plan, GuidanceSpec.of(0, 1.0, nonfinite=mode, n=2))
     out = sample(guided, (1, 2, 2), plan, [0, 1], progress=False)
     assert torch.isfinite(out).all()
     assert guided.nonfinite_steps.tolist() == [5, 0]
     with pytest.raises(FloatingPointError, match="non-finite classifier gradient"):
-        sample(ClassifierGuidance(eps_model, NaNClassifier(), plan, y=0, scale=1.0, nonfinite="raise"),
+        sample(ClassifierGuidance(eps_model, NaNClassifier(), plan, GuidanceSpec.of(0, 1.0, nonfinite="raise", n=2)),
                (1, 2, 2), plan, [0, 1], progress=False)
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(scale=-1.0), "guidance scale must be finite and >= 0"),
+    (dict(scale=-1.0), r"guidance scale must be finite and >= 0 \(s = 0 is unguided\), got -1.0; fix guidance.scale"),
+    (dict(scale=float("nan")), r"guidance scale must be finite and >= 0 .*got nan"),
     (dict(variant="sqrt"), "unknown guidance variant 'sqrt'; known: score, seed_literal, mean_shift, mean_shift_large, unit"),
-    (dict(y=3), r"target class out of range: got \[3\], the classifier knows classes 0..2"),
-    (dict(interval=(0.8, 0.2)), "guidance interval needs 0 <= t_lo <= t_hi <= 1"),
+    (dict(interval=(0.8, 0.2)), r"guidance interval needs \[t_lo, t_hi\] with 0 <= t_lo <= t_hi <= 1, got \[0.8, 0.2\]"),
+    (dict(interval=(0.5,)), r"guidance interval needs \[t_lo, t_hi\] .*got \[0.5\]; fix guidance.interval"),
+    (dict(nonfinite="ignore"), "unknown guidance.nonfinite 'ignore'; known: zero, clamp, raise"),
 ])
-def test_bad_input_messages(kwargs, message):
-    plan = make_plan(make_schedule("linear", 100), 5)
-    args = dict(y=0, scale=1.0) | kwargs
+def test_a_guidance_setting_is_checked_where_it_is_made(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        ClassifierGuidance(eps_model, TinyClassifier(dim=4), plan, **args)
+        GuidanceSetting(**({"scale": 1.0} | kwargs))
+    with pytest.raises(ValueError, match=message):  # per-sample values go through the same check
+        GuidanceSpec.of([0, 1], **({"scale": 1.0} | kwargs))
+
+
+def test_sweep_settings_name_the_sweep_axes_in_the_fix():
+    with pytest.raises(ValueError, match="got inf; fix sweep.scales"):
+        GuidanceSetting(float("inf"), source="sweep")
+    with pytest.raises(ValueError, match=r"got \[0.9, 0.1\]; fix sweep.intervals"):
+        GuidanceSetting(1.0, interval=(0.9, 0.1), source="sweep")
+
+
+def test_spec_rows_follow_their_settings():
+    a, b = GuidanceSetting(0.0, "score"), GuidanceSetting(2.0, "unit", (0.2, 0.6))
+    spec = GuidanceSpec.from_settings([a, b, b], [3, 1, 4])
+    assert spec.scale.tolist() == [0.0, 2.0, 2.0] and spec.variant == ("score", "unit", "unit")
+    assert spec.t_lo.tolist() == [0.0, 0.2, 0.2] and spec.t_hi.tolist() == [1.0, 0.6, 0.6]
+    # active: s != 0 and t/T inside the row's interval
+    assert spec.active(torch.tensor([500, 500, 700]), 1000).tolist() == [False, True, False]
+    assert spec.rows(slice(1, 2)).y.tolist() == [1] and spec.guided
+    with pytest.raises(ValueError, match="mixes non-finite modes"):
+        GuidanceSpec.from_settings([a, GuidanceSetting(1.0, nonfinite="raise")], [0, 1])

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cguide.diffusion import make_plan, make_schedule, sample
-from cguide.guidance import ClassifierGuidance
+from cguide.guidance import ClassifierGuidance, GuidanceSpec
 
 MU, SD, N = torch.tensor([-1.0, 1.0], dtype=torch.float64), 0.8, 20_000
 SCHED = make_schedule("linear", 1000)
@@ -47,7 +47,7 @@ def optimal_eps(x, t):
 
 def _draw(scale, variant="score", y=1):
     plan = make_plan(SCHED, 200)  # respaced DDPM: 200 of the 1000 steps
-    guided = ClassifierGuidance(optimal_eps, ExactClassifier(), plan, y=y, scale=scale, variant=variant)
+    guided = ClassifierGuidance(optimal_eps, ExactClassifier(), plan, GuidanceSpec.of(y, scale, variant, n=N))
     return sample(guided, (1,), plan, range(N), sampler="ddpm", dtype=torch.float64, progress=False)
 
 

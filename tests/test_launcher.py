@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import CONF
+from helpers.config import CONF
 
 
 def _launcher(config: str, *overrides: str):

@@ -1,6 +1,8 @@
 """Metric suite: torch-fidelity routines checked against closed forms / scipy, plus suite behaviour
-(non-finite handling, real-stats cache, offline Inception, name errors) with small stand-in nets."""
+(non-finite handling, real-stats cache, offline Inception, name errors) with small stand-in nets,
+and MetricSettings validation."""
 
+import dataclasses
 import math
 import os
 
@@ -9,6 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 import torch_fidelity
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -148,8 +151,8 @@ def test_suite_matches_torch_fidelity_calculate_metrics():
         input1=DS(x), input2=DS(r), feature_extractor=M.JUDGE_EXTRACTOR, judge=judge, fid=True, kid=True,
         isc=True, prc=True, cuda=False, cache=False, verbose=False, save_cpu_ram=True, kid_subset_size=50,
         isc_splits=3)
-    out = M.compute_metrics(x, y, r, judge=judge, metrics=("fid", "kid", "is", "prc"), kid_subset_size=50,
-                            isc_splits=3)
+    out = M.compute_metrics(x, y, r, judge=judge, settings=M.MetricSettings(names=("fid", "kid", "is", "prc"),
+                                                                            kid_subset_size=50, isc_splits=3))
     assert out["fid"] == pytest.approx(ref["frechet_inception_distance"], rel=1e-4)
     assert out["kid_mean"] == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-4, abs=1e-9)
     assert out["is_mean"] == pytest.approx(ref["inception_score_mean"], rel=1e-6)
@@ -170,7 +173,7 @@ def test_accuracy_and_guide_confidence_controlled():
             return torch.log(torch.tensor([0.7, 0.1, 0.1, 0.1])).expand(xb.shape[0], K)
 
     out = M.compute_metrics(x, targets, x, judge=PixelJudge(), guide=Guide(),
-                            metrics=("accuracy", "guide_confidence"))
+                            settings=M.MetricSettings(names=("accuracy", "guide_confidence")))
     assert out["accuracy"] == pytest.approx(0.75)
     assert out["guide_confidence"] == pytest.approx((0.7 * 10 + 0.1 * 30) / 40)  # 10 targets of class 0
 
@@ -180,7 +183,8 @@ def test_nonfinite_share_and_exclusion():
     x = encode(targets)
     x[[1, 5, 9]] = float("nan")
     x[3, 0, 2, 2] = float("inf")  # one bad pixel is enough
-    out = M.compute_metrics(x, targets, x[10:], judge=PixelJudge(), metrics=("nonfinite", "accuracy", "fid", "is"))
+    out = M.compute_metrics(x, targets, x[10:], judge=PixelJudge(),
+                            settings=M.MetricSettings(names=("nonfinite", "accuracy", "fid", "is")))
     assert out["nonfinite"] == pytest.approx(4 / 40)
     assert out["accuracy"] == 1.0  # non-finite rows would have predicted garbage
     assert math.isfinite(out["fid"]) and math.isfinite(out["is_mean"])
@@ -193,7 +197,8 @@ def test_nonfinite_share_and_exclusion():
 def test_real_stats_cached_once_and_reused(tmp_path):
     x, y, r, rl = data(32, 50)
     judge = StandInJudge()
-    kw = dict(judge=judge, real_stats_cache=str(tmp_path), metrics=("fid", "kid", "prc", "classwise_fid"))
+    kw = dict(judge=judge, settings=M.MetricSettings(real_stats_cache=str(tmp_path),
+                                                     names=("fid", "kid", "prc", "classwise_fid")))
     first = M.compute_metrics(x, y, (r, rl), **kw)
     assert judge.rows_seen == 32 + 50
     files = os.listdir(tmp_path)
@@ -213,15 +218,16 @@ def test_real_stats_cached_once_and_reused(tmp_path):
 
 def test_classwise_fid_short_classes():
     x, _, r, rl = data(12, 40)
+    cw = M.MetricSettings(names=("classwise_fid",))
     y = torch.tensor([0] * 5 + [1] * 6 + [2])  # class 2: one sample
     with pytest.warns(UserWarning, match=r"classes \[2\]"):
-        out = M.compute_metrics(x, y, (r, rl), judge=StandInJudge(), metrics=("classwise_fid",))
+        out = M.compute_metrics(x, y, (r, rl), judge=StandInJudge(), settings=cw)
     assert math.isfinite(out["classwise_fid"])
     with pytest.warns(UserWarning):  # fewer samples than classes: no class qualifies -> NaN
-        out = M.compute_metrics(x[:3], torch.arange(3), (r, rl), judge=StandInJudge(), metrics=("classwise_fid",))
+        out = M.compute_metrics(x[:3], torch.arange(3), (r, rl), judge=StandInJudge(), settings=cw)
     assert math.isnan(out["classwise_fid"])
     with pytest.raises(ValueError, match="labels"):
-        M.compute_metrics(x, y, r, judge=StandInJudge(), metrics=("classwise_fid",))
+        M.compute_metrics(x, y, r, judge=StandInJudge(), settings=cw)
 
 
 # --- offline Inception and name errors ---
@@ -246,8 +252,8 @@ def test_inception_without_weights_names_path(hub_dir, tmp_path):
     assert expected in str(e.value) and M.INCEPTION_CONFIG_KEY in str(e.value)
     missing = str(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        M.compute_metrics(*data(8, 8)[:3], judge=StandInJudge(), extractor="inception", inception_weights=missing,
-                          metrics=("fid",))
+        M.compute_metrics(*data(8, 8)[:3], judge=StandInJudge(), settings=M.MetricSettings(
+            extractor="inception", inception_weights=missing, names=("fid",)))
 
 
 def test_inception_found_in_hub_cache(hub_dir, monkeypatch):
@@ -263,12 +269,87 @@ def test_inception_found_in_hub_cache(hub_dir, monkeypatch):
 def test_unknown_names():
     x, y, r, _ = data(8, 8)
     with pytest.raises(ValueError, match="known: fid, kid, is, prc, accuracy"):
-        M.compute_metrics(x, y, r, judge=StandInJudge(), metrics=("fid", "sharpness"))
+        M.compute_metrics(x, y, r, judge=StandInJudge(), settings=M.MetricSettings(names=("fid", "sharpness")))
     with pytest.raises(ValueError, match="known: judge, inception"):
         M.build_extractor("vgg", judge=StandInJudge())
     with pytest.raises(ValueError, match="known: judge, inception"):
-        M.compute_metrics(x, y, r, judge=StandInJudge(), extractor="clip", metrics=("fid",))
+        M.compute_metrics(x, y, r, judge=StandInJudge(), settings=M.MetricSettings(extractor="clip", names=("fid",)))
 
+
+
+# --- MetricSettings: checked once, at construction (no judge, data or network involved) ---
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(names=("fid", "fidd")), "unknown metric(s) ['fidd'] in metrics.names; known: fid, kid, is, prc, accuracy, "
+                                  "guide_confidence, classwise_fid, nonfinite"),
+    (dict(extractor="clip"), "unknown feature extractor 'clip' (metrics.extractor); known: judge, inception"),
+    (dict(extractor="clip", names=("accuracy",)),  # refused even when no feature metric would use it
+     "unknown feature extractor 'clip' (metrics.extractor); known: judge, inception"),
+    (dict(batch_size=0), "metrics.batch_size must be >= 1, got 0; set metrics.batch_size to a positive integer"),
+    (dict(kid_subset_size=0),
+     "metrics.kid_subset_size must be >= 1, got 0; set metrics.kid_subset_size to a positive integer"),
+    (dict(isc_splits=-1), "metrics.isc_splits must be >= 1, got -1; set metrics.isc_splits to a positive integer"),
+    (dict(prc_neighborhood=0),
+     "metrics.prc_neighborhood must be >= 1, got 0; set metrics.prc_neighborhood to a positive integer"),
+    (dict(names="fid"), "metrics.names must be a list of metric names, got 'fid'; e.g. [fid]"),
+])
+def test_settings_refused_at_construction(kw, message):
+    with pytest.raises(ValueError) as e:
+        M.MetricSettings(**kw)
+    assert str(e.value) == message
+
+
+def test_settings_inception_weights_checked_at_construction(hub_dir, tmp_path):
+    def expected(path):
+        return (f"Inception-v3 weights not found at {path}: put {M.INCEPTION_WEIGHTS_FILE} there or set "
+                "metrics.inception_weights=<path> (no download is attempted offline), or use the 'judge' extractor")
+
+    missing = str(tmp_path / "nope.pth")
+    hub_file = os.path.join(str(hub_dir), "checkpoints", M.INCEPTION_WEIGHTS_FILE)
+    for weights, path in [(missing, missing), (None, hub_file)]:
+        with pytest.raises(FileNotFoundError) as e:
+            M.MetricSettings(extractor="inception", inception_weights=weights, names=("accuracy", "kid"))
+        assert str(e.value) == expected(path)
+    # no feature metric requested: the weights are never needed, so their absence is fine
+    assert not M.MetricSettings(extractor="inception", inception_weights=missing,
+                                names=("accuracy", "guide_confidence", "nonfinite")).feature_metrics_wanted
+    open(missing, "wb").close()
+    assert M.MetricSettings(extractor="inception", inception_weights=missing, names=("fid",)).feature_metrics_wanted
+
+
+def test_settings_defaults_frozen_and_replace_revalidates():
+    s = M.MetricSettings()
+    assert (s.names, s.extractor, s.inception_weights, s.real_stats_cache) == (M.METRIC_NAMES, "judge", None, None)
+    assert (s.batch_size, s.kid_subsets, s.kid_subset_size, s.prc_neighborhood, s.prc_match_sizes, s.isc_splits,
+            s.seed) == (256, 100, 1000, 3, True, 10, 2020)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.seed = 1
+    assert M.MetricSettings(names=["fid", "kid"]).names == ("fid", "kid")  # lists become tuples
+    with pytest.raises(ValueError, match="metrics.batch_size"):
+        dataclasses.replace(s, batch_size=0)
+
+
+def test_settings_from_config_round_trips():
+    node = {"names": ["fid", "accuracy"], "extractor": "judge", "inception_weights": None, "n_real": 500,
+            "batch_size": 64, "kid_subset_size": 50, "seed": 7, "real_stats_cache": "/tmp/rs"}
+    s = M.MetricSettings.from_config(node)
+    assert s == M.MetricSettings(names=("fid", "accuracy"), extractor="judge", inception_weights=None, batch_size=64,
+                                 kid_subset_size=50, seed=7, real_stats_cache="/tmp/rs")
+    assert M.MetricSettings.from_config(dataclasses.asdict(s)) == s
+    # names= overrides node.names (how a caller adds 'nonfinite'); missing keys keep the defaults
+    assert M.MetricSettings.from_config(node, names=[*node["names"], "nonfinite"]).names == ("fid", "accuracy",
+                                                                                             "nonfinite")
+    assert M.MetricSettings.from_config({}) == M.MetricSettings()
+    assert M.MetricSettings.from_config({"seed": 3}) == M.MetricSettings(seed=3)
+    # an omegaconf node as the sweep passes it: interpolations resolved, ListConfig names -> tuple
+    cfg = OmegaConf.create({"out_dir": "/o", "metrics": {**node, "real_stats_cache": "${out_dir}/real_stats"}})
+    t = M.MetricSettings.from_config(cfg.metrics)
+    assert t == dataclasses.replace(s, real_stats_cache="/o/real_stats") and type(t.names) is tuple
+    # the same validation applies, and a misspelt key is refused instead of silently ignored
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['fidd'\] in metrics.names"):
+        M.MetricSettings.from_config(node, names=["fidd"])
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['batchsize'\] in metrics"):
+        M.MetricSettings.from_config({"batchsize": 64})
 
 def test_corrupted_real_stats_cache_is_recomputed(tmp_path):
     from cguide.metrics.real_stats import cache_path, load_or_compute

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ast
 import io
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +12,6 @@ from cguide.nets import (SIZES, EncoderClassifier, EncoderConfig, JudgeConfig, J
                          build_encoder, build_judge, build_unet, timestep_embedding)
 from cguide.nets.encoder import AttentionPool2d
 from cguide.nets.layers import AttentionBlock, norm_groups
-
-NETS_DIR = Path(__file__).resolve().parents[1] / "src" / "cguide" / "nets"
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -93,20 +89,6 @@ def test_attention_pool_matches_all_token_reference():
     out = torch.softmax(split(q) @ split(k).transpose(-1, -2) / 2.0, -1) @ split(v)  # [B, heads, 10, 4]
     ref = pool.c_proj(out[:, :, 0].reshape(2, 8))
     torch.testing.assert_close(pool(x), ref, atol=1e-5, rtol=1e-5)
-
-
-def test_nets_import_neither_lightning_nor_hydra():
-    allowed = {"torch", "__future__", "dataclasses", "math", "typing"}
-    for path in NETS_DIR.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                mods = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                mods = [node.module or ""]
-            else:
-                continue
-            bad = [m for m in mods if m.split(".")[0] not in allowed]
-            assert not bad, f"{path.name} imports {bad}"
 
 
 # ----------------------------------------------------------------------------- shapes and presets

@@ -2,24 +2,23 @@
 
 import json
 
-from conftest import compose_cfg
+from omegaconf import OmegaConf
 
-TINY_PIPE = ["data.image_size=8", "data.batch_size=32", "model=tiny", "classifier=tiny", "judge=tiny", "logger=none",
-             "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2", "callbacks.sample_n=0",
-             "diffusion.T=100", "model.max_steps=4", "classifier.max_steps=4", "judge.max_steps=4",
-             "sweep.scales=[0,2]", "sweep.variants=[score]", "sweep.n_per_point=20", "sweep.steps=[4]",
-             "sweep.batch_size=64", "progress=false", "num_threads=1"]
+from helpers.config import compose_cfg
+
+# the tiny pipeline (debug=default), shorter still
+FAST = ["model.max_steps=4", "classifier.max_steps=4", "judge.max_steps=4", "sweep.n_per_point=20", "sweep.steps=[4]",
+        "sweep.batch_size=64"]
 
 
-def _run(tmp_path, extra=()):
+def _run(cfg_pipeline, extra=()):
     from cguide.pipeline import run_pipeline
 
-    cfg = compose_cfg("pipeline", [f"out_dir={tmp_path}", *TINY_PIPE, *extra], tmp_path / "hydra")
-    return run_pipeline(cfg)
+    return run_pipeline(cfg_pipeline(*FAST, *extra))
 
 
-def test_pipeline_trains_sweeps_then_reuses(tmp_path, capsys):
-    sweep_dir = _run(tmp_path)
+def test_pipeline_trains_sweeps_then_reuses(cfg_pipeline, capsys):
+    sweep_dir = _run(cfg_pipeline)
     out = capsys.readouterr().out
     assert out.count("no checkpoint yet: training") == 3
     rows = [json.loads(line) for line in (sweep_dir / "results.jsonl").read_text().splitlines()]
@@ -27,27 +26,27 @@ def test_pipeline_trains_sweeps_then_reuses(tmp_path, capsys):
     assert "guidance sweep (2 points)" in out and "FID" in out
     csv_before = (sweep_dir / "results.csv").read_bytes()
 
-    assert _run(tmp_path) == sweep_dir
+    assert _run(cfg_pipeline) == sweep_dir
     out = capsys.readouterr().out
     assert out.count("settings unchanged: reusing") == 3
     assert "2 done already, 0 to run" in out
     assert (sweep_dir / "results.csv").read_bytes() == csv_before
 
 
-def test_changed_stage_settings_retrain_and_keep_the_old_run(tmp_path, capsys):
-    _run(tmp_path)
+def test_changed_stage_settings_retrain_and_keep_the_old_run(cfg_pipeline, tmp_path, capsys):
+    _run(cfg_pipeline)
     capsys.readouterr()
-    _run(tmp_path, ["judge.max_steps=5"])
+    _run(cfg_pipeline, ["judge.max_steps=5"])
     out = capsys.readouterr().out
     assert "[judge] settings changed (net): retraining; previous run kept in" in out
     assert out.count("settings unchanged: reusing") == 2
-    assert len(list(tmp_path.glob("judge.replaced-*/checkpoints/judge.ckpt"))) == 1
+    assert len(list((tmp_path / "pipeline").glob("judge.replaced-*/checkpoints/judge.ckpt"))) == 1
 
 
 def test_full_profile_composes_for_one_gpu_with_the_fast_fp32_step(tmp_path):
     from cguide.pipeline import sweep_config
 
-    cfg = compose_cfg("pipeline", [f"out_dir={tmp_path}", "profile=full"], tmp_path / "hydra")
+    cfg = compose_cfg("pipeline", [f"out_dir={tmp_path}", "experiment=mnist5k_full"], tmp_path / "hydra")
     assert cfg.trainer.accelerator == "gpu" and cfg.model.size == "bench32" and cfg.data.image_size == 32
     ckpts = {k: tmp_path / f"{k}.ckpt" for k in ("diffusion", "classifier", "judge")}
     for p in ckpts.values():
@@ -60,3 +59,20 @@ def test_full_profile_composes_for_one_gpu_with_the_fast_fp32_step(tmp_path):
     # bf16 changes the samples: its sweep gets its own folder rather than a settings clash with the fp32 one
     fp32 = sweep_config(compose_cfg("pipeline", [f"out_dir={tmp_path}"], tmp_path / "hydra"), ckpts, tmp_path)
     assert bf16.out_dir != fp32.out_dir
+
+
+def test_the_quick_experiment_is_the_default_run(tmp_path):
+    """make run (`cguide.pipeline experiment=mnist5k_quick`) is the pipeline's default composition."""
+    plain = OmegaConf.to_container(compose_cfg("pipeline", [], tmp_path), resolve=True)
+    quick = OmegaConf.to_container(compose_cfg("pipeline", ["experiment=mnist5k_quick"], tmp_path), resolve=True)
+    assert plain == quick and plain["name"] == "mnist5k_quick" and plain["model"]["max_steps"] == 700
+
+
+def test_debug_groups_compose_for_train_and_pipeline(tmp_path):
+    for name in ("default", "overfit", "limit"):
+        train = compose_cfg("train", [f"debug={name}"], tmp_path)
+        assert train.logger.name == "none" and train.trainer.accelerator == "cpu" and train.model.size == "tiny"
+        pipe = compose_cfg("pipeline", [f"debug={name}"], tmp_path)
+        assert pipe.sweep.n_per_point == 40 and pipe.model.size == "tiny"  # the pipeline's sweep is cut too
+    assert compose_cfg("train", ["debug=overfit"], tmp_path).trainer.overfit_batches == 1
+    assert compose_cfg("train", ["debug=limit"], tmp_path).trainer.limit_train_batches == 3

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from cguide.checkpoints import read_checkpoint
-from conftest import TINY, compose_cfg, nan_classifier
+from cguide.io.checkpoints import read_checkpoint
+from helpers.config import TINY, compose_cfg
+from helpers.nets import nan_classifier
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true",
        "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
@@ -58,7 +59,7 @@ def test_killed_training_resumes_from_last_checkpoint_to_the_planned_end(tmp_pat
 
     out, max_steps = tmp_path / "run", 120
     args = ["task=diffusion", *_tiny("model.max_steps"), f"model.max_steps={max_steps}",
-            "callbacks.ckpt_every_n_steps=5", "trainer.num_threads=1", f"paths.output_dir={out}"]
+            "callbacks.model_checkpoint.every_n_train_steps=5", "num_threads=1", f"paths.output_dir={out}"]
     last, final = out / "checkpoints" / "last.ckpt", out / "checkpoints" / "diffusion.ckpt"
     proc = _start("cguide.train", args, tmp_path, tmp_path / "first.log")
     _kill_when(proc, last.is_file, tmp_path / "first.log")
@@ -93,9 +94,9 @@ def test_killed_training_resumes_from_last_checkpoint_to_the_planned_end(tmp_pat
 
 
 TINY_PIPE = ["data.image_size=8", "data.batch_size=32", "model=tiny", "classifier=tiny", "judge=tiny", "logger=none",
-             "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2", "callbacks.sample_n=0",
-             "callbacks.ckpt_every_n_steps=5", "diffusion.T=100", "model.max_steps=4", "classifier.max_steps=150",
-             "judge.max_steps=4", "trainer.num_threads=1", "sweep.scales=[0,1,2,4]", "sweep.variants=[score]",
+             "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2", "callbacks.sample_grid.n=0",
+             "callbacks.model_checkpoint.every_n_train_steps=5", "diffusion.T=100", "model.max_steps=4", "classifier.max_steps=150",
+             "judge.max_steps=4", "num_threads=1", "sweep.scales=[0,1,2,4]", "sweep.variants=[score]",
              "sweep.n_per_point=40", "sweep.steps=[6]", "sweep.points_per_call=1", "metrics.names=[fid,accuracy]",
              "progress=false", "num_threads=1"]
 
@@ -144,7 +145,7 @@ def test_killed_pipeline_redoes_only_unfinished_stages_and_points(tmp_path):
 
 STALL = """
 import sys, time, torch
-from cguide.train import AtomicCheckpointIO
+from cguide.modules.checkpoint_io import AtomicCheckpointIO
 class Stall:  # pickled mid-save: signals, then hangs until killed
     def __reduce__(self):
         open(sys.argv[2], "w").close()
@@ -182,17 +183,17 @@ def _half_then_fail(target_arg: int = 1):
 
 def _writers():
     """name -> (write the real thing to path, patch(monkeypatch) that makes the next write fail halfway)."""
-    from cguide import images
+    from cguide.io import images
     from cguide.metrics import real_stats
-    from cguide.sweep.results import ResultsFolder
-    from cguide.train import AtomicCheckpointIO
+    from cguide.grid.results import ResultsFolder
+    from cguide.modules.checkpoint_io import AtomicCheckpointIO
 
     def results(path):
         ResultsFolder(path.parent).append({"point": f"p{time.perf_counter_ns()}", "fid": 1.0})
     return {
         "checkpoint": ("last.ckpt", lambda p: AtomicCheckpointIO().save_checkpoint({"step": 1}, p),
                        lambda mp: mp.setattr(torch, "save", _half_then_fail())),
-        "real_stats": ("real-stats.pt", lambda p: real_stats._save_atomic({"x": torch.ones(2)}, str(p)),
+        "real_stats": ("real-stats.pt", lambda p: real_stats.atomic_torch_save({"x": torch.ones(2)}, p),
                        lambda mp: mp.setattr(torch, "save", _half_then_fail())),
         "results": ("results.jsonl", results,
                     lambda mp: mp.setattr(Path, "write_text", lambda self, text: _half_then_fail(0)(self))),
@@ -222,7 +223,7 @@ SWEEP = ["data.image_size=8", "sampler.steps=4", "sweep.n_per_point=20", "sweep.
 
 
 def _sweep(ckpts: dict, out: Path, *over: str) -> list[dict]:
-    from cguide.sweep.runner import run_sweep
+    from cguide.grid.runner import run_sweep
 
     args = [f"eps_ckpt={ckpts['eps_model']}", f"judge_ckpt={ckpts['judge']}",
             f"classifier_ckpt={ckpts['noisy_classifier']}", *SWEEP, *over]
@@ -269,7 +270,7 @@ def test_same_seed_same_samples_bit_for_bit(tiny_ckpts, tmp_path):
 
 
 def test_every_sweep_point_draws_the_same_seeds_and_reruns_are_identical(tiny_ckpts, tmp_path, monkeypatch):
-    from cguide import sampling
+    from cguide.runtime import draw as sampling
 
     seeds = []  # the seeds of every sampler call, in order
 
@@ -293,7 +294,7 @@ def test_every_sweep_point_draws_the_same_seeds_and_reruns_are_identical(tiny_ck
 # ------------------------------------------------------------------ logging never kills a run
 
 def test_failed_online_start_warns_once_and_goes_offline():
-    from cguide.logging_utils import start_wandb
+    from cguide.io.loggers import start_wandb
 
     modes = []
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cguide.checkpoints import load_net
+from cguide.io.checkpoints import load_net
 from cguide.diffusion import make_plan, make_schedule, sample
-from cguide.sampling import draw
-from conftest import compose_cfg
+from helpers.draw import draw_kw as draw
+from helpers.config import compose_cfg
 
 
 def _ckpt_args(tiny_ckpts, classifier="noisy_classifier"):
@@ -77,8 +77,10 @@ def _edited_ckpt(src, dst, edit):
     ("guidance.scale=-1", r"guidance scale must be finite and >= 0"),
     ("guidance.variant=scor", r"unknown guidance variant 'scor'; known: score, seed_literal"),
     ("classes=[3,12]", r"target class out of range: got \[3, 12\].*classes 0\.\.9"),
-    ("guidance.interval=[0.8,0.2]", r"needs 0 <= t_lo <= t_hi <= 1, got t_lo=0.8, t_hi=0.2"),
-    ("sampler.name=euler", r"unknown sampler 'euler'; known: ddpm, ddim"),
+    ("guidance.interval=[0.8,0.2]", r"needs \[t_lo, t_hi\] with 0 <= t_lo <= t_hi <= 1, got \[0.8, 0.2\]"),
+    ("guidance.interval=[0.5]", r"needs \[t_lo, t_hi\] .* got \[0.5\]; fix guidance.interval"),
+    ("sampler.name=euler", r"unknown sampler 'euler' in sampler.name; known: ddpm, ddim"),
+    ("sampler.eta=nan", r"sampler.eta must be finite and >= 0, got nan"),
     ("sampler.steps=500", r"sampling steps must be in \[1, T=100\]"),
     ("classes=[]", r"classes is empty"),
 ])

@@ -7,11 +7,11 @@ import csv
 
 import pytest
 
-from conftest import compose_cfg
+from helpers.config import compose_cfg
 
 pytestmark = pytest.mark.slow
 
-BASE = ["logger=csv", "trainer.enable_progress_bar=false", "callbacks.sample_every_n_steps=0", "callbacks.sample_n=0"]
+BASE = ["logger=csv", "trainer.enable_progress_bar=false", "callbacks.sample_grid.every_n_steps=0", "callbacks.sample_grid.n=0"]
 
 
 def _last_epoch_metrics(out_dir):
@@ -34,7 +34,7 @@ def test_noisy_classifier_accuracy_decays_with_noise(tmp_path):
 
 
 def test_judge_reaches_97_percent_on_mnist5k_test_split(tmp_path):
-    from cguide.checkpoints import load_net
+    from cguide.io.checkpoints import load_net
     from cguide.train import train
 
     path = train(compose_cfg("train", ["task=judge", *BASE], tmp_path))

@@ -3,25 +3,19 @@ s = 0 rows stay bitwise unguided, and channels_last / bf16 / compile sample what
 (within fp32 / bf16 tolerances). CUDA-graph capture itself needs a GPU: benchmarks/guided_step.py
 checks it there against eager."""
 
-from pathlib import Path
-
 import pytest
 import torch
-import torch.nn as nn
 
-from cguide.checkpoints import Loaded
-from cguide.cuda_graph import sample_static
 from cguide.diffusion import make_plan, make_schedule, sample
-from cguide.guidance import ClassifierGuidance
-from cguide.nets import build_encoder, build_unet
-from cguide.sampling import draw
-from cguide.speed import SpeedOptions
-
-from test_guidance import NaNClassifier, TinyClassifier, eps_model
+from cguide.guidance import ClassifierGuidance, GuidanceSpec
+from cguide.runtime.cuda_graph import sample_static
+from cguide.runtime.speed import SpeedOptions
+from helpers.draw import draw_kw as draw
+from helpers.nets import NaNClassifier, TinyClassifier, eps_model, tiny_pair
 
 
 def _pair(static: bool, clf, plan, **kw):
-    return ClassifierGuidance(eps_model, clf, plan, static=static, **kw)
+    return ClassifierGuidance(eps_model, clf, plan, GuidanceSpec.of(**kw), static=static)
 
 
 @pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.5)])
@@ -45,35 +39,17 @@ def test_static_keeps_s0_rows_bitwise_even_with_nan_gradients():
     plan = make_plan(make_schedule("linear", 1000), 5)
     plain = sample(eps_model, (1, 2, 2), plan, [0, 1], progress=False)
     # NaNClassifier gives row 0 a NaN gradient; its s = 0, so it must still be exactly unguided
-    guide = ClassifierGuidance(eps_model, NaNClassifier(), plan, y=0, scale=torch.tensor([0.0, 1.0]), static=True)
+    guide = ClassifierGuidance(eps_model, NaNClassifier(), plan, GuidanceSpec.of(0, torch.tensor([0.0, 1.0])),
+                               static=True)
     got = sample_static(eps_model, guide, (1, 2, 2), plan, [0, 1], capture=False)
     assert torch.equal(got[0], plain[0]) and torch.isfinite(got).all()
     assert guide.nonfinite_steps.tolist() == [0, 0]
-    guide = ClassifierGuidance(eps_model, NaNClassifier(), plan, y=0, scale=1.0, static=True)
+    guide = ClassifierGuidance(eps_model, NaNClassifier(), plan, GuidanceSpec.of(0, 1.0, n=2), static=True)
     sample_static(eps_model, guide, (1, 2, 2), plan, [0, 1], capture=False)
     assert guide.nonfinite_steps.tolist() == [5, 0]  # as the eager path counts
     with pytest.raises(FloatingPointError, match="non-finite classifier gradient for 1 sample"):
-        sample_static(eps_model, ClassifierGuidance(eps_model, NaNClassifier(), plan, y=0, scale=1.0, static=True,
-                                                    nonfinite="raise"), (1, 2, 2), plan, [0, 1], capture=False)
-
-
-def _randomise(net: nn.Module, seed: int) -> nn.Module:
-    """Fresh nets zero-init their output layers (eps = 0): give every parameter a random value."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return net.eval()
-
-
-def tiny_pair() -> tuple[Loaded, Loaded]:
-    """A random tiny eps-model and classifier (8x8x1, 10 classes, T = 100), the same on every call."""
-    schedule = dict(kind="linear", T=100)
-    fp = make_schedule(**schedule).fingerprint()
-    eps = Loaded(_randomise(build_unet("tiny", 1, 8), 0), "eps_model", Path("eps"), (1, 8, 8), 10, fp, schedule)
-    clf = Loaded(_randomise(build_encoder("tiny", 1, 8, 10), 1), "noisy_classifier", Path("clf"), (1, 8, 8), 10,
-                 fp, schedule)
-    return eps, clf
+        sample_static(eps_model, ClassifierGuidance(eps_model, NaNClassifier(), plan, GuidanceSpec.of(
+            0, 1.0, nonfinite="raise", n=2), static=True), (1, 2, 2), plan, [0, 1], capture=False)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from conftest import compose_cfg
+from helpers.config import compose_cfg
 
 METRIC_KEYS = {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "accuracy",
                "guide_confidence", "classwise_fid", "nonfinite", "grad_nonfinite_share", "wall_s"}
@@ -27,7 +28,7 @@ def _ckpts(tiny_ckpts):
 
 
 def _sweep(tiny_ckpts, out: Path, *overrides):
-    from cguide.sweep.runner import run_sweep
+    from cguide.grid.runner import run_sweep
 
     return run_sweep(compose_cfg("sweep", [*_ckpts(tiny_ckpts), *TINY_SWEEP, *overrides], out))
 
@@ -50,7 +51,7 @@ def sweep_2x2(tiny_ckpts, tmp_path_factory):
 
 
 def test_sweep_writes_rows_plots_grids_and_wandb_run(sweep_2x2):
-    from cguide.sweep.runner import sweep_group
+    from cguide.grid.runner import sweep_group
 
     out, _ = sweep_2x2
     rows = _rows(out)
@@ -128,7 +129,7 @@ def test_bad_sweep_inputs_fail_before_writing(tiny_ckpts, tmp_path, override, er
 
 
 def test_sweep_cli_reports_one_line_and_exit_code_2(tiny_ckpts, tmp_path, monkeypatch, capsys):
-    from cguide.sweep.__main__ import main
+    from cguide.sweep import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cguide.sweep", *_ckpts(tiny_ckpts), "sweep.scales=[]", "logger=none",
@@ -141,7 +142,7 @@ def test_sweep_cli_reports_one_line_and_exit_code_2(tiny_ckpts, tmp_path, monkey
 
 
 def test_hydra_multirun_jobs_share_folder_and_wandb_group(tiny_ckpts, tmp_path):
-    from cguide.sweep.runner import sweep_group
+    from cguide.grid.runner import sweep_group
 
     out = tmp_path / "mr"
     cmd = [sys.executable, "-m", "cguide.sweep", "-m", "guidance.scale=0,1", *_ckpts(tiny_ckpts), f"out_dir={out}",
@@ -160,23 +161,27 @@ def test_hydra_multirun_jobs_share_folder_and_wandb_group(tiny_ckpts, tmp_path):
 
 
 def test_grid_points_and_shared_batches():
-    from cguide.sweep.grid import balanced_targets, build_grid, pack
+    from cguide.grid.points import balanced_targets, build_grid, pack
 
-    pts = build_grid([0, 1, 2, 1], ["score", "unit"], ["ddim", "ddpm"], [5, None], [[0, 1], [0.5, 1.0]])
+    sweep = dict(scales=[0, 1, 2, 1], variants=["score", "unit"], samplers=["ddim", "ddpm"], steps=[5, None],
+                 intervals=[[0, 1], [0.5, 1.0]])
+    sampler = OmegaConf.create(dict(name="ddim", steps=50, spacing="uniform", eta=0.0, var_type="fixed_small",
+                                    clip_x0=True))
+    pts = build_grid(sweep, sampler, "zero")
     assert len(pts) == 3 * 2 * 2 * 2 * 2 and len({p.key for p in pts}) == len(pts)  # duplicate scale dropped
     calls = pack(pts, 4)
     assert sorted(p.key for c in calls for p in c) == sorted(p.key for p in pts)
     assert all(len(c) <= 4 and len({p.batch_key for p in c}) == 1 for c in calls)
     assert len(calls) == 8 * 2  # 8 loops (sampler x steps x interval) of 6 points each -> 4 + 2
-    assert [p.scale for p in calls[0][:2]] == [0.0, 0.0]  # s = 0 of both variants share the first call
+    assert [p.guidance.scale for p in calls[0][:2]] == [0.0, 0.0]  # s = 0 of both variants share the first call
     assert balanced_targets(23, 10).bincount().tolist() == [3, 3, 3] + [2] * 7
     from cguide.metrics import METRIC_NAMES
-    from cguide.sweep.config import MetricsConfig
+    from cguide.config import MetricsConfig
     assert MetricsConfig().names == list(METRIC_NAMES)
 
 
 def _append_rows(root, start):
-    from cguide.sweep.results import ResultsFolder
+    from cguide.grid.results import ResultsFolder
 
     folder = ResultsFolder(root)
     for i in range(start, start + 10):

@@ -1,19 +1,23 @@
 """Training entry point: the real Hydra config composes, trains, checkpoints, resumes, and refuses bad keys."""
 
+import lightning as L
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from cguide.checkpoints import load_net, read_checkpoint
-from conftest import TINY, compose_cfg
+from cguide.io.checkpoints import load_net, read_checkpoint
+from helpers.config import TINY, compose_cfg
 
 
 @pytest.mark.parametrize("task", ["diffusion", "classifier", "judge"])
-def test_fast_dev_run_each_task(task, tmp_path):
+def test_fast_dev_run_each_task(task, cfg_train, tmp_path):
     from cguide.train import train
 
-    cfg = compose_cfg("train", [f"task={task}", *TINY, "trainer.fast_dev_run=true"], tmp_path)
-    train(cfg)
+    result = train(cfg_train(f"task={task}", "trainer.fast_dev_run=true"))
+    # one training batch ran with a finite loss, and a smoke test writes no checkpoint
+    assert result.steps == 1 and result.checkpoint is None
+    assert torch.isfinite(torch.tensor(result.metrics["train/loss_step"]))
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_checkpoints_load_weights_only_with_metadata(tiny_ckpts):
@@ -27,18 +31,33 @@ def test_checkpoints_load_weights_only_with_metadata(tiny_ckpts):
     assert isinstance(load_net(tiny_ckpts["judge"], "judge").extra["test_acc"], float)
 
 
-def test_resume_continues_step_count(tmp_path):
-    from cguide.train import train
+class _EMAAtStart(L.Callback):
+    """Records the EMA weights as fit starts, i.e. right after a checkpoint was restored."""
 
-    first = compose_cfg("train", ["task=diffusion", *TINY, "model.max_steps=4", "callbacks.ckpt_every_n_steps=2"], tmp_path)
-    train(first)
-    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 4
-    again = compose_cfg("train", ["task=diffusion", *TINY, "model.max_steps=8", "resume=true"], tmp_path)
-    train(again)
-    ckpt = read_checkpoint(tmp_path / "checkpoints" / "diffusion.ckpt")
-    assert ckpt["global_step"] == 8
-    # the EMA kept averaging from the resumed state rather than restarting from the raw weights
-    assert any(k.startswith("ema.") for k in ckpt["state_dict"])
+    def on_train_start(self, trainer, module):
+        self.ema = {k: v.clone() for k, v in module.ema.state_dict().items()}
+        self.net = {k: v.clone() for k, v in module.net.state_dict().items()}
+
+
+def test_resume_restores_the_ema_and_continues_the_step_count(cfg_train, tmp_path, monkeypatch):
+    import cguide.train as entry
+
+    entry.train(cfg_train("task=diffusion", "model.max_steps=4", "callbacks.model_checkpoint.every_n_train_steps=2"))
+    saved = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert saved["global_step"] == 4
+    probe = _EMAAtStart()
+    build = entry.build_callbacks
+    monkeypatch.setattr(entry, "build_callbacks", lambda *a: [*build(*a), probe])
+    entry.train(cfg_train("task=diffusion", "model.max_steps=8", "resume=true"))
+    assert read_checkpoint(tmp_path / "checkpoints" / "diffusion.ckpt")["global_step"] == 8
+    # the average resumed from what was saved at step 4, not from the raw weights
+    prefix = "ema."
+    ema_saved = {k[len(prefix):]: v for k, v in saved["state_dict"].items() if k.startswith(prefix)}
+    assert ema_saved.keys() == probe.ema.keys()
+    assert all(torch.equal(probe.ema[k], v) for k, v in ema_saved.items())
+    weights = [k for k in probe.net if k.endswith("weight")]
+    ema_weights = {k.split("module.", 1)[-1]: v for k, v in probe.ema.items()}
+    assert any(not torch.equal(probe.net[k], ema_weights[k]) for k in weights)
 
 
 @pytest.mark.parametrize("override,key", [("data.colour=1", "colour"), ("model.sizee=small", "sizee"),

@@ -1,14 +1,20 @@
-"""What the Hydra entry points share: where conf/ is, and bad input reported as one line."""
+"""What the Hydra entry points share: where conf/ is, the config tree printed and saved at start,
+mandatory keys, and bad input reported as one line."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from .io.atomic import atomic_write_text
+from .runtime.distributed import ERRORS, is_main
 
 # Absolute: entry points also work when imported (tests), not only under `python -m`.
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+TREE_FILE = "config_tree.log"
 
 
 def run_or_exit(fn: Callable, *args):
@@ -18,3 +24,38 @@ def run_or_exit(fn: Callable, *args):
     except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def require(cfg, *keys: str) -> None:
+    """One line naming each unset mandatory key (OmegaConf's own error is a multi-line traceback)."""
+    missing = [k for k in keys if OmegaConf.is_missing(cfg, k)]
+    if missing:
+        raise ValueError(f"missing setting(s): {', '.join(missing)}; pass them, e.g. "
+                         + " ".join(f"{k}=<path>" for k in missing))
+
+
+def print_config_tree(cfg: DictConfig, first: Sequence[str] = ()) -> None:
+    """The composed config as a rich tree on stdout (sections in `first` on top), and resolved as YAML
+    in Hydra's folder of this run (<run dir>/config_tree.log). A value that cannot resolve yet (a
+    missing mandatory key) is shown as written; the run then stops with its own one-line error."""
+    if not is_main():
+        return
+    from hydra.core.hydra_config import HydraConfig
+    from rich import print as rprint
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    keys = [k for k in first if k in cfg] + [k for k in cfg if k not in first]
+    text = []
+    for key in keys:
+        node = cfg[key] if not OmegaConf.is_missing(cfg, key) else "???"
+        try:
+            body = OmegaConf.to_yaml(node, resolve=True) if OmegaConf.is_config(node) else f"{node}\n"
+        except Exception:  # noqa: BLE001 -- unresolvable interpolation: show it unresolved
+            body = OmegaConf.to_yaml(node) if OmegaConf.is_config(node) else f"{node}\n"
+        tree.add(str(key), style="bold").add(Syntax(body, "yaml", theme="ansi_dark"))
+        text.append(f"{key}:\n" + "".join(f"  {line}\n" for line in body.splitlines()))
+    rprint(tree)
+    if HydraConfig.initialized():
+        atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / TREE_FILE, "".join(text))

@@ -1,5 +1,7 @@
-"""Structured configs (Hydra edge): typed dataclasses registered in Hydra's ConfigStore, so YAML
-groups and command-line overrides are type-checked and unknown keys are refused with Hydra's error."""
+"""Structured configs of the four entry points (Hydra edge): typed dataclasses registered in Hydra's
+ConfigStore, so YAML groups and command-line overrides are type-checked and unknown keys are refused
+with Hydra's error. Values are checked where they are turned into objects (GuidanceSetting,
+SamplerSpec, MetricSettings, ...), once."""
 
 from __future__ import annotations
 
@@ -7,8 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .data import DataConfig
+
+
+def plain(node) -> Any:
+    """A resolved plain container from a config node (anything else is returned as is)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+# ---------------------------------------------------------------- training parts
 
 
 @dataclass
@@ -37,6 +48,9 @@ class NetConfig:
 
 @dataclass
 class TrainerConfig:
+    """group trainer/: keyword arguments of lightning.pytorch.Trainer (hydra.utils.instantiate);
+    max_steps comes from the trained net's section, logger/callbacks/plugins from cguide.train."""
+    _target_: str = "lightning.pytorch.Trainer"
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
@@ -45,12 +59,13 @@ class TrainerConfig:
     log_every_n_steps: int = 25
     val_check_interval: Optional[Any] = None
     check_val_every_n_epoch: Optional[int] = 1
+    limit_train_batches: Optional[float] = None
     limit_val_batches: float = 1.0
+    overfit_batches: float = 0.0
     gradient_clip_val: Optional[float] = 1.0
     enable_progress_bar: bool = True
     fast_dev_run: bool = False
     deterministic: bool = False
-    num_threads: Optional[int] = None  # torch intra-op threads on CPU; None: torch's default
 
 
 @dataclass
@@ -59,15 +74,31 @@ class LoggerConfig:
     project: str = "cguide"
     mode: str = "offline"  # wandb: offline (sync later with `wandb sync`), online, disabled
     group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    tags: List[str] = field(default_factory=list)  # added to the run's top-level `tags`
+
+
+@dataclass
+class ModelCheckpointConfig:
+    """lightning's ModelCheckpoint; dirpath and filename come from cguide.train (paths.ckpt_dir, task)."""
+    _target_: str = "lightning.pytorch.callbacks.ModelCheckpoint"
+    save_last: bool = True
+    save_top_k: int = 1
+    every_n_train_steps: int = 250
+
+
+@dataclass
+class SampleGridConfig:
+    """cguide's SampleGrid (eps-model runs only): a DDIM grid from fixed seeds every N steps."""
+    _target_: str = "cguide.modules.callbacks.SampleGrid"
+    every_n_steps: int = 500  # 0: only at the end of training
+    n: int = 64
+    steps: int = 50
 
 
 @dataclass
 class CallbacksConfig:
-    sample_every_n_steps: int = 500
-    sample_n: int = 64
-    sample_steps: int = 50
-    ckpt_every_n_steps: int = 250
+    model_checkpoint: ModelCheckpointConfig = field(default_factory=ModelCheckpointConfig)
+    sample_grid: SampleGridConfig = field(default_factory=SampleGridConfig)
 
 
 @dataclass
@@ -80,6 +111,8 @@ class PathsConfig:
 class TrainingParts:
     """The sections that define the three networks and how they train (shared by train and pipeline)."""
     seed: int = 0
+    tags: List[str] = field(default_factory=list)  # W&B tags of every run
+    num_threads: Optional[int] = None  # torch intra-op threads on CPU; None: torch's default
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: ScheduleConfig = field(default_factory=ScheduleConfig)
     model: NetConfig = field(default_factory=NetConfig)
@@ -98,12 +131,147 @@ class TrainConfig(TrainingParts):
     ckpt_path: Optional[str] = None  # or from this checkpoint
 
 
+# ---------------------------------------------------------------- sampling parts
+
+
+@dataclass
+class SamplerConfig:
+    """group sampler/: how x_T becomes x_0 (checked by cguide.diffusion.SamplerSpec)."""
+    name: str = "ddim"  # ddim | ddpm
+    steps: Optional[int] = 50  # respaced steps; null = all T training steps
+    eta: float = 0.0  # DDIM noise (0 = deterministic); ignored by DDPM
+    var_type: str = "fixed_small"  # DDPM variance: fixed_small | fixed_large; ignored by DDIM
+    clip_x0: bool = True  # clamp the predicted x_0 to [-1, 1] at each step (guided-diffusion's default)
+    spacing: str = "uniform"  # uniform | leading
+
+
+@dataclass
+class GuidanceConfig:
+    """group guidance/: eps_hat = eps - s * c_t * grad log p(y | x_t, t) (checked by cguide.guidance.GuidanceSetting)."""
+    scale: float = 1.0  # s >= 0; 0 = unguided
+    variant: str = "score"  # the c_t factor; see cguide.guidance.VARIANTS
+    interval: List[float] = field(default_factory=lambda: [0.0, 1.0])  # [t_lo, t_hi] as fractions of T
+    nonfinite: str = "zero"  # zero | clamp | raise: what to do with a NaN/inf classifier gradient
+
+
+@dataclass
+class SpeedConfig:
+    """speed: options of the guided sampling step (cguide.runtime.speed); all off = eager fp32."""
+    bf16: bool = False  # bf16 autocast of both networks (moves samples beyond fp32 rounding; recorded in sweep.json)
+    channels_last: bool = False  # NHWC convolutions
+    compile: bool = False  # torch.compile both networks
+    cuda_graph: bool = False  # capture the whole guided step as a CUDA graph (CUDA only)
+
+
+@dataclass
+class DistributedConfig:
+    """distributed: sweep sampling over several processes (cguide.runtime.distributed). Under torchrun or a
+    multi-task submitit job the ranks come from the environment and devices stays 1."""
+    devices: int = 1  # > 1: spawn this many processes here (one GPU each on CUDA, gloo processes on CPU)
+
+
+@dataclass
+class MetricsConfig:
+    """group metrics/: what each sweep point is measured with (checked by cguide.metrics.MetricSettings)."""
+    # = cguide.metrics.METRIC_NAMES, spelled out so composing a config never imports the metric suite
+    names: List[str] = field(default_factory=lambda: ["fid", "kid", "is", "prc", "accuracy", "guide_confidence",
+                                                      "classwise_fid", "nonfinite"])
+    extractor: str = "judge"  # judge | inception (local weights only)
+    inception_weights: Optional[str] = None  # path; null = torch hub cache
+    n_real: Optional[int] = None  # cap on held-out real images; null = the whole test split
+    batch_size: int = 256
+    kid_subset_size: int = 1000
+    seed: int = 2020  # KID subsets, IS splits, PRC subset
+    real_stats_cache: Optional[str] = "${out_dir}/real_stats"  # null = no disk cache
+
+
+@dataclass
+class SampleConfig:
+    """conf/sample.yaml: draw n_per_class samples of each chosen class at one guidance setting."""
+    eps_ckpt: str = MISSING
+    classifier_ckpt: Optional[str] = None  # needed when guidance.scale > 0
+    classes: Optional[List[int]] = None  # null = every class
+    n_per_class: int = 8
+    seed: int = 0  # sample i gets seed + i
+    batch_size: int = 256
+    device: str = "auto"  # auto = cuda when available, else cpu
+    num_threads: Optional[int] = None  # torch intra-op threads on CPU (1 is fastest on a busy machine); null: default
+    progress: bool = True
+    out_dir: str = "${paths.output_dir}"
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class GridConfig:
+    """The sweep's axes. Each defaults to the one-element list of its single-point key (guidance.scale,
+    guidance.variant, sampler.name, sampler.steps, guidance.interval): a Hydra multirun
+    (`-m guidance.scale=0,1`) then runs one point per job, while `sweep.scales=[0,1,2]` runs a grid in one job."""
+    name: str = "default"  # the results folder outputs/sweeps/<name> and the W&B group
+    scales: List[float] = field(default_factory=lambda: ["${guidance.scale}"])
+    variants: List[str] = field(default_factory=lambda: ["${guidance.variant}"])
+    samplers: List[str] = field(default_factory=lambda: ["${sampler.name}"])
+    steps: List[Optional[int]] = field(default_factory=lambda: ["${sampler.steps}"])
+    intervals: List[List[float]] = field(default_factory=lambda: ["${guidance.interval}"])
+    n_per_point: int = 100  # balanced over classes: sample i has class i % num_classes and seed seed + i
+    seed: int = 0
+    batch_size: int = 500  # samples per network call (CPU: ~500 is fastest per image; far larger is slower)
+    # Points drawn together (they share batches, and s = 0 points are drawn once for all variants);
+    # results land when a call's points are drawn, so smaller calls lose less to a crash. null = all.
+    points_per_call: Optional[int] = None
+    grid_per_class: int = 8  # samples per class (row) in each point's grid
+
+
+@dataclass
+class ObjectiveConfig:
+    """What `cguide.sweep` returns to a Hydra sweeper (hparams_search=): the job's point's metrics."""
+    metrics: List[str] = field(default_factory=lambda: ["fid"])  # one value per name; 'accuracy' is maximised
+    min_accuracy: Optional[float] = None  # below it, a single-objective FID is penalised (constraint)
+    penalty: float = 1000.0  # FID added per unit of accuracy short of min_accuracy (0.01 short: +10)
+
+
+@dataclass
+class SweepConfig:
+    """conf/sweep.yaml: a grid of guidance settings, measured and logged point by point (resumable)."""
+    eps_ckpt: str = MISSING
+    classifier_ckpt: Optional[str] = None  # needed when any scale > 0
+    judge_ckpt: str = MISSING
+    out_dir: str = "${paths.output_dir}"
+    device: str = "auto"
+    num_threads: Optional[int] = None  # torch intra-op threads on CPU; null: torch's default
+    progress: bool = True
+    tags: List[str] = field(default_factory=list)
+    data: DataConfig = field(default_factory=DataConfig)  # its test split is the real held-out set
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    sweep: GridConfig = field(default_factory=GridConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class PipelineConfig(TrainingParts):
+    """conf/pipeline.yaml: the training parts and the sweep parts of one experiment in a single tree."""
+    name: str = "mnist5k_quick"  # the experiment: outputs/pipeline/<name> and the W&B group
+    out_dir: str = "outputs/pipeline/${name}"
+    device: str = "auto"
+    progress: bool = True
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    sweep: GridConfig = field(default_factory=GridConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    # Imported here: those modules import this one.
-    from .pipeline_config import PipelineConfig
-    from .sweep.config import store_schemas
-
-    store_schemas(cs)  # sample_schema, sweep_schema
+    cs.store(name="sample_schema", node=SampleConfig)
+    cs.store(name="sweep_schema", node=SweepConfig)
     cs.store(name="pipeline_schema", node=PipelineConfig)

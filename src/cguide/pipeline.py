@@ -1,8 +1,9 @@
 """Hydra entry point: the whole experiment in one command -- train the eps-model, the noisy classifier
 and the judge, then sweep guidance settings and report.
 
-    python -m cguide.pipeline profile=quick        # = make run: mnist5k, 2 CPU cores
-    python -m cguide.pipeline profile=full          # one GPU, bigger models, 2,000 samples per point
+    python -m cguide.pipeline experiment=mnist5k_quick   # = make run: mnist5k, 2 CPU cores
+    python -m cguide.pipeline experiment=mnist5k_full    # one GPU, bigger models, 2,000 samples per point
+    python -m cguide.pipeline debug=default              # tiny nets, a few steps: under a minute
 
 Each stage reuses its checkpoint when the settings that define it are unchanged, resumes an
 interrupted run, and retrains (keeping the old folder aside) when they changed; one line says which."""
@@ -18,10 +19,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import atomic_write
-from .cli import CONF_DIR, run_or_exit
-from .config import TrainConfig, register_configs
-from .sweep.config import SweepConfig
+from .cli import CONF_DIR, print_config_tree, run_or_exit
+from .config import SweepConfig, TrainConfig, plain, register_configs
+from .io.atomic import atomic_write_text
 
 STAGES = {"diffusion": ("model", True), "classifier": ("classifier", True), "judge": ("judge", False)}
 TABLE = [("scale", "s"), ("variant", "variant"), ("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"),
@@ -29,17 +29,13 @@ TABLE = [("scale", "s"), ("variant", "variant"), ("fid", "FID"), ("kid_mean", "K
          ("recall", "recall")]
 
 
-def _plain(node):
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
 def stage_key(cfg: DictConfig, task: str) -> dict:
     """The settings that define a stage's checkpoint; anything else (logging, progress) may change freely."""
     net_key, uses_schedule = STAGES[task]
-    key = {"task": task, "seed": cfg.seed, "data": _plain(cfg.data), "net": _plain(cfg[net_key]),
+    key = {"task": task, "seed": cfg.seed, "data": plain(cfg.data), "net": plain(cfg[net_key]),
            "precision": cfg.trainer.precision}
     if uses_schedule:
-        key["diffusion"] = _plain(cfg.diffusion)
+        key["diffusion"] = plain(cfg.diffusion)
     return key
 
 
@@ -48,10 +44,10 @@ def _digest(obj) -> str:
 
 
 def stage_config(cfg: DictConfig, task: str, folder: Path) -> DictConfig:
-    parts = {k: _plain(cfg[k]) for k in ("seed", "data", "diffusion", "model", "classifier", "judge", "trainer",
-                                         "logger", "callbacks")}
+    parts = {k: plain(cfg[k]) for k in ("seed", "tags", "num_threads", "data", "diffusion", "model", "classifier",
+                                        "judge", "trainer", "logger", "callbacks")}
     parts.update(task=task, resume=True, paths={"output_dir": str(folder), "ckpt_dir": str(folder / "checkpoints")})
-    parts["logger"]["group"] = parts["logger"]["group"] or f"pipeline-{cfg.profile}"
+    parts["logger"]["group"] = parts["logger"]["group"] or f"pipeline-{cfg.name}"
     return OmegaConf.merge(OmegaConf.structured(TrainConfig), parts)
 
 
@@ -75,17 +71,17 @@ def run_stage(cfg: DictConfig, task: str, out: Path) -> Path:
         print(f"[{task}] unfinished run found: resuming from {folder / 'checkpoints' / 'last.ckpt'}")
     else:
         print(f"[{task}] no checkpoint yet: training")
-    atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(key, indent=1, sort_keys=True)))
+    atomic_write_text(marker, json.dumps(key, indent=1, sort_keys=True))
     t0 = time.perf_counter()
-    path = train(stage_config(cfg, task, folder))
+    path = train(stage_config(cfg, task, folder)).checkpoint
     print(f"[{task}] trained in {time.perf_counter() - t0:.0f} s: {path}")
     return path
 
 
 def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConfig:
-    parts = {k: _plain(cfg[k]) for k in ("device", "num_threads", "progress", "data", "sampler", "guidance",
-                                         "sweep", "metrics", "speed", "logger")}
-    from .sweep.runner import file_identity
+    parts = {k: plain(cfg[k]) for k in ("device", "num_threads", "progress", "tags", "data", "sampler", "guidance",
+                                        "sweep", "metrics", "speed", "logger")}
+    from .grid.runner import file_identity
 
     ids = {k: str(p) for k, p in ckpts.items()}
     # A folder per (checkpoint contents, grid, sampler): retrained stages get a fresh sweep, never a mixed one.
@@ -97,7 +93,7 @@ def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConf
     parts.update(eps_ckpt=ids["diffusion"], classifier_ckpt=ids["classifier"], judge_ckpt=ids["judge"],
                  out_dir=str(sweep_dir), paths={"output_dir": str(sweep_dir)})
     parts["metrics"]["real_stats_cache"] = str(out / "real_stats")
-    parts["logger"]["group"] = parts["logger"]["group"] or f"pipeline-{cfg.profile}"
+    parts["logger"]["group"] = parts["logger"]["group"] or f"pipeline-{cfg.name}"
     return OmegaConf.merge(OmegaConf.structured(SweepConfig), parts)
 
 
@@ -109,7 +105,7 @@ def print_report(sweep_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .sweep.results import ResultsFolder
+    from .grid.results import ResultsFolder
 
     rows = sorted(ResultsFolder(sweep_dir).rows(), key=lambda r: (r["variant"], float(r["scale"])))
     table = Table(title=f"guidance sweep ({len(rows)} points)")
@@ -131,7 +127,7 @@ def run_pipeline(cfg: DictConfig) -> Path:
     out = Path(cfg.out_dir)
     t0 = time.perf_counter()
     ckpts = {task: run_stage(cfg, task, out) for task in STAGES}
-    from .sweep.runner import run_sweep
+    from .grid.runner import run_sweep
 
     sweep_dir = run_sweep(sweep_config(cfg, ckpts, out))
     print_report(sweep_dir)
@@ -144,6 +140,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pipeline")
 def main(cfg: DictConfig) -> None:
+    print_config_tree(cfg, first=("name", "data", "model", "classifier", "judge", "sweep", "guidance", "sampler"))
     run_or_exit(run_pipeline, cfg)
 
 

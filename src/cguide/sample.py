@@ -1,6 +1,6 @@
 """Hydra entry point: draw guided samples from checkpoints; a grid PNG per class and samples.npz.
 
-    python -m cguide.sample eps_ckpt=E.ckpt classifier_ckpt=C.ckpt classes=[3,7] n_per_class=16 \
+    python -m cguide.sample eps_ckpt=E.ckpt classifier_ckpt=C.ckpt classes=[3,7] n_per_class=16 \\
         guidance.scale=2 guidance.variant=seed_literal sampler=ddpm sampler.steps=250
     python -m cguide.sample eps_ckpt=E.ckpt guidance=unguided      # s = 0: no classifier needed
 
@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import atomic_write, load_net
-from .cli import CONF_DIR, run_or_exit
+from .cli import CONF_DIR, print_config_tree, require, run_or_exit
 from .config import register_configs
-from .images import save_grid
-from .sampling import draw
-from .sweep.config import require
-
+from .diffusion import SamplerSpec
+from .guidance import GuidanceSetting, GuidanceSpec
+from .io.atomic import atomic_write
+from .io.checkpoints import load_net
+from .io.images import save_grid
+from .runtime.draw import RunOptions, draw
 
 
 def write_npz(path: Path, **arrays) -> Path:
@@ -36,6 +37,9 @@ def write_npz(path: Path, **arrays) -> Path:
 def run_sample(cfg: DictConfig) -> Path:
     """Draw, write grid_class<c>.png per class and samples.npz into cfg.out_dir; returns the npz path."""
     require(cfg, "eps_ckpt")
+    setting = GuidanceSetting.from_config(cfg.guidance)
+    sampler = SamplerSpec.from_config(cfg.sampler)
+    run = RunOptions(cfg.batch_size, cfg.device, cfg.progress, cfg.speed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     eps = load_net(cfg.eps_ckpt, "eps_model")
@@ -47,18 +51,15 @@ def run_sample(cfg: DictConfig) -> Path:
         raise ValueError(f"n_per_class must be >= 1, got {cfg.n_per_class}")
     y = torch.tensor(classes).repeat_interleave(cfg.n_per_class)
     seeds = cfg.seed + torch.arange(len(y))
-    g, smp = cfg.guidance, cfg.sampler
-    x, nonfinite = draw(eps, clf, y=y, scale=g.scale, variant=g.variant, sampler=smp.name, steps=smp.steps,
-                        spacing=smp.spacing, eta=smp.eta, var_type=smp.var_type, clip_x0=smp.clip_x0,
-                        interval=tuple(g.interval), nonfinite=g.nonfinite, seeds=seeds.tolist(),
-                        batch_size=cfg.batch_size, device=cfg.device, progress=cfg.progress, speed=cfg.speed)
+    x, nonfinite = draw(eps, clf, GuidanceSpec.from_settings([setting] * len(y), y), sampler, seeds.tolist(), run)
     out = Path(cfg.out_dir)
     for c in classes:
         save_grid(x[y == c], out / f"grid_class{c}.png")
     settings = {
         "eps_ckpt": str(eps.path), "classifier_ckpt": str(clf.path) if clf else None,
         "classes": classes, "n_per_class": cfg.n_per_class, "seed": cfg.seed,
-        "sampler": OmegaConf.to_container(smp, resolve=True), "guidance": OmegaConf.to_container(g, resolve=True),
+        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
+        "guidance": OmegaConf.to_container(cfg.guidance, resolve=True),
         "speed": OmegaConf.to_container(cfg.speed, resolve=True),
         "image_shape": list(eps.image_shape), "schedule": eps.fingerprint,
     }
@@ -71,6 +72,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sample")
 def main(cfg: DictConfig) -> None:
+    print_config_tree(cfg, first=("eps_ckpt", "classifier_ckpt", "guidance", "sampler"))
     print(f"samples: {run_or_exit(run_sample, cfg)}")
 
 

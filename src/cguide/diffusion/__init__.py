@@ -4,10 +4,10 @@ from .schedule import Schedule, make_schedule, schedule_fingerprint, linear_beta
 from .respace import Plan, make_plan, respaced_timesteps
 from .process import q_sample, x0_from_eps, eps_from_x0, posterior, gather
 from .noise import seeded_normal
-from .samplers import ddpm_step, ddim_step, sample, SAMPLERS, VAR_TYPES
+from .samplers import ddpm_step, ddim_step, step, sample, SamplerSpec, SAMPLERS, VAR_TYPES
 
 __all__ = [
     "Schedule", "make_schedule", "schedule_fingerprint", "linear_betas", "cosine_betas", "SCHEDULE_KINDS",
     "Plan", "make_plan", "respaced_timesteps", "q_sample", "x0_from_eps", "eps_from_x0", "posterior",
-    "gather", "ddpm_step", "ddim_step", "sample", "seeded_normal", "SAMPLERS", "VAR_TYPES",
+    "gather", "ddpm_step", "ddim_step", "step", "sample", "SamplerSpec", "seeded_normal", "SAMPLERS", "VAR_TYPES",
 ]

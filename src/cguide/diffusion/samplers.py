@@ -5,6 +5,8 @@ classifier guidance is a wrapper around that function (``cguide.guidance``), nev
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -12,7 +14,8 @@ from tqdm.auto import tqdm
 
 from .process import posterior, x0_from_eps, eps_from_x0
 from .noise import seeded_normal
-from .respace import Plan
+from .respace import SPACINGS, Plan, make_plan
+from .schedule import Schedule
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SAMPLERS = ("ddpm", "ddim")
@@ -31,8 +34,6 @@ def ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type="fixed_small"
     mean, var = posterior(x0, x_t, alphabar_t, alphabar_prev)
     if var_type == "fixed_large":
         var = 1 - alphabar_t / alphabar_prev
-    elif var_type != "fixed_small":
-        raise ValueError(f"unknown var_type {var_type!r}; known: {', '.join(VAR_TYPES)}")
     last = (alphabar_prev >= 1).to(x_t.dtype)
     return mean + (1 - last) * var.sqrt() * noise, x0
 
@@ -51,6 +52,63 @@ def ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise=None, eta=0.0, clip_x0=
     return x_prev, x0
 
 
+def step(sampler: str, x_t, eps, alphabar_t, alphabar_prev, noise, *, eta=0.0, var_type="fixed_small",
+         clip_x0=False):
+    """One step of ``sampler`` from x_t to x_prev: the DDPM/DDIM branch, written once for the eager loop
+    and the CUDA-graph step. Returns (x_prev, x0_hat)."""
+    if sampler == "ddpm":
+        return ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type, clip_x0)
+    return ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise, eta, clip_x0)
+
+
+# the config keys named in the fix of each message, by where the setting came from
+KEYS = {"sampler": {"name": "sampler.name", "steps": "sampler.steps"},
+        "sweep": {"name": "sweep.samplers", "steps": "sweep.steps"}}
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How x_T becomes x_0, checked once where it is made from config: sampler name, respaced steps
+    (None = all T), spacing, DDIM eta, DDPM variance, x0 clipping. source names the config section."""
+
+    name: str = "ddim"
+    steps: int | None = None
+    spacing: str = "uniform"
+    eta: float = 0.0
+    var_type: str = "fixed_small"
+    clip_x0: bool = False
+    source: str = field(default="sampler", compare=False, repr=False)
+
+    def __post_init__(self):
+        keys = KEYS[self.source]
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r} in {keys['name']}; known: {', '.join(SAMPLERS)}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise ValueError(f"sampling steps must be >= 1 (or null for all T), got {self.steps}; fix {keys['steps']}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"unknown sampler.spacing {self.spacing!r}; known: {', '.join(SPACINGS)}")
+        if not (isinstance(self.eta, (int, float)) and math.isfinite(self.eta) and self.eta >= 0):
+            raise ValueError(f"sampler.eta must be finite and >= 0, got {self.eta}")
+        if self.var_type not in VAR_TYPES:
+            raise ValueError(f"unknown sampler.var_type {self.var_type!r}; known: {', '.join(VAR_TYPES)}")
+
+    @classmethod
+    def from_config(cls, node, name: str | None = None, steps: int | None | str = "config",
+                    source: str = "sampler") -> "SamplerSpec":
+        """From a sampler/ config node; a sweep passes its point's name and steps."""
+        return cls(name or node.name, node.steps if steps == "config" else steps, node.spacing, float(node.eta),
+                   node.var_type, bool(node.clip_x0), source)
+
+    def plan(self, schedule: Schedule) -> Plan:
+        return make_plan(schedule, self.steps, self.spacing)
+
+    @property
+    def options(self) -> dict:
+        """The keyword arguments of ``sample`` / ``step``."""
+        return {"sampler": self.name, "eta": self.eta, "var_type": self.var_type, "clip_x0": self.clip_x0}
+
+
 def sample(eps_fn: EpsFn, shape: Sequence[int], plan: Plan, seeds: Sequence[int], *, sampler: str = "ddim",
            eta: float = 0.0, var_type: str = "fixed_small", clip_x0: bool = False, device=None,
            dtype=torch.float32, progress: bool = True, desc: str = "sampling") -> torch.Tensor:
@@ -58,10 +116,7 @@ def sample(eps_fn: EpsFn, shape: Sequence[int], plan: Plan, seeds: Sequence[int]
 
     x_T is draw 0 of each sample's seed and step i's noise is draw i + 1 (``seeded_normal``), so a
     sample is reproducible from its seed alone, whatever else shares its batch."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
-    if eta < 0:
-        raise ValueError(f"sampler.eta must be >= 0, got {eta}")
+    SamplerSpec(sampler, eta=eta, var_type=var_type, clip_x0=clip_x0)  # the checks live there
     seeds = torch.as_tensor(seeds, dtype=torch.long, device=device)
     x = seeded_normal(seeds, 0, shape, device, dtype)
     B = x.shape[0]
@@ -75,8 +130,5 @@ def sample(eps_fn: EpsFn, shape: Sequence[int], plan: Plan, seeds: Sequence[int]
         with torch.no_grad():
             eps = eps_fn(x, t)
             z = seeded_normal(seeds, i + 1, shape, device, dtype) if stochastic and i > 0 else torch.zeros_like(x)
-            if sampler == "ddpm":
-                x, _ = ddpm_step(x, eps, a_t, a_p, z, var_type, clip_x0)
-            else:
-                x, _ = ddim_step(x, eps, a_t, a_p, z, eta, clip_x0)
+            x, _ = step(sampler, x, eps, a_t, a_p, z, eta=eta, var_type=var_type, clip_x0=clip_x0)
     return x

@@ -6,11 +6,12 @@ from .extractors import (EXTRACTOR_NAMES, INCEPTION_CONFIG_KEY, INCEPTION_WEIGHT
 from .feature_metrics import (feature_stats, frechet_distance, inception_score, kernel_inception_distance,
                               precision_recall)
 from .real_stats import RealStats, load_or_compute
-from .suite import METRIC_NAMES, classwise_fid, compute_metrics
+from .settings import METRIC_NAMES, MetricSettings
+from .suite import classwise_fid, compute_metrics
 
 __all__ = [
     "EXTRACTOR_NAMES", "INCEPTION_CONFIG_KEY", "INCEPTION_WEIGHTS_FILE", "JUDGE_EXTRACTOR", "METRIC_NAMES",
-    "JudgeFeatureExtractor", "RealStats", "build_extractor", "classwise_fid", "compute_metrics",
+    "JudgeFeatureExtractor", "MetricSettings", "RealStats", "build_extractor", "classwise_fid", "compute_metrics",
     "feature_stats", "frechet_distance", "inception_score", "inception_weights_path",
     "kernel_inception_distance", "load_or_compute", "precision_recall", "to_uint8_rgb",
 ]

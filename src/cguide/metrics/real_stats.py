@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from ..io.atomic import atomic_torch_save
 from .feature_metrics import feature_stats
 
 CACHE_FORMAT = 1
@@ -41,17 +41,6 @@ def content_id(images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
 def cache_path(cache_dir: str, dataset_id: str, extractor_id: str, layer: str, n: int) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset_id}__{extractor_id}__{layer}__n{n}")
     return os.path.join(cache_dir, f"real-stats__{name}.pt")
-
-
-def _save_atomic(obj, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _pack(rs: RealStats) -> dict:
@@ -93,5 +82,5 @@ def load_or_compute(extract: Callable[[], torch.Tensor], labels: torch.Tensor | 
     features = extract().detach().cpu()
     rs = RealStats(features, feature_stats(features), labels)
     if path is not None:
-        _save_atomic(_pack(rs), path)
+        atomic_torch_save(_pack(rs), path)
     return rs

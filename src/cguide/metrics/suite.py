@@ -16,7 +16,6 @@ FID, KID, IS, PRC and class-wise FID.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +26,8 @@ from torch_fidelity.utils import get_featuresdict_from_dataset
 from . import feature_metrics as fm
 from .extractors import build_extractor, eval_mode, extractor_id, module_device, to_uint8_rgb
 from .real_stats import content_id, load_or_compute
+from .settings import FEATURE_METRICS, METRIC_NAMES, MetricSettings  # noqa: F401 (METRIC_NAMES re-exported)
 
-METRIC_NAMES = ("fid", "kid", "is", "prc", "accuracy", "guide_confidence", "classwise_fid", "nonfinite")
-FEATURE_METRICS = ("fid", "kid", "is", "prc", "classwise_fid")
 NAN = float("nan")
 
 
@@ -89,19 +87,9 @@ def compute_metrics(
     *,
     judge: nn.Module,
     guide: nn.Module | None = None,
-    extractor: str = "judge",
-    metrics: Sequence[str] = METRIC_NAMES,
+    settings: MetricSettings = MetricSettings(),
     real_labels: torch.Tensor | None = None,
-    real_stats_cache: str | None = None,
     real_id: str | None = None,
-    inception_weights: str | None = None,
-    batch_size: int = 256,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    prc_neighborhood: int = 3,
-    prc_match_sizes: bool = True,
-    isc_splits: int = 10,
-    seed: int = 2020,
     device: torch.device | str | None = None,
 ) -> dict[str, float]:
     """Sample-quality metrics of `samples` [N,C,H,W] in [-1,1] with target labels `targets` [N].
@@ -110,29 +98,28 @@ def compute_metrics(
         are needed for classwise_fid.
     judge: clean classifier (forward -> logits, features -> [N,D]); accuracy always uses it.
     guide: noisy classifier forward(x, t); guide_confidence = mean p(y | x, t=0), NaN without a guide.
-    extractor: 'judge' (offline default) or 'inception' (local weights: `inception_weights` or hub cache).
-    real_stats_cache: dir for cached real features/statistics (None: no disk cache). The key is
+    settings: which metrics (settings.names) and how; checked when built (settings.py). Its knobs:
+      extractor: 'judge' (offline default) or 'inception' (local weights: `inception_weights` or hub cache).
+      real_stats_cache: dir for cached real features/statistics (None: no disk cache). The key is
         (real_id, extractor id, layer, M); real_id defaults to a hash of the real images + labels and
         a judge's id is a hash of its weights.
-    KID uses subsets of min(kid_subset_size, N, M) (default 1000 as torch-fidelity); PRC uses
+      KID uses subsets of min(kid_subset_size, N, M) (default 1000 as torch-fidelity); PRC uses
         k = prc_neighborhood (3, the paper's value) capped at N-1, and with prc_match_sizes a seeded
         random subset of N real images, since precision/recall are biased when N != M; IS uses
         min(isc_splits, N) splits. FID and KID use all M real images.
     """
-    unknown = [m for m in metrics if m not in METRIC_NAMES]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRIC_NAMES)}")
+    s = settings
     if isinstance(real, (tuple, list)):
         real, real_labels = real
-    want = set(metrics)
+    want = set(s.names)
     if "classwise_fid" in want and real_labels is None:
         raise ValueError("classwise_fid needs the real images' labels: real=(images, labels) or real_labels=")
     if samples.shape[0] != targets.shape[0]:
         raise ValueError(f"samples ({samples.shape[0]}) and targets ({targets.shape[0]}) differ in length")
     device = torch.device(device) if device is not None else module_device(judge)
     feat_ext = None
-    if want & set(FEATURE_METRICS):  # build early: unknown extractor / missing weights fail before any work
-        feat_ext = build_extractor(extractor, judge, inception_weights, in_channels=samples.shape[1]).to(device)
+    if want & set(FEATURE_METRICS):  # build early: weights gone since settings were checked fail before any work
+        feat_ext = build_extractor(s.extractor, judge, s.inception_weights, in_channels=samples.shape[1]).to(device)
 
     out: dict[str, float] = {}
     finite = torch.isfinite(samples.flatten(1)).all(dim=1).cpu()
@@ -143,7 +130,7 @@ def compute_metrics(
 
     if "accuracy" in want:
         with eval_mode(judge):
-            logits = _batched_logits(judge, x, batch_size, device) if n else None
+            logits = _batched_logits(judge, x, s.batch_size, device) if n else None
         out["accuracy"] = (logits.argmax(1) == y).double().mean().item() if n else NAN
     if "guide_confidence" in want:
         out["guide_confidence"] = NAN
@@ -151,52 +138,47 @@ def compute_metrics(
             gdev = module_device(guide)
             with eval_mode(guide):
                 logits = _batched_logits(lambda xb: guide(xb, torch.zeros(xb.shape[0], dtype=torch.long,
-                                                                          device=gdev)), x, batch_size, gdev)
+                                                                          device=gdev)), x, s.batch_size, gdev)
             out["guide_confidence"] = F.softmax(logits.double(), 1).gather(1, y[:, None]).mean().item()
 
     if feat_ext is not None:
-        out.update(_feature_metrics(feat_ext, want, x, y, real, real_labels, device=device,
-                                    batch_size=batch_size, cache_dir=real_stats_cache,
-                                    dataset_id=real_id, ext_id=extractor_id(extractor, judge),
-                                    kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-                                    prc_neighborhood=prc_neighborhood, prc_match_sizes=prc_match_sizes,
-                                    isc_splits=isc_splits, seed=seed))
+        out.update(_feature_metrics(feat_ext, want, x, y, real, real_labels, s, device=device,
+                                    dataset_id=real_id, ext_id=extractor_id(s.extractor, judge)))
     return {k: float(v) for k, v in out.items()}
 
 
-def _feature_metrics(feat_ext, want, x, y, real, real_labels, *, device, batch_size, cache_dir, dataset_id,
-                     ext_id, kid_subsets, kid_subset_size, prc_neighborhood, prc_match_sizes, isc_splits,
-                     seed) -> dict[str, float]:
+def _feature_metrics(feat_ext, want, x, y, real, real_labels, s: MetricSettings, *, device, dataset_id,
+                     ext_id) -> dict[str, float]:
     keys = {"fid": ["fid"], "kid": ["kid_mean", "kid_std"], "is": ["is_mean", "is_std"],
             "prc": ["precision", "recall"], "classwise_fid": ["classwise_fid"]}
     if x.shape[0] == 0:
         return {k: NAN for m in FEATURE_METRICS if m in want for k in keys[m]}
     layer = feat_ext.get_default_feature_layer_for_metric("fid")  # the same layer for FID, KID and PRC
     logits_layer = feat_ext.get_default_feature_layer_for_metric("isc")
-    gen = _extract(feat_ext, x, [layer, logits_layer] if "is" in want else [layer], batch_size, device)
+    gen = _extract(feat_ext, x, [layer, logits_layer] if "is" in want else [layer], s.batch_size, device)
     out: dict[str, float] = {}
     if "is" in want:
         logits = gen[logits_layer]
-        out["is_mean"], out["is_std"] = fm.inception_score(logits, isc_splits, seed)
+        out["is_mean"], out["is_std"] = fm.inception_score(logits, s.isc_splits, s.seed)
     if not want & {"fid", "kid", "prc", "classwise_fid"}:
         return out
 
     rl = None if real_labels is None else real_labels.detach().cpu().long()
-    rs = load_or_compute(lambda: _extract(feat_ext, real, [layer], batch_size, device)[layer], rl, n=real.shape[0],
-                         cache_dir=cache_dir, dataset_id=dataset_id or content_id(real, rl),
+    rs = load_or_compute(lambda: _extract(feat_ext, real, [layer], s.batch_size, device)[layer], rl, n=real.shape[0],
+                         cache_dir=s.real_stats_cache, dataset_id=dataset_id or content_id(real, rl),
                          extractor_id=ext_id, layer=layer)
     f_gen = gen[layer]
     if "fid" in want:
         out["fid"] = fm.frechet_distance(fm.feature_stats(f_gen), rs.stats)
     if "kid" in want:
-        out["kid_mean"], out["kid_std"] = fm.kernel_inception_distance(f_gen, rs.features, kid_subsets,
-                                                                       kid_subset_size, seed)
+        out["kid_mean"], out["kid_std"] = fm.kernel_inception_distance(f_gen, rs.features, s.kid_subsets,
+                                                                       s.kid_subset_size, s.seed)
     if "prc" in want:
         f_real = rs.features
-        if prc_match_sizes and f_real.shape[0] > f_gen.shape[0]:
-            pick = torch.randperm(f_real.shape[0], generator=torch.Generator().manual_seed(seed))
+        if s.prc_match_sizes and f_real.shape[0] > f_gen.shape[0]:
+            pick = torch.randperm(f_real.shape[0], generator=torch.Generator().manual_seed(s.seed))
             f_real = f_real[pick[: f_gen.shape[0]]]
-        out["precision"], out["recall"] = fm.precision_recall(f_gen, f_real, prc_neighborhood)
+        out["precision"], out["recall"] = fm.precision_recall(f_gen, f_real, s.prc_neighborhood)
     if "classwise_fid" in want:
         out["classwise_fid"] = classwise_fid(f_gen, y, rs.features, rs.labels)
     return out

@@ -7,9 +7,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ..checkpoints import atomic_torch_save, read_checkpoint
+from ..io.atomic import atomic_torch_save
+from ..io.checkpoints import read_checkpoint
 from ..diffusion import make_plan, sample
-from ..images import save_grid
+from ..io.images import save_grid
 
 
 class SampleGrid(L.Callback):

@@ -7,29 +7,38 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from ..diffusion import make_schedule, q_sample
+from ..io.checkpoints import checkpoint_meta
 from ..nets import EncoderClassifier, EncoderConfig, JudgeConfig, JudgeNet
-from .common import CheckpointMeta, adamw_with_warmup, quartile_means
+from .common import CheckpointMeta, QuartileMeans, adamw_with_warmup
 
 
 class _ClassifierModule(CheckpointMeta):
     weights_prefix = "net."
+
+    def _init_metrics(self, num_classes: int, splits: tuple[str, ...], T: Optional[int] = None) -> None:
+        # Submodules outside ``net``, so checkpoint weights (read by the 'net.' prefix) never hold them.
+        # Keyed '{split}_acc': a bare 'train' key would clash with nn.Module.train.
+        self.acc = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in splits})
+        self.acc_q = QuartileMeans("acc", T) if T is not None else None
 
     def configure_optimizers(self):
         h = self.hparams
         return adamw_with_warmup(self.net.parameters(), h.lr, h.weight_decay, h.warmup_steps)
 
     def _log(self, split: str, logits: torch.Tensor, y: torch.Tensor, t: Optional[torch.Tensor] = None):
-        losses = F.cross_entropy(logits, y, reduction="none")
-        correct = (logits.argmax(-1) == y).float()
+        loss = F.cross_entropy(logits, y, reduction="none").mean()
         on_step = split == "train"
-        self.log(f"{split}/loss", losses.mean(), prog_bar=True, on_step=on_step, on_epoch=True)
-        self.log(f"{split}/acc", correct.mean(), prog_bar=True, on_step=on_step, on_epoch=True)
+        self.log(f"{split}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True)
+        acc = self.acc[f"{split}_acc"]
+        acc(logits.detach(), y)  # forward, not update: its batch value is what on_step logs
+        self.log(f"{split}/acc", acc, prog_bar=True, on_step=on_step, on_epoch=True)
         if t is not None:
-            for q, (v, n) in quartile_means(correct, t, self.T).items():
-                self.log(f"{split}/acc_q{q}", v, on_step=False, on_epoch=True, batch_size=n)
-        return losses.mean()
+            self.acc_q.log(self, split, (logits.detach().argmax(-1) == y).float(), t)
+        return loss
 
 
 class NoisyClassifierModule(_ClassifierModule):
@@ -45,6 +54,7 @@ class NoisyClassifierModule(_ClassifierModule):
         self.net = EncoderClassifier(EncoderConfig.from_dict(dict(net)))
         self.schedule = make_schedule(**schedule)
         self.T = self.schedule.T
+        self._init_metrics(num_classes, ("train", "val"), self.T)
 
     def _noisy(self, x0, generator=None):
         t = torch.randint(0, self.T, (x0.shape[0],), generator=generator).to(x0.device)
@@ -61,9 +71,8 @@ class NoisyClassifierModule(_ClassifierModule):
 
     def cguide_meta(self) -> dict:
         h = self.hparams
-        return {"kind": self.kind, "weights_prefix": self.weights_prefix, "net_config": dict(h.net),
-                "image_shape": list(h.image_shape), "num_classes": int(h.num_classes),
-                "schedule": dict(h.schedule), "fingerprint": self.schedule.fingerprint(), "extra": {}}
+        return checkpoint_meta(self.kind, self.weights_prefix, h.net, h.image_shape, h.num_classes,
+                               h.schedule, self.schedule.fingerprint())
 
 
 class JudgeModule(_ClassifierModule):
@@ -79,7 +88,7 @@ class JudgeModule(_ClassifierModule):
         self.save_hyperparameters()
         self.net = JudgeNet(JudgeConfig.from_dict(dict(net)))
         self.test_acc: Optional[float] = None
-        self._test_correct: list[torch.Tensor] = []
+        self._init_metrics(num_classes, ("train", "val", "test"))
 
     def configure_optimizers(self):
         h = self.hparams
@@ -100,18 +109,14 @@ class JudgeModule(_ClassifierModule):
         self._log("val", self.net(batch[0]), batch[1])
 
     def test_step(self, batch, batch_idx):
-        logits = self.net(batch[0])
-        self._test_correct.append((logits.argmax(-1) == batch[1]).float().cpu())
-        self._log("test", logits, batch[1])
+        self._log("test", self.net(batch[0]), batch[1])
 
     def on_test_epoch_end(self):
-        # DDP: each rank tested its share of the split (DistributedSampler pads it by a few repeats)
-        correct = self.all_gather(torch.cat(self._test_correct).to(self.device)) if self._test_correct else None
-        self.test_acc = float(correct.float().mean()) if correct is not None else None
-        self._test_correct = []
+        # The whole split, synced over DDP ranks by torchmetrics (DistributedSampler pads it by a few repeats).
+        acc = self.acc["test_acc"]
+        self.test_acc = float(acc.compute()) if acc.update_count else None
 
     def cguide_meta(self) -> dict:
         h = self.hparams
-        return {"kind": self.kind, "weights_prefix": self.weights_prefix, "net_config": dict(h.net),
-                "image_shape": list(h.image_shape), "num_classes": int(h.num_classes), "schedule": None,
-                "fingerprint": None, "extra": {"test_acc": self.test_acc}}
+        return checkpoint_meta(self.kind, self.weights_prefix, h.net, h.image_shape, h.num_classes,
+                               extra={"test_acc": self.test_acc})

@@ -1,5 +1,5 @@
-"""What the three LightningModules share: AdamW with linear warmup, per-t-quartile logging,
-and the plain ``cguide`` metadata every checkpoint carries (see cguide.checkpoints)."""
+"""What the three LightningModules share: AdamW with linear warmup, per-t-quartile metrics,
+and the plain ``cguide`` metadata every checkpoint carries (see cguide.io.checkpoints)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 
 import lightning as L
 import torch
+from torch import nn
+from torchmetrics import MeanMetric
 
 
 def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int, total_steps: int | None = None):
@@ -23,10 +25,23 @@ def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int,
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def quartile_means(values: torch.Tensor, t: torch.Tensor, T: int) -> dict[int, tuple[torch.Tensor, int]]:
-    """Mean of per-sample values in each quarter of [0, T) (q1 = least noise), with the count."""
-    q = (t * 4 // T).clamp(max=3)
-    return {i + 1: (values[q == i].mean(), int((q == i).sum())) for i in range(4) if bool((q == i).any())}
+class QuartileMeans(nn.Module):
+    """Epoch means of a per-sample value in each quarter of [0, T) (q1 = least noise), one MeanMetric
+    per split and quarter, logged as ``{split}/{name}_q{1..4}``."""
+
+    def __init__(self, name: str, T: int, splits: tuple[str, ...] = ("train", "val")):
+        super().__init__()
+        self.name, self.T = name, T
+        self.means = nn.ModuleDict({f"{s}_q{q}": MeanMetric() for s in splits for q in range(1, 5)})
+
+    def log(self, module: L.LightningModule, split: str, values: torch.Tensor, t: torch.Tensor) -> None:
+        q = (t * 4 // self.T).clamp(max=3)
+        for i in range(4):
+            sel = q == i
+            if bool(sel.any()):  # a quarter no sample fell in this epoch is not logged, as before
+                metric = self.means[f"{split}_q{i + 1}"]
+                metric.update(values[sel])
+                module.log(f"{split}/{self.name}_q{i + 1}", metric, on_step=False, on_epoch=True)
 
 
 class CheckpointMeta(L.LightningModule):

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-import copy
+from functools import partial
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 from ..diffusion import make_schedule, q_sample
+from ..io.checkpoints import checkpoint_meta
 from ..nets import UNet, UNetConfig
-from .common import CheckpointMeta, adamw_with_warmup, quartile_means
+from .common import CheckpointMeta, QuartileMeans, adamw_with_warmup
+
+
+def ema_lerp_(ema: list[torch.Tensor], net: list[torch.Tensor], n_averaged: torch.Tensor, decay: float) -> None:
+    """EMA step with ADM's warm-up ("num_updates" trick), so early samples are usable: the n-th
+    update (n = global_step) moves the average by 1 - min(decay, (1 + n) / (10 + n))."""
+    n = int(n_averaged)
+    d = min(decay, (1 + n) / (10 + n))
+    torch._foreach_lerp_(ema, net, 1 - d)
 
 
 class DiffusionModule(CheckpointMeta):
-    """Trains ``net``; ``ema`` holds the exponential moving average used for sampling and validation.
+    """Trains ``net``; ``ema`` (an AveragedModel, weights in ``ema.module``) holds the exponential moving
+    average used for sampling and validation.
 
     All init arguments are plain containers, so checkpoints load with torch's weights_only."""
 
     kind = "eps_model"
-    weights_prefix = "ema."
+    weights_prefix = "ema.module."
 
     def __init__(self, net: dict, schedule: dict, image_shape: list, num_classes: int, lr: float = 2e-4,
                  weight_decay: float = 0.0, warmup_steps: int = 200, ema_decay: float = 0.999,
@@ -27,9 +38,12 @@ class DiffusionModule(CheckpointMeta):
         super().__init__()
         self.save_hyperparameters()
         self.net = UNet(UNetConfig.from_dict(dict(net)))
-        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.ema = AveragedModel(self.net, multi_avg_fn=partial(ema_lerp_, decay=ema_decay)).requires_grad_(False)
+        # The initial copy counts as the first average: no overwrite on the first update, and n == global_step.
+        self.ema.n_averaged.fill_(1)
         self.schedule = make_schedule(**schedule)
         self.T = self.schedule.T
+        self.loss_q = QuartileMeans("loss", self.T)
 
     def loss_per_sample(self, net, x0: torch.Tensor, generator: Optional[torch.Generator] = None):
         B = x0.shape[0]
@@ -40,8 +54,7 @@ class DiffusionModule(CheckpointMeta):
 
     def _log_losses(self, split: str, losses: torch.Tensor, t: torch.Tensor):
         self.log(f"{split}/loss", losses.mean(), prog_bar=True, on_step=split == "train", on_epoch=True)
-        for q, (v, n) in quartile_means(losses.detach(), t, self.T).items():
-            self.log(f"{split}/loss_q{q}", v, on_step=False, on_epoch=True, batch_size=n)
+        self.loss_q.log(self, split, losses.detach(), t)
 
     def training_step(self, batch, batch_idx):
         losses, t = self.loss_per_sample(self.net, batch[0])
@@ -50,17 +63,19 @@ class DiffusionModule(CheckpointMeta):
 
     def validation_step(self, batch, batch_idx):
         # Fixed t and noise per batch, so validation curves compare across epochs.
-        losses, t = self.loss_per_sample(self.ema, batch[0], torch.Generator().manual_seed(batch_idx))
+        losses, t = self.loss_per_sample(self.ema.module, batch[0], torch.Generator().manual_seed(batch_idx))
         self._log_losses("val", losses, t)
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        decay = self.hparams.ema_decay
-        # Warm-up of the average (as in ADM's EMA "num_updates" trick) so early samples are usable.
-        d = min(decay, (1 + self.global_step) / (10 + self.global_step))
-        torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1 - d)
-        for b_ema, b in zip(self.ema.buffers(), self.net.buffers()):
-            b_ema.copy_(b)
+        self.ema.update_parameters(self.net)  # buffers are copied, as before
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        sd = checkpoint["state_dict"]
+        if "ema.n_averaged" not in sd:  # written when the EMA was a plain copy of the net under 'ema.'
+            for k in [k for k in sd if k.startswith("ema.")]:
+                sd["ema.module." + k[len("ema."):]] = sd.pop(k)
+            sd["ema.n_averaged"] = torch.tensor(int(checkpoint.get("global_step", 0)) + 1)
 
     def configure_optimizers(self):
         h = self.hparams
@@ -68,6 +83,5 @@ class DiffusionModule(CheckpointMeta):
 
     def cguide_meta(self) -> dict:
         h = self.hparams
-        return {"kind": self.kind, "weights_prefix": self.weights_prefix, "net_config": dict(h.net),
-                "image_shape": list(h.image_shape), "num_classes": int(h.num_classes),
-                "schedule": dict(h.schedule), "fingerprint": self.schedule.fingerprint(), "extra": {}}
+        return checkpoint_meta(self.kind, self.weights_prefix, h.net, h.image_shape, h.num_classes,
+                               h.schedule, self.schedule.fingerprint())

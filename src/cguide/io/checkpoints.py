@@ -1,4 +1,4 @@
-"""Checkpoint I/O without Lightning: atomic writes, and loading any of the three trained networks
+"""Checkpoint I/O without Lightning: loading any of the three trained networks
 by kind with checks that name the file and the fix.
 
 Every LightningModule of this project stores a plain ``cguide`` dict in its checkpoints:
@@ -8,41 +8,19 @@ so ``torch.load(..., weights_only=True)`` is all it takes to rebuild a net."""
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from .nets import EncoderClassifier, EncoderConfig, JudgeConfig, JudgeNet, UNet, UNetConfig
+from ..nets import EncoderClassifier, EncoderConfig, JudgeConfig, JudgeNet, UNet, UNetConfig
 
 KINDS = {
     "eps_model": (UNet, UNetConfig, "an eps-model (task=diffusion)"),
     "noisy_classifier": (EncoderClassifier, EncoderConfig, "a noisy classifier (task=classifier)"),
     "judge": (JudgeNet, JudgeConfig, "a judge classifier (task=judge)"),
 }
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call write(tmp_path) on a temp file beside ``path``, then rename it over ``path``: a crash
-    mid-way leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -72,6 +50,15 @@ class Loaded:
     fingerprint: dict | None
     schedule: dict | None
     extra: dict = field(default_factory=dict)
+
+
+def checkpoint_meta(kind: str, weights_prefix: str, net_config: dict, image_shape, num_classes: int,
+                    schedule: dict | None = None, fingerprint: dict | None = None, extra: dict | None = None) -> dict:
+    """The plain ``cguide`` dict a LightningModule stores in its checkpoints, as load_net reads it."""
+    return {"kind": kind, "weights_prefix": weights_prefix, "net_config": dict(net_config),
+            "image_shape": list(image_shape), "num_classes": int(num_classes),
+            "schedule": None if schedule is None else dict(schedule), "fingerprint": fingerprint,
+            "extra": dict(extra or {})}
 
 
 def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.device = "cpu") -> Loaded:

@@ -11,20 +11,18 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoints import Loaded, load_net
 from ..data import as_data_config, build_datamodule
-from ..distributed import is_main, main_then_share
-from ..diffusion import VAR_TYPES, make_plan, make_schedule
-from ..guidance import NONFINITE_MODES
-from ..images import save_grid
-from ..logging_utils import finish_wandb
-from ..metrics import EXTRACTOR_NAMES, METRIC_NAMES, compute_metrics, inception_weights_path
-from ..metrics.suite import FEATURE_METRICS
-from ..sampling import draw_sharded, resolve_device
+from ..diffusion import make_schedule
+from ..guidance import GuidanceSpec
+from ..io.checkpoints import Loaded, load_net
+from ..io.images import save_grid
+from ..io.loggers import finish_wandb
+from ..metrics import MetricSettings, compute_metrics
+from ..runtime.distributed import is_main, main_then_share
+from ..runtime.draw import RunOptions, draw_sharded, resolve_device
 from . import wandb_log
-from .config import require
-from .grid import Point, balanced_targets, build_grid, pack
-from .report import write_plots
+from .plots import write_plots
+from .points import Point, balanced_targets, build_grid, pack
 from .results import ResultsFolder
 
 
@@ -39,31 +37,11 @@ def file_identity(path: str | Path | None) -> dict | None:
     return {"sha256": h.hexdigest()[:16], "size": Path(path).stat().st_size}
 
 
-def check_metrics(m: DictConfig) -> list[str]:
-    """Fail before any drawing on settings the metric suite would only refuse after it."""
-    names = list(m.names)
-    unknown = [n for n in names if n not in METRIC_NAMES]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown} in metrics.names; known: {', '.join(METRIC_NAMES)}")
-    if m.extractor not in EXTRACTOR_NAMES:
-        raise ValueError(f"unknown feature extractor {m.extractor!r} (metrics.extractor); known: "
-                         f"{', '.join(EXTRACTOR_NAMES)}")
-    if m.extractor == "inception" and set(FEATURE_METRICS) & set(names):
-        inception_weights_path(m.inception_weights)  # FileNotFoundError naming where to put the file
-    return list(dict.fromkeys(names + ["nonfinite"]))  # the non-finite share is in every row
-
-
-def check_sampling(cfg: DictConfig, eps: Loaded, points: list[Point]) -> None:
-    """Settings the sampler would only refuse mid-sweep: step counts vs T, eta, var_type, nonfinite mode."""
+def check_sampling(eps: Loaded, points: list[Point]) -> None:
+    """Step counts against the eps-model's T: the one sampler check that needs the checkpoint."""
     schedule = make_schedule(**eps.schedule)
-    for steps in {p.steps for p in points}:
-        make_plan(schedule, steps, cfg.sampler.spacing)
-    if cfg.sampler.eta < 0:
-        raise ValueError(f"sampler.eta must be >= 0, got {cfg.sampler.eta}")
-    if cfg.sampler.var_type not in VAR_TYPES:
-        raise ValueError(f"unknown sampler.var_type {cfg.sampler.var_type!r}; known: {', '.join(VAR_TYPES)}")
-    if cfg.guidance.nonfinite not in NONFINITE_MODES:
-        raise ValueError(f"unknown guidance.nonfinite {cfg.guidance.nonfinite!r}; known: {', '.join(NONFINITE_MODES)}")
+    for sampler in {p.sampler for p in points}:
+        sampler.plan(schedule)
 
 
 def check_same_images(eps: Loaded, what: str, image_shape, num_classes) -> None:
@@ -73,7 +51,7 @@ def check_same_images(eps: Loaded, what: str, image_shape, num_classes) -> None:
                          "use matching data settings (e.g. data.image_size) and checkpoints")
 
 
-def manifest(cfg: DictConfig, eps: Loaded, clf: Loaded | None, judge: Loaded, names: list[str]) -> dict:
+def manifest(cfg: DictConfig, eps: Loaded, clf: Loaded | None, judge: Loaded, names: tuple[str, ...]) -> dict:
     """Everything a row's numbers depend on except the grid axes (those are in the row itself)."""
     data = {k: v for k, v in vars(as_data_config(OmegaConf.to_container(cfg.data, resolve=True))).items()
             if k not in ("root", "batch_size", "num_workers", "download")}
@@ -106,20 +84,20 @@ def class_grid(x: torch.Tensor, y: torch.Tensor, per_class: int, path: Path) -> 
 
 def run_sweep(cfg: DictConfig) -> Path:
     """Run (or resume) the sweep described by cfg into cfg.out_dir; returns the folder."""
-    require(cfg, "eps_ckpt", "judge_ckpt")
     sw = cfg.sweep
-    points = build_grid(list(sw.scales), list(sw.variants), list(sw.samplers), list(sw.steps),
-                        [list(iv) for iv in sw.intervals])
-    names = check_metrics(cfg.metrics)
+    points = build_grid(sw, cfg.sampler, cfg.guidance.nonfinite)
+    # the non-finite share is in every row
+    settings = MetricSettings.from_config(cfg.metrics, names=list(dict.fromkeys([*cfg.metrics.names, "nonfinite"])))
+    names = settings.names
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     eps = load_net(cfg.eps_ckpt, "eps_model")
     judge = load_net(cfg.judge_ckpt, "judge")
     clf = load_net(cfg.classifier_ckpt, "noisy_classifier") if cfg.classifier_ckpt else None
-    if clf is None and any(p.scale > 0 for p in points):
+    if clf is None and any(p.guidance.scale > 0 for p in points):
         raise ValueError("guidance scales > 0 need a noisy classifier: set classifier_ckpt=<path>")
     check_same_images(eps, f"judge {judge.path}", judge.image_shape, judge.num_classes)
-    check_sampling(cfg, eps, points)
+    check_sampling(eps, points)
     y = balanced_targets(sw.n_per_point, eps.num_classes)
     dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     check_same_images(eps, f"data '{cfg.data.name}'", dm.image_shape, dm.num_classes)
@@ -144,11 +122,11 @@ def run_sweep(cfg: DictConfig) -> Path:
     seeds = (sw.seed + torch.arange(sw.n_per_point)).tolist()
     group = sweep_group(sw.name, defines)
     run = wandb_log.start_run(cfg.logger, out, group, name=f"{group}-{time.strftime('%H%M%S')}",
-                              config=OmegaConf.to_container(cfg, resolve=True)) if is_main() else None
+                              config=OmegaConf.to_container(cfg, resolve=True), tags=list(cfg.tags)) if is_main() else None
     try:
         step = 0
         for call in pack(todo, sw.points_per_call or len(todo)):
-            for point, row, grid in _run_call(cfg, call, eps, clf, judge, y, seeds, real, real_y, names, out):
+            for point, row, grid in _run_call(cfg, call, eps, clf, judge, y, seeds, real, real_y, settings, out):
                 if folder.append(row):  # False: a parallel job finished this point first
                     wandb_log.log_point(run, row, grid, step)
                     step += 1
@@ -162,32 +140,25 @@ def run_sweep(cfg: DictConfig) -> Path:
     return out
 
 
-def _run_call(cfg, call: list[Point], eps, clf, judge, y, seeds, real, real_y, names, out):
+def _run_call(cfg, call: list[Point], eps, clf, judge, y, seeds, real, real_y, settings: MetricSettings, out):
     """Draw the points of one call in shared batches, then measure them one by one (yields per point).
     Points at s = 0 are the same unguided samples whatever their variant: drawn once, measured per point."""
-    n, smp, first = len(seeds), cfg.sampler, call[0]
+    n = len(seeds)
     t0 = time.perf_counter()
-    draws = list(dict.fromkeys((p.scale, p.variant if p.scale else "") for p in call))
-    scales = torch.tensor([s for s, _ in draws]).repeat_interleave(n)
-    variants = [v or "score" for _, v in draws for _ in range(n)]
-    x, nonfinite = draw_sharded(eps, clf, y=y.repeat(len(draws)), scale=scales, variant=variants,
-                                sampler=first.sampler, steps=first.steps,
-                                spacing=smp.spacing, eta=smp.eta, var_type=smp.var_type, clip_x0=smp.clip_x0,
-                                interval=first.interval, nonfinite=cfg.guidance.nonfinite, seeds=seeds * len(draws),
-                                batch_size=cfg.sweep.batch_size, device=cfg.device, progress=cfg.progress,
-                                speed=cfg.speed)
+    draws = list(dict.fromkeys(p.draw_key for p in call))
+    first = {p.draw_key: p.guidance for p in reversed(call)}  # a setting per draw (its first point's)
+    guidance = GuidanceSpec.from_settings([first[k] for k in draws for _ in range(n)], y.repeat(len(draws)))
+    run = RunOptions(cfg.sweep.batch_size, cfg.device, cfg.progress, cfg.speed)
+    x, nonfinite = draw_sharded(eps, clf, guidance, call[0].sampler, seeds * len(draws), run)
     if not is_main():  # rank 0 measures the gathered samples
         return
     draw_s = (time.perf_counter() - t0) / len(call)  # shared batches: each point gets an equal share
-    m = cfg.metrics
     for point in call:
-        j = draws.index((point.scale, point.variant if point.scale else ""))
+        j = draws.index(point.draw_key)
         t1 = time.perf_counter()
         xs, bad = x[j * n:(j + 1) * n], nonfinite[j * n:(j + 1) * n]
         metrics = compute_metrics(xs, y, (real, real_y), judge=judge.net, guide=clf.net if clf else None,
-                                  extractor=m.extractor, metrics=names, real_stats_cache=m.real_stats_cache,
-                                  inception_weights=m.inception_weights, batch_size=m.batch_size,
-                                  kid_subset_size=m.kid_subset_size, seed=m.seed)
+                                  settings=settings)
         grid = class_grid(xs, y, cfg.sweep.grid_per_class, out / "grids" / f"{point.key}.png")
         row = {**point.settings(), "n": n, **metrics, "grad_nonfinite_share": (bad > 0).double().mean().item(),
                "wall_s": draw_s + time.perf_counter() - t1}

@@ -1,10 +1,12 @@
 """Hydra entry point of the guidance sweep.
 
     # a 4 x 2 grid in one job (points with the same sampler/steps/interval share batches)
-    python -m cguide.sweep eps_ckpt=E.ckpt classifier_ckpt=C.ckpt judge_ckpt=J.ckpt \
+    python -m cguide.sweep eps_ckpt=E.ckpt classifier_ckpt=C.ckpt judge_ckpt=J.ckpt \\
         sweep.scales=[0,1,2,4] sweep.variants=[score,seed_literal] sweep.n_per_point=1000
     # the same points, one per job: all jobs write into outputs/sweeps/<sweep.name> and one W&B group
-    python -m cguide.sweep -m guidance.scale=0,1,2,4 guidance.variant=score,seed_literal eps_ckpt=... 
+    python -m cguide.sweep -m guidance.scale=0,1,2,4 guidance.variant=score,seed_literal eps_ckpt=...
+    # Optuna over guidance settings (conf/hparams_search/): each trial is one point, its metrics the objective
+    python -m cguide.sweep -m hparams_search=guidance_fid eps_ckpt=...
 
     # several processes: 2 spawned here (GPUs or CPU processes), or the ranks torchrun / submitit start
     python -m cguide.sweep distributed.devices=2 eps_ckpt=...
@@ -14,22 +16,26 @@ Rerunning into the same folder skips the points already in results.jsonl."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..cli import CONF_DIR, run_or_exit
-from ..config import register_configs
-from ..distributed import init_from_env, is_main, spawn
-from .runner import run_sweep
+from .cli import CONF_DIR, print_config_tree, require, run_or_exit
+from .config import register_configs
+from .grid.objective import check_objective, objective
+from .grid.runner import run_sweep
+from .runtime.distributed import init_from_env, is_main, spawn
 
 register_configs()
 
 
-def run_distributed(cfg: DictConfig):
+def run(cfg: DictConfig) -> Path | None:
     """One process, the ranks of the environment (torchrun, submitit tasks), or distributed.devices
-    spawned processes: each rank draws its share, rank 0 measures and writes."""
+    spawned processes: each rank draws its share, rank 0 measures and writes (and returns the folder)."""
+    check_objective(cfg)
+    require(cfg, "eps_ckpt", "judge_ckpt")
     n = cfg.distributed.devices
     if n < 1:
         raise ValueError(f"distributed.devices must be >= 1, got {n}")
@@ -47,10 +53,13 @@ def run_distributed(cfg: DictConfig):
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sweep")
-def main(cfg: DictConfig) -> None:
-    out = run_or_exit(run_distributed, cfg)
-    if out is not None:  # rank 0 only
-        print(f"results: {out}/results.csv")
+def main(cfg: DictConfig):
+    print_config_tree(cfg, first=("eps_ckpt", "classifier_ckpt", "judge_ckpt", "sweep", "guidance", "sampler"))
+    out = run_or_exit(run, cfg)
+    if out is None:  # a rank other than 0
+        return None
+    print(f"results: {out}/results.csv")
+    return run_or_exit(objective, cfg, out)  # what a Hydra sweeper (hparams_search=) optimises
 
 
 if __name__ == "__main__":

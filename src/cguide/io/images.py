@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from .checkpoints import atomic_write
+from .atomic import atomic_write
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

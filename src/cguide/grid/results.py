@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from ..checkpoints import atomic_write
+from ..io.atomic import atomic_write_text
 
 MANIFEST, JSONL, CSV, LOCK = "sweep.json", "results.jsonl", "results.csv", ".sweep.lock"
 
@@ -22,10 +22,6 @@ MANIFEST, JSONL, CSV, LOCK = "sweep.json", "results.jsonl", "results.csv", ".swe
 def _json_safe(v):
     """NaN/inf -> null: strict JSON that any reader takes."""
     return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 class ResultsFolder:
@@ -54,7 +50,7 @@ class ResultsFolder:
                                      f"(differs in: {', '.join(keys)}); use another out_dir or sweep.name, "
                                      "or restore those settings to resume it")
                 return
-            _write_text(path, json.dumps({"format": 1, "defines": defines, "info": info}, indent=2) + "\n")
+            atomic_write_text(path, json.dumps({"format": 1, "defines": defines, "info": info}, indent=2) + "\n")
 
     def rows(self) -> list[dict]:
         path = self.root / JSONL
@@ -73,9 +69,9 @@ class ResultsFolder:
             if any(r["point"] == row["point"] for r in rows):
                 return False
             rows.append(row)
-            _write_text(self.root / JSONL, "".join(
+            atomic_write_text(self.root / JSONL, "".join(
                 json.dumps(r, allow_nan=False) + "\n" for r in rows))
-            _write_text(self.root / CSV, _to_csv(rows))
+            atomic_write_text(self.root / CSV, _to_csv(rows))
         return True
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 LOGGERS = ("wandb", "csv", "none")
 # wandb.init waits 90 s for an unreachable server by default; fail over to offline sooner.
@@ -45,8 +45,10 @@ def start_wandb(start: Callable[[str], object], requested: str):
         return start("offline")
 
 
-def build_logger(cfg, save_dir: str, name: Optional[str] = None, config: Optional[dict] = None):
-    """A Lightning logger from cfg (LoggerConfig), or False for none."""
+def build_logger(cfg, save_dir: str, name: Optional[str] = None, config: Optional[dict] = None,
+                 tags: Sequence[str] = ()):
+    """A Lightning logger from cfg (LoggerConfig), or False for none. The W&B logger is built here, not
+    by hydra's instantiate: its online -> offline fallback needs to retry the construction."""
     kind = cfg.name
     if kind == "none":
         return False
@@ -59,7 +61,7 @@ def build_logger(cfg, save_dir: str, name: Optional[str] = None, config: Optiona
         os.makedirs(save_dir, exist_ok=True)
 
         def start(mode: str):
-            logger = WandbLogger(project=cfg.project, name=name, group=cfg.group, tags=list(cfg.tags),
+            logger = WandbLogger(project=cfg.project, name=name, group=cfg.group, tags=[*tags, *cfg.tags],
                                  save_dir=save_dir, mode=mode, config=config, reinit="finish_previous",
                                  settings=wandb.Settings(init_timeout=init_timeout()))
             if mode == "online":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-import traceback
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -22,7 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .cli import ERRORS
+# Bad input: reported as one line by every rank (cguide.cli turns these into `error: ...`, exit 2).
+ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def rank_world() -> tuple[int, int]:
@@ -113,6 +113,8 @@ def free_port() -> int:
 
 
 def _entry(rank: int, world: int, port: int, queue, fn: Callable, args: tuple) -> None:
+    """One spawned rank: join the group, run fn, report (rank, error, result) on the queue. A bad-input
+    error is reported and re-raised, so torch's spawn stops the other ranks (they may wait in a collective)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     try:
@@ -121,37 +123,30 @@ def _entry(rank: int, world: int, port: int, queue, fn: Callable, args: tuple) -
         queue.put((rank, None, pickle.dumps(fn(*args))))
     except ERRORS as e:
         queue.put((rank, e, None))
-    except BaseException:  # anything else: the full traceback, so the parent can show where
-        queue.put((rank, RuntimeError(f"rank {rank} failed:\n{traceback.format_exc()}"), None))
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 def spawn(fn: Callable, nprocs: int, *args) -> Any:
-    """Run fn(*args) in nprocs fresh processes forming one process group on this machine; returns
-    rank 0's result, or raises the first error a rank reported (the other ranks are then stopped)."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, nprocs, port, queue, fn, args)) for r in range(nprocs)]
-    for p in procs:
-        p.start()
-    results, error = {}, None
-    while len(results) < nprocs and error is None:
-        if queue.empty():
-            if any(p.exitcode not in (None, 0) for p in procs):  # died without reporting (killed, OOM)
-                error = RuntimeError(f"a rank exited with code {[p.exitcode for p in procs]} before reporting")
-            else:
-                procs[0].join(0.1)
-            continue
+    """Run fn(*args) in nprocs fresh processes forming one process group on this machine
+    (torch.multiprocessing.spawn); returns rank 0's result, or raises the first bad-input error a rank
+    reported as is (else spawn's error, with the failing rank's traceback)."""
+    queue = mp.get_context("spawn").SimpleQueue()
+    failure = None
+    try:
+        mp.spawn(_entry, args=(nprocs, free_port(), queue, fn, args), nprocs=nprocs, join=True)
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+        failure = e
+    results, errors = {}, []
+    while not queue.empty():
         rank, err, value = queue.get()
         results[rank] = None if value is None else pickle.loads(value)
-        error = error or err
-    for p in procs:
-        if error is not None and p.is_alive():
-            p.terminate()
-        p.join()
-    if error is not None:
-        raise error
+        if err is not None:
+            errors.append(err)
+    if errors:
+        raise errors[0]
+    if failure is not None:
+        raise RuntimeError(f"a spawned rank failed: {failure}") from None
     return results[0]

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and in multirun jobs
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..checkpoints import atomic_write  # noqa: E402
+from ..io.atomic import atomic_write  # noqa: E402
 
 SERIES_AXES = ("variant", "sampler", "steps", "t_lo", "t_hi")
 # file stem -> (title, [(row key, legend suffix)]); a plot is skipped when none of its keys was measured

@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .diffusion import ddim_step, ddpm_step, seeded_normal
-from .diffusion.respace import Plan
-from .guidance import ClassifierGuidance
+from ..diffusion import seeded_normal, step
+from ..diffusion.respace import Plan
+from ..guidance import ClassifierGuidance
 
 
 def sample_static(eps_fn: Callable, guide: ClassifierGuidance | None, shape: Sequence[int], plan: Plan,
@@ -46,10 +46,7 @@ def sample_static(eps_fn: Callable, guide: ClassifierGuidance | None, shape: Seq
             eps = fn(x, t_buf)
             # at the last step the update multiplies the noise by 0, as diffusion.sample's zeros give
             z = seeded_normal(seeds, draw, shape, device, dtype) if stochastic else torch.zeros_like(x)
-            if sampler == "ddpm":
-                new, _ = ddpm_step(x, eps, a_t, a_p, z, var_type, clip_x0)
-            else:
-                new, _ = ddim_step(x, eps, a_t, a_p, z, eta, clip_x0)
+            new, _ = step(sampler, x, eps, a_t, a_p, z, eta=eta, var_type=var_type, clip_x0=clip_x0)
             x.copy_(new)
 
     def set_step(i: int) -> None:

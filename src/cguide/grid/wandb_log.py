@@ -6,13 +6,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..logging_utils import init_timeout, start_wandb
-from .report import num, series
+from ..io.loggers import init_timeout, start_wandb
+from .plots import num, series
 
 LINE_METRICS = ("fid", "accuracy", "is_mean", "precision", "recall")
 
 
-def start_run(logger_cfg, out_dir: Path, group: str, name: str, config: dict):
+def start_run(logger_cfg, out_dir: Path, group: str, name: str, config: dict, tags: list[str] = ()):
     """A W&B run, or None when the logger is not wandb (or its mode is 'disabled')."""
     if logger_cfg.name != "wandb" or logger_cfg.mode == "disabled":
         return None
@@ -21,7 +21,7 @@ def start_run(logger_cfg, out_dir: Path, group: str, name: str, config: dict):
     out_dir.mkdir(parents=True, exist_ok=True)
     return start_wandb(lambda mode: wandb.init(
         project=logger_cfg.project, group=logger_cfg.group or group, name=name, job_type="sweep",
-        tags=list(logger_cfg.tags), dir=str(out_dir), mode=mode, config=config, reinit="finish_previous",
+        tags=[*tags, *logger_cfg.tags], dir=str(out_dir), mode=mode, config=config, reinit="finish_previous",
         settings=wandb.Settings(init_timeout=init_timeout())), logger_cfg.mode)
 
 

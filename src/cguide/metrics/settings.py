@@ -1,0 +1,71 @@
+"""MetricSettings: every knob of compute_metrics, checked once when built, so bad settings fail before any
+sampling or feature extraction. Messages name the config key (metrics.<key>) the user would fix."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .extractors import EXTRACTOR_NAMES, inception_weights_path
+
+METRIC_NAMES = ("fid", "kid", "is", "prc", "accuracy", "guide_confidence", "classwise_fid", "nonfinite")
+FEATURE_METRICS = ("fid", "kid", "is", "prc", "classwise_fid")
+_POSITIVE = ("batch_size", "kid_subset_size", "isc_splits", "prc_neighborhood")
+_NOT_METRIC_KNOBS = ("n_real",)  # config keys that belong to the real split, not the suite
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """What compute_metrics measures and how (see suite.compute_metrics for each knob's meaning).
+
+    names are taken as given: callers that always want the non-finite share add 'nonfinite' themselves.
+    """
+    names: tuple[str, ...] = METRIC_NAMES
+    extractor: str = "judge"  # judge | inception
+    inception_weights: str | None = None  # None: torch hub cache
+    real_stats_cache: str | None = None  # None: no disk cache
+    batch_size: int = 256
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    prc_neighborhood: int = 3
+    prc_match_sizes: bool = True
+    isc_splits: int = 10
+    seed: int = 2020
+
+    def __post_init__(self):
+        if isinstance(self.names, str):  # tuple("fid") would report 'f', 'i', 'd' as unknown
+            raise ValueError(f"metrics.names must be a list of metric names, got {self.names!r}; e.g. [{self.names}]")
+        object.__setattr__(self, "names", tuple(self.names))  # lists / ListConfig: keep it hashable and frozen
+        unknown = [m for m in self.names if m not in METRIC_NAMES]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown} in metrics.names; known: {', '.join(METRIC_NAMES)}")
+        if self.extractor not in EXTRACTOR_NAMES:
+            raise ValueError(f"unknown feature extractor {self.extractor!r} (metrics.extractor); known: "
+                             f"{', '.join(EXTRACTOR_NAMES)}")
+        if self.extractor == "inception" and self.feature_metrics_wanted:
+            inception_weights_path(self.inception_weights)  # FileNotFoundError naming where to put the file
+        for key in _POSITIVE:
+            value = getattr(self, key)
+            if value < 1:
+                raise ValueError(f"metrics.{key} must be >= 1, got {value}; set metrics.{key} to a positive integer")
+
+    @property
+    def feature_metrics_wanted(self) -> bool:
+        """Whether any requested metric needs the feature extractor (and, for Inception, its weights)."""
+        return any(m in FEATURE_METRICS for m in self.names)
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any], names=None) -> "MetricSettings":
+        """From a metrics config node (DictConfig or dict); missing keys keep the defaults, `names` overrides
+        node.names. Unknown keys are refused rather than silently ignored (a typo would change nothing)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        keys = list(node.keys())
+        extra = [k for k in keys if k not in fields and k not in _NOT_METRIC_KNOBS]
+        if extra:
+            raise ValueError(f"unknown key(s) {extra} in metrics; known: {', '.join(sorted(fields))}, "
+                             f"{', '.join(_NOT_METRIC_KNOBS)}")
+        kw = {k: node[k] for k in keys if k in fields}  # node[k]: resolves DictConfig interpolations
+        if names is not None:
+            kw["names"] = names
+        return cls(**kw)

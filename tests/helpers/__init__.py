@@ -1,0 +1,1 @@
+"""Test helpers shared by several test modules (imported as `helpers.<module>`; tests/ is on sys.path)."""
