@@ -74,5 +74,6 @@ def test_debug_groups_compose_for_train_and_pipeline(tmp_path):
         assert train.logger.name == "none" and train.trainer.accelerator == "cpu" and train.model.size == "tiny"
         pipe = compose_cfg("pipeline", [f"debug={name}"], tmp_path)
         assert pipe.sweep.n_per_point == 40 and pipe.model.size == "tiny"  # the pipeline's sweep is cut too
+        assert pipe.name == f"debug_{name}" and pipe.out_dir == f"outputs/pipeline/debug_{name}"  # not the real run's
     assert compose_cfg("train", ["debug=overfit"], tmp_path).trainer.overfit_batches == 1
     assert compose_cfg("train", ["debug=limit"], tmp_path).trainer.limit_train_batches == 3
