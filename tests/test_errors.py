@@ -55,14 +55,35 @@ def _truncated(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _image_folder(root: Path, classes: dict[str, int]) -> Path:
+def _image_folder(root: Path, classes: dict[str, int], empty: str | None = None) -> Path:
     from PIL import Image
 
     for c, n in classes.items():
         (root / c).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             Image.new("L", (8, 8), color=i * 40).save(root / c / f"{i}.png")
+    if empty:
+        (root / empty).write_bytes(b"")
     return root
+
+
+def _copied(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def _written(path: Path) -> Path:
+    path.write_text("not a folder")
+    return path
+
+
+def _weight_removed(src: Path, dst: Path) -> Path:
+    ckpt = torch.load(src, weights_only=True)
+    prefix = ckpt["cguide"]["weights_prefix"]
+    ckpt["state_dict"].pop(next(k for k in ckpt["state_dict"] if k.startswith(prefix)))
+    torch.save(ckpt, dst)
+    return dst
 
 
 def _flat_folder(root: Path) -> Path:
@@ -145,6 +166,26 @@ CASES = {
                                            "metrics.inception_weights": "/nowhere/w.pth"}, error=FileNotFoundError),
     "sweep-folder-other-settings": Case("sweep-cli", {"sweep.n_per_point": "20"},
                                         lambda c, t: {"sweep": _finished_sweep(c, t / "out")}),
+    "run-folder-taken": Case("train", {"trainer.fast_dev_run": "false"}, lambda c, t: {"run": _copied(
+        c["eps"], t / "out" / "checkpoints" / "diffusion.ckpt")}),
+    "resume-changed-settings": Case("train-cli", {"trainer.fast_dev_run": "false", "resume": "true",
+                                                  "diffusion.T": "50"},
+                                    lambda c, t: {"run": _copied(c["eps"], t / "out" / "checkpoints" / "last.ckpt")}),
+    "nothing-to-train": Case("train", {"trainer.fast_dev_run": "false", "model.max_steps": "0"}),
+    "nan-lr": Case("train", {"model.lr": "nan"}),
+    "gpu-trainer-without-gpu": Case("train", {"trainer": "gpu"}),
+    "bad-num-threads": Case("sample-cli", {"num_threads": "-2"}),
+    "checkpoint-is-folder": Case("sample", {"eps_ckpt": "{tmp}"}),
+    "unknown-checkpoint-kind": Case("sample", {"classifier_ckpt": "{bad}"}, lambda c, t: {"bad": _edited(
+        c["clf"], t / "clf.ckpt", lambda m: m.update(kind="noisy_classifier_v2"))}),
+    "incomplete-checkpoint": Case("sample", {"eps_ckpt": "{bad}"}, lambda c, t: {"bad": _edited(
+        c["eps"], t / "eps.ckpt", lambda m: m.pop("net_config"))}),
+    "checkpoint-weights-mismatch": Case("sample", {"eps_ckpt": "{bad}"}, lambda c, t: {
+        "bad": _weight_removed(c["eps"], t / "eps.ckpt")}),
+    "unreadable-image": Case("train", {"data": "image_folder", "data.root": "{root}"}, lambda c, t: {
+        "root": _image_folder(t / "images", {"a": 3, "b": 3}, empty="a/empty.png")}),
+    "output-is-file": Case("sample", {"out_dir": "{tmp}/a_file"}, lambda c, t: {
+        "file": _written(t / "a_file")}),
     "nonfinite-raise": Case("sample", {"classifier_ckpt": "{bad}", "guidance.nonfinite": "raise"},
                             lambda c, t: {"bad": nan_classifier(c["clf"], t / "clf.ckpt")},
                             error=FloatingPointError),

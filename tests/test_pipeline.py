@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from omegaconf import OmegaConf
 
 from helpers.config import compose_cfg
@@ -77,3 +79,13 @@ def test_debug_groups_compose_for_train_and_pipeline(tmp_path):
         assert pipe.name == f"debug_{name}" and pipe.out_dir == f"outputs/pipeline/debug_{name}"  # not the real run's
     assert compose_cfg("train", ["debug=overfit"], tmp_path).trainer.overfit_batches == 1
     assert compose_cfg("train", ["debug=limit"], tmp_path).trainer.limit_train_batches == 3
+
+
+def test_a_pipeline_that_could_train_nothing_stops_before_any_stage(cfg_pipeline, tmp_path):
+    from cguide.pipeline import run_pipeline
+
+    with pytest.raises(ValueError, match="trainer.fast_dev_run=true trains one batch and writes no checkpoint"):
+        run_pipeline(cfg_pipeline("trainer.fast_dev_run=true"))
+    with pytest.raises(ValueError, match="judge.max_steps must be >= 1"):
+        run_pipeline(cfg_pipeline("judge.max_steps=0"))
+    assert not list((tmp_path / "pipeline").rglob("stage.json"))  # no stage claims a run it never started

@@ -87,3 +87,26 @@ def test_image_size_not_divisible_by_downsampling(tmp_path):
 
     with pytest.raises(ValueError, match="image_size=10 is not divisible by the downsampling factor 4"):
         train(compose_cfg("train", [*TINY, "data.image_size=10", "model=small"], tmp_path))
+
+
+def test_a_finished_run_is_never_silently_replaced(cfg_train, tmp_path, capsys):
+    from cguide.train import train
+
+    first = train(cfg_train("task=diffusion", "model.max_steps=3")).checkpoint
+    before = first.read_bytes()
+    with pytest.raises(ValueError, match="already holds a run .*resume=true.*overwrite=true"):
+        train(cfg_train("task=diffusion", "model.max_steps=2"))
+    assert first.read_bytes() == before
+    again = train(cfg_train("task=diffusion", "model.max_steps=2", "overwrite=true")).checkpoint
+    assert read_checkpoint(again)["global_step"] == 2
+    kept = list(tmp_path.glob("checkpoints.replaced-*/diffusion.ckpt"))
+    assert len(kept) == 1 and kept[0].read_bytes() == before  # moved aside, byte for byte
+
+
+def test_resume_with_another_net_size_lists_the_differences(cfg_train):
+    from cguide.train import train
+
+    train(cfg_train("task=classifier", "classifier.max_steps=2"))
+    with pytest.raises(ValueError, match=r"cannot resume from .*last.ckpt: it was trained with other settings "
+                                         r"\(net_config.channel_mult: .*model_channels: 16 -> 32"):
+        train(cfg_train("task=classifier", "classifier=small", "classifier.max_steps=4", "resume=true"))

@@ -34,6 +34,20 @@ def require(cfg, *keys: str) -> None:
                          + " ".join(f"{k}=<path>" for k in missing))
 
 
+def check_num_threads(n) -> None:
+    if n is not None and n < 1:
+        raise ValueError(f"num_threads must be >= 1 or null (torch's default), got {n}")
+
+
+def apply_num_threads(n) -> None:
+    """torch's intra-op threads on CPU (None keeps torch's default)."""
+    check_num_threads(n)
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def print_config_tree(cfg: DictConfig, first: Sequence[str] = ()) -> None:
     """The composed config as a rich tree on stdout (sections in `first` on top), and resolved as YAML
     in Hydra's folder of this run (<run dir>/config_tree.log). A value that cannot resolve yet (a

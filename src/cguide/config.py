@@ -129,6 +129,7 @@ class TrainConfig(TrainingParts):
     task: str = "diffusion"  # diffusion | classifier | judge
     resume: bool = False  # continue from ckpt_dir/last.ckpt when it exists
     ckpt_path: Optional[str] = None  # or from this checkpoint
+    overwrite: bool = False  # train afresh into a folder that holds a run (the old one is moved aside, not deleted)
 
 
 # ---------------------------------------------------------------- sampling parts

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from .cli import CONF_DIR, print_config_tree, run_or_exit
 from .config import SweepConfig, TrainConfig, plain, register_configs
 from .io.atomic import atomic_write_text
+from .io.folders import check_writable, move_aside
 
 STAGES = {"diffusion": ("model", True), "classifier": ("classifier", True), "judge": ("judge", False)}
 TABLE = [("scale", "s"), ("variant", "variant"), ("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"),
@@ -51,6 +51,17 @@ def stage_config(cfg: DictConfig, task: str, folder: Path) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(TrainConfig), parts)
 
 
+def check_stages(cfg: DictConfig, out: Path) -> None:
+    """Every stage's settings, before any stage trains: a bad value never leaves a half-made stage."""
+    from .train import check_train
+
+    if cfg.trainer.fast_dev_run:
+        raise ValueError("trainer.fast_dev_run=true trains one batch and writes no checkpoint, so the pipeline "
+                         "cannot go on; for a quick whole run use debug=default (or cguide.train for a smoke test)")
+    for task in STAGES:
+        check_train(stage_config(cfg, task, out / task))
+
+
 def run_stage(cfg: DictConfig, task: str, out: Path) -> Path:
     """Train one network unless a finished checkpoint with the same defining settings exists."""
     from .train import train
@@ -60,10 +71,9 @@ def run_stage(cfg: DictConfig, task: str, out: Path) -> Path:
     key = stage_key(cfg, task)
     old = json.loads(marker.read_text()) if marker.is_file() else None
     if old is not None and old != key:
-        aside = folder.with_name(f"{task}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         changed = sorted(k for k in set(key) | set(old) if key.get(k) != old.get(k))
-        print(f"[{task}] settings changed ({', '.join(changed)}): retraining; previous run kept in {aside}")
-        shutil.move(str(folder), aside)
+        print(f"[{task}] settings changed ({', '.join(changed)}): retraining; previous run kept in "
+              f"{move_aside(folder)}")
     elif old is not None and final.is_file():
         print(f"[{task}] settings unchanged: reusing {final}")
         return final
@@ -124,7 +134,8 @@ def print_report(sweep_dir: Path) -> None:
 
 
 def run_pipeline(cfg: DictConfig) -> Path:
-    out = Path(cfg.out_dir)
+    out = check_writable(cfg.out_dir, "out_dir")
+    check_stages(cfg, out)
     t0 = time.perf_counter()
     ckpts = {task: run_stage(cfg, task, out) for task in STAGES}
     from .grid.runner import run_sweep

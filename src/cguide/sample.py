@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import CONF_DIR, print_config_tree, require, run_or_exit
+from .cli import CONF_DIR, apply_num_threads, print_config_tree, require, run_or_exit
 from .config import register_configs
 from .diffusion import SamplerSpec
 from .guidance import GuidanceSetting, GuidanceSpec
 from .io.atomic import atomic_write
 from .io.checkpoints import load_net
+from .io.folders import check_writable
 from .io.images import save_grid
 from .runtime.draw import RunOptions, draw
 
@@ -40,8 +41,8 @@ def run_sample(cfg: DictConfig) -> Path:
     setting = GuidanceSetting.from_config(cfg.guidance)
     sampler = SamplerSpec.from_config(cfg.sampler)
     run = RunOptions(cfg.batch_size, cfg.device, cfg.progress, cfg.speed)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    apply_num_threads(cfg.num_threads)
+    out = check_writable(cfg.out_dir, "out_dir")
     eps = load_net(cfg.eps_ckpt, "eps_model")
     clf = load_net(cfg.classifier_ckpt, "noisy_classifier") if cfg.classifier_ckpt else None
     classes = list(range(eps.num_classes)) if cfg.classes is None else [int(c) for c in cfg.classes]
@@ -52,7 +53,6 @@ def run_sample(cfg: DictConfig) -> Path:
     y = torch.tensor(classes).repeat_interleave(cfg.n_per_class)
     seeds = cfg.seed + torch.arange(len(y))
     x, nonfinite = draw(eps, clf, GuidanceSpec.from_settings([setting] * len(y), y), sampler, seeds.tolist(), run)
-    out = Path(cfg.out_dir)
     for c in classes:
         save_grid(x[y == c], out / f"grid_class{c}.png")
     settings = {

@@ -18,15 +18,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .cli import CONF_DIR, print_config_tree, run_or_exit
+from .cli import CONF_DIR, apply_num_threads, check_num_threads, print_config_tree, run_or_exit
 from .config import plain, register_configs
 from .data import as_data_config, build_datamodule
 from .io.atomic import atomic_write
 from .io.checkpoints import KINDS, read_checkpoint
+from .io.folders import check_writable, move_aside
 from .io.loggers import build_logger, finish_wandb
 from .modules.callbacks import FinalCheckpoint
 from .modules.checkpoint_io import AtomicCheckpointIO
-from .modules.factory import TASKS, build_module, check_task
+from .modules.factory import TASKS, build_module, check_resumable, check_task, check_training
 
 
 @dataclass
@@ -38,9 +39,9 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
 
 
-def resume_path(cfg: DictConfig, ckpt_dir: Path) -> tuple[str | None, int]:
+def resume_path(cfg: DictConfig, ckpt_dir: Path, module: L.LightningModule) -> tuple[str | None, int]:
     """The checkpoint to continue from (cfg.ckpt_path, or last.ckpt with resume=true) and its step, checked
-    first so a damaged or foreign file is one clear line rather than Lightning's traceback."""
+    first so a damaged, foreign or differently-configured file is one clear line rather than a traceback."""
     path = cfg.ckpt_path
     if path is None and cfg.resume and (ckpt_dir / "last.ckpt").is_file():
         path = ckpt_dir / "last.ckpt"
@@ -52,8 +53,28 @@ def resume_path(cfg: DictConfig, ckpt_dir: Path) -> tuple[str | None, int]:
         what = KINDS[kind][2] if kind in KINDS else "no 'cguide' metadata (not written by this project)"
         raise ValueError(f"cannot resume task={cfg.task} from {path}: it holds {what}; "
                          f"point ckpt_path to a checkpoint of task={cfg.task}, or drop resume/ckpt_path")
+    check_resumable(path, ckpt, module.cguide_meta())
     print(f"resuming task={cfg.task} from {path} at step {ckpt.get('global_step')}")
     return str(path), int(ckpt.get("global_step") or 0)
+
+
+def prepare_folder(cfg: DictConfig, out: Path, ckpt_dir: Path) -> None:
+    """The run folder must be writable, and a finished or started run in it is never silently replaced."""
+    check_writable(out, "paths.output_dir")
+    held = [p.name for p in (ckpt_dir / f"{cfg.task}.ckpt", ckpt_dir / "last.ckpt") if p.is_file()]
+    if not held or cfg.resume or cfg.ckpt_path or cfg.trainer.fast_dev_run:
+        return
+    if not cfg.overwrite:
+        raise ValueError(f"{ckpt_dir} already holds a run ({', '.join(held)}); continue it with resume=true, "
+                         "train into a new folder (paths.output_dir=...), or pass overwrite=true to move it aside")
+    print(f"overwrite=true: previous run kept in {move_aside(ckpt_dir)}")
+
+
+def check_train(cfg: DictConfig) -> None:
+    """Every setting of a training run that can be checked without data or networks."""
+    check_task(cfg.task)
+    check_num_threads(cfg.num_threads)
+    check_training(cfg.task, plain(cfg[TASKS[cfg.task][0]]), plain(cfg.trainer))
 
 
 def build_callbacks(cfg: DictConfig, out: Path, ckpt_dir: Path, final: Path) -> list[L.Callback]:
@@ -68,9 +89,8 @@ def build_callbacks(cfg: DictConfig, out: Path, ckpt_dir: Path, final: Path) -> 
 
 def train(cfg: DictConfig) -> TrainResult:
     """Fit (and for the judge, test) one network into ckpt_dir/<task>.ckpt."""
-    check_task(cfg.task)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    check_train(cfg)
+    apply_num_threads(cfg.num_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     net_cfg = plain(cfg[TASKS[cfg.task][0]])
     data = plain(cfg.data)
@@ -79,7 +99,8 @@ def train(cfg: DictConfig) -> TrainResult:
     dm = build_datamodule(as_data_config(data))
     module = build_module(cfg.task, net_cfg, plain(cfg.diffusion), dm)
     out, ckpt_dir = Path(cfg.paths.output_dir), Path(cfg.paths.ckpt_dir)
-    ckpt_path, resumed_step = resume_path(cfg, ckpt_dir)
+    ckpt_path, resumed_step = resume_path(cfg, ckpt_dir, module)
+    prepare_folder(cfg, out, ckpt_dir)
     logger = build_logger(cfg.logger, str(out), name=f"{cfg.task}-{out.name}", config=plain(cfg),
                           tags=list(cfg.tags))
     final = ckpt_dir / f"{cfg.task}.ckpt"

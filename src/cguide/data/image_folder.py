@@ -42,7 +42,21 @@ def scan_image_folder(root: str) -> datasets.ImageFolder:
     empty = [c for c, n in zip(ds.classes, counts.tolist()) if n == 0]
     if empty:
         raise ValueError(f"image folder {os.path.abspath(root)}: class folders with no images: {', '.join(empty)}")
+    bad = [os.path.relpath(path, root) for path, _ in ds.samples if not _readable(path)]
+    if bad:  # found now, not when a batch meets it mid-training or after a checkpoint is written
+        raise ValueError(f"image folder {os.path.abspath(root)}: {len(bad)} file(s) are not readable images "
+                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); remove or replace them")
     return ds
+
+
+def _readable(path: str) -> bool:
+    """PIL's integrity check (headers and chunk checksums, no decoding): empty or foreign files fail it."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except Exception:  # noqa: BLE001 -- any PIL failure means the file cannot be trained on
+        return False
 
 
 class ImageFolderDataModule(ImageDataModule):

@@ -26,6 +26,9 @@ KINDS = {
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """torch.load with weights_only=True, and one clear line for a missing or damaged file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder, not a checkpoint file; point to the .ckpt file in it "
+                         "(e.g. <run>/checkpoints/<task>.ckpt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}; check the path (train it first with cguide.train)")
     try:
@@ -69,6 +72,13 @@ def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.devic
     meta = ckpt.get("cguide")
     if not isinstance(meta, dict):
         raise ValueError(f"checkpoint {path} has no 'cguide' metadata: it was not written by this project")
+    missing = [k for k in ("kind", "net_config", "weights_prefix", "image_shape", "num_classes") if k not in meta]
+    if missing or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"checkpoint {path} is incomplete (no {', '.join(missing) or 'state_dict'} in it); "
+                         "delete it and retrain, or point to another file")
+    if meta["kind"] not in KINDS:
+        raise ValueError(f"checkpoint {path} holds an unknown kind {meta['kind']!r} (known: {', '.join(KINDS)}); "
+                         "it was written by another version of cguide")
     if meta["kind"] != kind:
         raise ValueError(f"checkpoint {path} holds {KINDS[meta['kind']][2]}, but {KINDS[kind][2]} is expected "
                          f"here; swap the paths")
@@ -76,6 +86,13 @@ def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.devic
     net = net_cls(cfg_cls.from_dict(meta["net_config"]))
     prefix = meta["weights_prefix"]
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    own = net.state_dict()
+    bad = [f"missing {k}" for k in own if k not in state] + [f"unexpected {k}" for k in state if k not in own]
+    bad += [f"{k} is {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the net"
+            for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if bad:
+        raise ValueError(f"checkpoint {path}: its weights do not fit its net_config ({bad[0]}; {len(bad)} problem(s)); "
+                         "the file is damaged or edited: retrain it, or point to another file")
     net.load_state_dict(state)
     return Loaded(net.eval().to(map_location), kind, Path(path), tuple(meta["image_shape"]), int(meta["num_classes"]),
                   meta.get("fingerprint"), meta.get("schedule"), dict(meta.get("extra") or {}))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict
 
 import lightning as L
+import torch
 
 from ..nets import encoder_config, judge_config, unet_config
 from .classifier import JudgeModule, NoisyClassifierModule
@@ -34,3 +37,56 @@ def build_module(task: str, net_cfg: dict, schedule: dict, dm) -> L.LightningMod
         return NoisyClassifierModule(net, schedule, **common)
     net = judge_config(net_cfg["size"], C, H, dm.num_classes, **over).to_dict()
     return JudgeModule(net, **common)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_training(task: str, net_cfg: dict, trainer: dict) -> None:
+    """Every training value the math needs, checked before any network runs (NaN/inf included).
+    net_cfg: the task's section (its config key is TASKS[task][0]); trainer: the trainer section."""
+    key = TASKS[task][0]
+    if not isinstance(net_cfg["max_steps"], int) or net_cfg["max_steps"] < 1:
+        raise ValueError(f"{key}.max_steps must be >= 1 (nothing would be trained), got {net_cfg['max_steps']}; "
+                         f"for a smoke test use trainer.fast_dev_run=true or debug=default")
+    if not (_finite(net_cfg["lr"]) and net_cfg["lr"] > 0):
+        raise ValueError(f"{key}.lr must be a finite number > 0, got {net_cfg['lr']}")
+    if not (_finite(net_cfg["weight_decay"]) and net_cfg["weight_decay"] >= 0):
+        raise ValueError(f"{key}.weight_decay must be a finite number >= 0, got {net_cfg['weight_decay']}")
+    if net_cfg["warmup_steps"] < 0:
+        raise ValueError(f"{key}.warmup_steps must be >= 0, got {net_cfg['warmup_steps']}")
+    if task == "diffusion" and not (_finite(net_cfg["ema_decay"]) and 0 <= net_cfg["ema_decay"] < 1):
+        raise ValueError(f"{key}.ema_decay must be in [0, 1), got {net_cfg['ema_decay']}")
+    if net_cfg["batch_size"] is not None and net_cfg["batch_size"] < 1:
+        raise ValueError(f"{key}.batch_size must be >= 1 or null (data.batch_size), got {net_cfg['batch_size']}")
+    clip = trainer["gradient_clip_val"]
+    if clip is not None and not (_finite(clip) and clip >= 0):
+        raise ValueError(f"trainer.gradient_clip_val must be a finite number >= 0 or null, got {clip}")
+    if trainer["accelerator"] in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={trainer['accelerator']} but this machine has no CUDA GPU; "
+                         "use trainer=cpu (or trainer.accelerator=auto)")
+
+
+def check_resumable(path, ckpt: dict, meta: dict) -> None:
+    """A resume must continue the same network on the same schedule and data: compare the settings
+    that define it (saved in the checkpoint) with the current ones, listing every difference."""
+    saved, meta = _json(ckpt.get("cguide") or {}), _json(meta)  # tuples and lists alike
+    diffs = [f"{k}.{f}: {a!r} -> {b!r}" for k in ("net_config", "fingerprint")
+             for f, a, b in _differing(saved.get(k) or {}, meta.get(k) or {})]
+    diffs += [f"{k}: {saved.get(k)!r} -> {meta.get(k)!r}" for k in ("image_shape", "num_classes")
+              if saved.get(k) != meta.get(k)]
+    if diffs:
+        raise ValueError(f"cannot resume from {path}: it was trained with other settings ({'; '.join(diffs)}); "
+                         "resume with the settings it was trained with, or train into a new folder "
+                         "(paths.output_dir=...)")
+
+
+def _json(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+def _differing(a: dict, b: dict):
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            yield k, a.get(k), b.get(k)

@@ -1,0 +1,31 @@
+"""Output folders checked before any work: a run that can only fail at its end must fail at its start."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def check_writable(folder: str | os.PathLike, key: str) -> Path:
+    """Create ``folder`` if needed and prove a file can be written in it; one line naming ``key`` if not."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output folder {folder} is a file, not a folder; choose another {key}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise ValueError(f"output folder {folder} is not writable ({e.strerror}); choose another {key}") from None
+    return folder
+
+
+def move_aside(folder: str | os.PathLike) -> Path:
+    """Rename ``folder`` to ``<folder>.replaced-<time>`` (kept, never deleted); returns the new path."""
+    folder = Path(folder)
+    aside = folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(str(folder), aside)
+    return aside
