@@ -23,7 +23,7 @@ from cguide.diffusion import SamplerSpec, make_schedule
 from cguide.guidance import GuidanceSpec
 from cguide.io.checkpoints import Loaded
 from cguide.nets import build_encoder, build_unet
-from cguide.runtime.draw import RunOptions, draw
+from cguide.runtime.draw import Models, RunOptions, draw
 from cguide.runtime.speed import SpeedOptions
 
 SHAPES = {"tiny": (8, 1), "small": (16, 1), "bench32": (32, 3), "cifar": (32, 3)}  # preset -> (image size, channels)
@@ -78,7 +78,7 @@ def run(eps, clf, opts, batch, steps, scale, device) -> tuple[float, torch.Tenso
     for _ in range(2):
         sync(device)
         start = time.perf_counter()
-        x, _ = draw(eps, clf if scale else None, guidance, sampler, range(batch), run_opts)
+        x, _ = draw(Models(eps, None, clf if scale else None), guidance, sampler, range(batch), run_opts)
         sync(device)
     return 1000 * (time.perf_counter() - start) / steps, x
 

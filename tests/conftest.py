@@ -30,6 +30,16 @@ def tiny_ckpts(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_cond_ckpt(tmp_path_factory) -> Path:
+    """A tiny class-conditional eps-model (label dropout 0.2), on the schedule of tiny_ckpts."""
+    from cguide.train import train
+
+    cfg = compose_cfg("train", ["task=diffusion", "model.cond=true", "model.p_uncond=0.2", *TINY],
+                      tmp_path_factory.mktemp("tiny_cond"))
+    return train(cfg).checkpoint
+
+
 @pytest.fixture
 def cfg_train(tmp_path):
     """cfg_train(*overrides): conf/train.yaml with the tiny settings, writing under tmp_path."""

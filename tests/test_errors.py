@@ -95,6 +95,14 @@ def _flat_folder(root: Path) -> Path:
     return root
 
 
+def _damaged_results(ckpts, out: Path) -> Path:
+    """A finished sweep whose results.jsonl line was cut short (edited, or damaged on disk)."""
+    _finished_sweep(ckpts, out)
+    path = out / "results.jsonl"
+    path.write_text(path.read_text()[:40] + "\n")
+    return out
+
+
 def _finished_sweep(ckpts, out: Path) -> Path:
     from cguide.grid.runner import run_sweep
 
@@ -186,6 +194,11 @@ CASES = {
         "root": _image_folder(t / "images", {"a": 3, "b": 3}, empty="a/empty.png")}),
     "output-is-file": Case("sample", {"out_dir": "{tmp}/a_file"}, lambda c, t: {
         "file": _written(t / "a_file")}),
+    "too-few-real": Case("sweep", {"metrics.n_real": "1", "metrics.names": "[fid]"}),
+    "zero-grid-per-class": Case("sweep", {"sweep.grid_per_class": "0"}),
+    "unknown-device": Case("sample-cli", {"device": "tpu7"}),
+    "no-cuda-device": Case("sweep", {"device": "cuda"}),
+    "damaged-results": Case("sweep-cli", {}, lambda c, t: {"sweep": _damaged_results(c, t / "out")}),
     "nonfinite-raise": Case("sample", {"classifier_ckpt": "{bad}", "guidance.nonfinite": "raise"},
                             lambda c, t: {"bad": nan_classifier(c["clf"], t / "clf.ckpt")},
                             error=FloatingPointError),
@@ -227,6 +240,8 @@ def test_catalogued_error(case_id, ckpts, tmp_path, monkeypatch, capsys):
     message = catalogue().get(case_id)
     assert message, f"no README row for {case_id}"
     case = CASES[case_id]
+    if case_id == "no-cuda-device" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
     monkeypatch.chdir(tmp_path)  # Hydra's run folders of the cli cases land here
     out = tmp_path / "out"
     out.mkdir()

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cguide.diffusion import make_plan, make_schedule, sample
-from cguide.guidance import ClassifierGuidance, GuidanceSpec
+from cguide.guidance import ClassifierGuidance, GuidanceSpec, MethodEps
 
 MU, SD, N = torch.tensor([-1.0, 1.0], dtype=torch.float64), 0.8, 20_000
 SCHED = make_schedule("linear", 1000)
@@ -84,3 +84,54 @@ def test_seed_literal_under_guides_at_scale_one(draws):
     literal, score = _target_share(draws[(1.0, "seed_literal")]), _target_share(draws[(1.0, "score")])
     assert 0.5 < literal < score
     assert draws[(1.0, "seed_literal")].mean().item() < MU[1].item() - 0.05
+
+
+# ---------------------------------------------------------------- methods with a class-conditional model
+
+NULL = 2  # the null label of the exact conditional model
+
+
+def exact_cond_eps(x, t, y):
+    """The optimal class-conditional eps -sqrt(1 - ab) * score of N(sqrt(ab) mu_y, ab SD^2 + 1 - ab); the null
+    label gives the mixture's (unconditional) eps, as label dropout teaches a real model."""
+    ab = SCHED.alphabar[t].view(-1, 1)
+    var = ab * SD**2 + 1 - ab
+    mu = MU[y.clamp(max=1)].view(-1, 1)
+    eps = (1 - ab).sqrt() * (x.view(-1, 1) - ab.sqrt() * mu) / var
+    return torch.where((y == NULL).view(-1, 1), optimal_eps(x, t), eps.view_as(x))
+
+
+def _draw_method(method, scale, y=1):
+    plan = make_plan(SCHED, 200)
+    spec = GuidanceSpec.of(y, scale, method=method, n=N)
+    fn = MethodEps(optimal_eps, exact_cond_eps, spec, null=NULL)
+    if spec.guided:
+        fn = ClassifierGuidance(fn, ExactClassifier(), plan, spec)
+    return sample(fn, (1,), plan, range(N), sampler="ddpm", dtype=torch.float64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def method_draws():
+    return {"cfg1": _draw_method("cfg", 1.0), "cond": _draw_method("cond", 0.0),
+            "cond_classifier0": _draw_method("cond_classifier", 0.0), "cfg0": _draw_method("cfg", 0.0)}
+
+
+def test_cfg_at_gamma_one_and_cond_classifier_at_zero_draw_the_class_conditional(method_draws):
+    for key in ("cfg1", "cond", "cond_classifier0"):
+        x = method_draws[key]
+        assert abs(x.mean().item() - MU[1].item()) < 0.03, key
+        assert abs(x.std().item() - SD) < 0.04, key
+    assert torch.equal(method_draws["cfg1"], method_draws["cond"])  # gamma = 1 is the conditional model exactly
+    assert torch.equal(method_draws["cond_classifier0"], method_draws["cond"])
+
+
+def test_cfg_at_gamma_zero_draws_the_mixture(method_draws):
+    x = method_draws["cfg0"]
+    assert abs(x.mean().item()) < 0.03 and abs(x.var().item() - (SD**2 + 1)) < 0.1
+
+
+def test_classifier_guidance_at_one_draws_what_cfg_at_one_draws(draws, method_draws):
+    """Bayes: eps_u - sqrt(1 - ab) grad log p(y | x_t) = eps_c, so both sample p(x | y) (up to discretisation)."""
+    a, b = draws[(1.0, "score")], method_draws["cfg1"]
+    assert abs(a.mean().item() - b.mean().item()) < 0.03
+    assert abs(a.std().item() - b.std().item()) < 0.03

@@ -163,8 +163,8 @@ def test_hydra_multirun_jobs_share_folder_and_wandb_group(tiny_ckpts, tmp_path):
 def test_grid_points_and_shared_batches():
     from cguide.grid.points import balanced_targets, build_grid, pack
 
-    sweep = dict(scales=[0, 1, 2, 1], variants=["score", "unit"], samplers=["ddim", "ddpm"], steps=[5, None],
-                 intervals=[[0, 1], [0.5, 1.0]])
+    sweep = dict(methods=["classifier"], scales=[0, 1, 2, 1], variants=["score", "unit"], samplers=["ddim", "ddpm"],
+                 steps=[5, None], intervals=[[0, 1], [0.5, 1.0]])
     sampler = OmegaConf.create(dict(name="ddim", steps=50, spacing="uniform", eta=0.0, var_type="fixed_small",
                                     clip_x0=True))
     pts = build_grid(sweep, sampler, "zero")
@@ -175,6 +175,19 @@ def test_grid_points_and_shared_batches():
     assert len(calls) == 8 * 2  # 8 loops (sampler x steps x interval) of 6 points each -> 4 + 2
     assert [p.guidance.scale for p in calls[0][:2]] == [0.0, 0.0]  # s = 0 of both variants share the first call
     assert balanced_targets(23, 10).bincount().tolist() == [3, 3, 3] + [2] * 7
+    # methods: each its own scales; settings without a classifier term drop variant and interval (no duplicates)
+    methods = build_grid(dict(sweep, methods=["classifier", "cfg", "cond", "cond_classifier"],
+                              method_scales={"cfg": [1, 3], "cond": [0]}, samplers=["ddim"], steps=[5]),
+                         sampler, "zero")
+    keys = [p.key for p in methods]
+    assert "ddim-5-cfg-gamma3" in keys and "ddim-5-cond" in keys and "ddim-5-cond_classifier-t0.5_1-unit-s2" in keys
+    assert len(methods) == 3 * 2 * 2 + 2 + 1 + 3 * 2 * 2
+    by_draw = {}
+    for p in methods:
+        by_draw.setdefault(p.draw_key, []).append(p.key)
+    assert sorted(by_draw[("c", None, 0.0, "")]) == sorted(  # cond = cond_classifier at s = 0: drawn once
+        ["ddim-5-cond", "ddim-5-cond_classifier-t0_1-score-s0", "ddim-5-cond_classifier-t0_1-unit-s0",
+         "ddim-5-cond_classifier-t0.5_1-score-s0", "ddim-5-cond_classifier-t0.5_1-unit-s0"])
     from cguide.metrics import METRIC_NAMES
     from cguide.config import MetricsConfig
     assert MetricsConfig().names == list(METRIC_NAMES)

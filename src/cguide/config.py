@@ -43,6 +43,8 @@ class NetConfig:
     warmup_steps: int = 200
     max_steps: int = 2000
     ema_decay: float = 0.999  # eps-model only
+    cond: bool = False  # eps-model only: class-conditional, with label dropout (one net for cond/uncond/CFG)
+    p_uncond: float = 0.1  # with cond: P(a training label becomes the null label); 1 = unconditional model
     batch_size: Optional[int] = None  # None: data.batch_size
 
 
@@ -149,7 +151,8 @@ class SamplerConfig:
 @dataclass
 class GuidanceConfig:
     """group guidance/: eps_hat = eps - s * c_t * grad log p(y | x_t, t) (checked by cguide.guidance.GuidanceSetting)."""
-    scale: float = 1.0  # s >= 0; 0 = unguided
+    method: str = "classifier"  # classifier | cond | cfg | cfg_w | cond_classifier (cguide.guidance.METHODS)
+    scale: float = 1.0  # the method's scale: s >= 0 (0 = unguided) | cfg: gamma (1 = cond) | cfg_w: w | cond: unused
     variant: str = "score"  # the c_t factor; see cguide.guidance.VARIANTS
     interval: List[float] = field(default_factory=lambda: [0.0, 1.0])  # [t_lo, t_hi] as fractions of T
     nonfinite: str = "zero"  # zero | clamp | raise: what to do with a NaN/inf classifier gradient
@@ -189,8 +192,9 @@ class MetricsConfig:
 @dataclass
 class SampleConfig:
     """conf/sample.yaml: draw n_per_class samples of each chosen class at one guidance setting."""
-    eps_ckpt: str = MISSING
-    classifier_ckpt: Optional[str] = None  # needed when guidance.scale > 0
+    eps_ckpt: Optional[str] = None  # the unconditional eps-model (method classifier)
+    cond_ckpt: Optional[str] = None  # the class-conditional eps-model (methods cond, cfg, cfg_w, cond_classifier)
+    classifier_ckpt: Optional[str] = None  # needed when a classifier method has scale > 0
     classes: Optional[List[int]] = None  # null = every class
     n_per_class: int = 8
     seed: int = 0  # sample i gets seed + i
@@ -211,7 +215,10 @@ class GridConfig:
     guidance.variant, sampler.name, sampler.steps, guidance.interval): a Hydra multirun
     (`-m guidance.scale=0,1`) then runs one point per job, while `sweep.scales=[0,1,2]` runs a grid in one job."""
     name: str = "default"  # the results folder outputs/sweeps/<name> and the W&B group
+    methods: List[str] = field(default_factory=lambda: ["${guidance.method}"])
     scales: List[float] = field(default_factory=lambda: ["${guidance.scale}"])
+    # a method's own scale list (e.g. cfg: [1, 1.5, 3]); methods without one use `scales`
+    method_scales: Dict[str, Any] = field(default_factory=dict)  # method -> list of scales
     variants: List[str] = field(default_factory=lambda: ["${guidance.variant}"])
     samplers: List[str] = field(default_factory=lambda: ["${sampler.name}"])
     steps: List[Optional[int]] = field(default_factory=lambda: ["${sampler.steps}"])
@@ -236,8 +243,9 @@ class ObjectiveConfig:
 @dataclass
 class SweepConfig:
     """conf/sweep.yaml: a grid of guidance settings, measured and logged point by point (resumable)."""
-    eps_ckpt: str = MISSING
-    classifier_ckpt: Optional[str] = None  # needed when any scale > 0
+    eps_ckpt: Optional[str] = None  # the unconditional eps-model (method classifier)
+    cond_ckpt: Optional[str] = None  # the class-conditional eps-model (methods cond, cfg, cfg_w, cond_classifier)
+    classifier_ckpt: Optional[str] = None  # needed when a classifier method has scale > 0
     judge_ckpt: str = MISSING
     out_dir: str = "${paths.output_dir}"
     device: str = "auto"

@@ -20,19 +20,39 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cli import CONF_DIR, print_config_tree, run_or_exit
 from .config import SweepConfig, TrainConfig, plain, register_configs
+from .guidance import METHODS, check_method
 from .io.atomic import atomic_write_text
 from .io.folders import check_writable, move_aside
 
-STAGES = {"diffusion": ("model", True), "classifier": ("classifier", True), "judge": ("judge", False)}
-TABLE = [("scale", "s"), ("variant", "variant"), ("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"),
+# stage -> (training task, its config section, trained on the schedule); cond_diffusion is the class-conditional
+# eps-model (model.cond=true: same size and step budget as the unconditional one), trained when a method needs it
+STAGES = {"diffusion": ("diffusion", "model", True), "cond_diffusion": ("diffusion", "model", True),
+          "classifier": ("classifier", "classifier", True), "judge": ("judge", "judge", False)}
+TABLE = [("method", "method"), ("scale", "scale"), ("variant", "variant"), ("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"),
          ("accuracy", "accuracy"), ("guide_confidence", "guide_conf"), ("precision", "precision"),
          ("recall", "recall")]
 
 
-def stage_key(cfg: DictConfig, task: str) -> dict:
+def stages(cfg: DictConfig) -> list[str]:
+    """The stages the sweep's methods need (the classifier always: it also measures guide_confidence)."""
+    needs = set().union(*(METHODS[check_method(m).name].needs for m in cfg.sweep.methods))
+    return [s for s in STAGES if (s != "diffusion" or "u" in needs)
+            and (s != "cond_diffusion" or needs & {"c", "null"})]
+
+
+def _net(cfg: DictConfig, stage: str) -> dict:
+    """The stage's net section; conditioning only where it defines the net (so unconditional stages keep
+    the keys they had before conditional models existed)."""
+    net = plain(cfg[STAGES[stage][1]])
+    if stage == "cond_diffusion":
+        return {**net, "cond": True}
+    return {k: v for k, v in net.items() if k not in ("cond", "p_uncond")}
+
+
+def stage_key(cfg: DictConfig, stage: str) -> dict:
     """The settings that define a stage's checkpoint; anything else (logging, progress) may change freely."""
-    net_key, uses_schedule = STAGES[task]
-    key = {"task": task, "seed": cfg.seed, "data": plain(cfg.data), "net": plain(cfg[net_key]),
+    task, _, uses_schedule = STAGES[stage]
+    key = {"task": task, "seed": cfg.seed, "data": plain(cfg.data), "net": _net(cfg, stage),
            "precision": cfg.trainer.precision}
     if uses_schedule:
         key["diffusion"] = plain(cfg.diffusion)
@@ -43,10 +63,12 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def stage_config(cfg: DictConfig, task: str, folder: Path) -> DictConfig:
+def stage_config(cfg: DictConfig, stage: str, folder: Path) -> DictConfig:
     parts = {k: plain(cfg[k]) for k in ("seed", "tags", "num_threads", "data", "diffusion", "model", "classifier",
                                         "judge", "trainer", "logger", "callbacks")}
-    parts.update(task=task, resume=True, paths={"output_dir": str(folder), "ckpt_dir": str(folder / "checkpoints")})
+    parts["model"]["cond"] = stage == "cond_diffusion"
+    parts.update(task=STAGES[stage][0], resume=True,
+                 paths={"output_dir": str(folder), "ckpt_dir": str(folder / "checkpoints")})
     parts["logger"]["group"] = parts["logger"]["group"] or f"pipeline-{cfg.name}"
     return OmegaConf.merge(OmegaConf.structured(TrainConfig), parts)
 
@@ -58,33 +80,33 @@ def check_stages(cfg: DictConfig, out: Path) -> None:
     if cfg.trainer.fast_dev_run:
         raise ValueError("trainer.fast_dev_run=true trains one batch and writes no checkpoint, so the pipeline "
                          "cannot go on; for a quick whole run use debug=default (or cguide.train for a smoke test)")
-    for task in STAGES:
-        check_train(stage_config(cfg, task, out / task))
+    for stage in stages(cfg):
+        check_train(stage_config(cfg, stage, out / stage))
 
 
-def run_stage(cfg: DictConfig, task: str, out: Path) -> Path:
+def run_stage(cfg: DictConfig, stage: str, out: Path) -> Path:
     """Train one network unless a finished checkpoint with the same defining settings exists."""
     from .train import train
 
-    folder = out / task
-    final, marker = folder / "checkpoints" / f"{task}.ckpt", folder / "stage.json"
-    key = stage_key(cfg, task)
+    folder = out / stage
+    final, marker = folder / "checkpoints" / f"{STAGES[stage][0]}.ckpt", folder / "stage.json"
+    key = stage_key(cfg, stage)
     old = json.loads(marker.read_text()) if marker.is_file() else None
     if old is not None and old != key:
         changed = sorted(k for k in set(key) | set(old) if key.get(k) != old.get(k))
-        print(f"[{task}] settings changed ({', '.join(changed)}): retraining; previous run kept in "
+        print(f"[{stage}] settings changed ({', '.join(changed)}): retraining; previous run kept in "
               f"{move_aside(folder)}")
     elif old is not None and final.is_file():
-        print(f"[{task}] settings unchanged: reusing {final}")
+        print(f"[{stage}] settings unchanged: reusing {final}")
         return final
     elif old is not None:
-        print(f"[{task}] unfinished run found: resuming from {folder / 'checkpoints' / 'last.ckpt'}")
+        print(f"[{stage}] unfinished run found: resuming from {folder / 'checkpoints' / 'last.ckpt'}")
     else:
-        print(f"[{task}] no checkpoint yet: training")
+        print(f"[{stage}] no checkpoint yet: training")
     atomic_write_text(marker, json.dumps(key, indent=1, sort_keys=True))
     t0 = time.perf_counter()
-    path = train(stage_config(cfg, task, folder)).checkpoint
-    print(f"[{task}] trained in {time.perf_counter() - t0:.0f} s: {path}")
+    path = train(stage_config(cfg, stage, folder)).checkpoint
+    print(f"[{stage}] trained in {time.perf_counter() - t0:.0f} s: {path}")
     return path
 
 
@@ -95,12 +117,15 @@ def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConf
 
     ids = {k: str(p) for k, p in ckpts.items()}
     # A folder per (checkpoint contents, grid, sampler): retrained stages get a fresh sweep, never a mixed one.
-    defines = {"ckpts": {k: file_identity(p) for k, p in ckpts.items()}, "sweep": parts["sweep"],
-               "sampler": parts["sampler"]}
+    grid = dict(parts["sweep"])
+    if grid["methods"] == ["classifier"] and not grid["method_scales"]:  # as before methods: old digests hold
+        del grid["methods"], grid["method_scales"]
+    defines = {"ckpts": {k: file_identity(p) for k, p in ckpts.items()}, "sweep": grid, "sampler": parts["sampler"]}
     if parts["speed"]["bf16"]:  # bf16 defines results (cguide.sweep.runner.manifest); only when on: old digests hold
         defines["speed"] = {"bf16": True}
     sweep_dir = out / "sweep" / _digest(defines)
-    parts.update(eps_ckpt=ids["diffusion"], classifier_ckpt=ids["classifier"], judge_ckpt=ids["judge"],
+    parts.update(eps_ckpt=ids.get("diffusion"), cond_ckpt=ids.get("cond_diffusion"), classifier_ckpt=ids["classifier"],
+                 judge_ckpt=ids["judge"],
                  out_dir=str(sweep_dir), paths={"output_dir": str(sweep_dir)})
     parts["metrics"]["real_stats_cache"] = str(out / "real_stats")
     parts["logger"]["group"] = parts["logger"]["group"] or f"pipeline-{cfg.name}"
@@ -117,7 +142,8 @@ def print_report(sweep_dir: Path) -> None:
 
     from .grid.results import ResultsFolder
 
-    rows = sorted(ResultsFolder(sweep_dir).rows(), key=lambda r: (r["variant"], float(r["scale"])))
+    rows = sorted(ResultsFolder(sweep_dir).rows(),
+                  key=lambda r: (r.get("method", "classifier"), r["variant"], float(r["scale"])))
     table = Table(title=f"guidance sweep ({len(rows)} points)")
     for _, title in TABLE:
         table.add_column(title, justify="right")
@@ -137,7 +163,7 @@ def run_pipeline(cfg: DictConfig) -> Path:
     out = check_writable(cfg.out_dir, "out_dir")
     check_stages(cfg, out)
     t0 = time.perf_counter()
-    ckpts = {task: run_stage(cfg, task, out) for task in STAGES}
+    ckpts = {stage: run_stage(cfg, stage, out) for stage in stages(cfg)}
     from .grid.runner import run_sweep
 
     sweep_dir = run_sweep(sweep_config(cfg, ckpts, out))

@@ -17,15 +17,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import CONF_DIR, apply_num_threads, print_config_tree, require, run_or_exit
+from .cli import CONF_DIR, apply_num_threads, print_config_tree, run_or_exit
 from .config import register_configs
 from .diffusion import SamplerSpec
 from .guidance import GuidanceSetting, GuidanceSpec
 from .io.atomic import atomic_write
-from .io.checkpoints import load_net
 from .io.folders import check_writable
 from .io.images import save_grid
-from .runtime.draw import RunOptions, draw
+from .runtime.draw import RunOptions, check_device, draw, load_models
 
 
 def write_npz(path: Path, **arrays) -> Path:
@@ -37,31 +36,31 @@ def write_npz(path: Path, **arrays) -> Path:
 
 def run_sample(cfg: DictConfig) -> Path:
     """Draw, write grid_class<c>.png per class and samples.npz into cfg.out_dir; returns the npz path."""
-    require(cfg, "eps_ckpt")
     setting = GuidanceSetting.from_config(cfg.guidance)
     sampler = SamplerSpec.from_config(cfg.sampler)
-    run = RunOptions(cfg.batch_size, cfg.device, cfg.progress, cfg.speed)
+    run = RunOptions(cfg.batch_size, check_device(cfg.device), cfg.progress, cfg.speed)
     apply_num_threads(cfg.num_threads)
     out = check_writable(cfg.out_dir, "out_dir")
-    eps = load_net(cfg.eps_ckpt, "eps_model")
-    clf = load_net(cfg.classifier_ckpt, "noisy_classifier") if cfg.classifier_ckpt else None
-    classes = list(range(eps.num_classes)) if cfg.classes is None else [int(c) for c in cfg.classes]
+    models = load_models(cfg.eps_ckpt, cfg.cond_ckpt, cfg.classifier_ckpt, GuidanceSpec.from_settings([setting], [0]))
+    base = models.base
+    classes = list(range(base.num_classes)) if cfg.classes is None else [int(c) for c in cfg.classes]
     if not classes:
         raise ValueError("classes is empty; list some, e.g. classes=[0,1], or classes=null for all")
     if cfg.n_per_class < 1:
         raise ValueError(f"n_per_class must be >= 1, got {cfg.n_per_class}")
     y = torch.tensor(classes).repeat_interleave(cfg.n_per_class)
     seeds = cfg.seed + torch.arange(len(y))
-    x, nonfinite = draw(eps, clf, GuidanceSpec.from_settings([setting] * len(y), y), sampler, seeds.tolist(), run)
+    x, nonfinite = draw(models, GuidanceSpec.from_settings([setting] * len(y), y), sampler, seeds.tolist(), run)
     for c in classes:
         save_grid(x[y == c], out / f"grid_class{c}.png")
     settings = {
-        "eps_ckpt": str(eps.path), "classifier_ckpt": str(clf.path) if clf else None,
+        **{k: str(m.path) if m else None for k, m in (("eps_ckpt", models.eps), ("cond_ckpt", models.cond),
+                                                       ("classifier_ckpt", models.classifier))},
         "classes": classes, "n_per_class": cfg.n_per_class, "seed": cfg.seed,
         "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
         "guidance": OmegaConf.to_container(cfg.guidance, resolve=True),
         "speed": OmegaConf.to_container(cfg.speed, resolve=True),
-        "image_shape": list(eps.image_shape), "schedule": eps.fingerprint,
+        "image_shape": list(base.image_shape), "schedule": base.fingerprint,
     }
     return write_npz(out / "samples.npz", samples=x.float().numpy(), targets=y.numpy(), seeds=seeds.numpy(),
                      nonfinite_steps=nonfinite.numpy(), settings=np.array(json.dumps(settings)))

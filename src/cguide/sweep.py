@@ -35,7 +35,7 @@ def run(cfg: DictConfig) -> Path | None:
     """One process, the ranks of the environment (torchrun, submitit tasks), or distributed.devices
     spawned processes: each rank draws its share, rank 0 measures and writes (and returns the folder)."""
     check_objective(cfg)
-    require(cfg, "eps_ckpt", "judge_ckpt")
+    require(cfg, "judge_ckpt")
     n = cfg.distributed.devices
     if n < 1:
         raise ValueError(f"distributed.devices must be >= 1, got {n}")

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..io.atomic import atomic_write  # noqa: E402
 
-SERIES_AXES = ("variant", "sampler", "steps", "t_lo", "t_hi")
+SERIES_AXES = ("method", "variant", "sampler", "steps", "t_lo", "t_hi")
 # file stem -> (title, [(row key, legend suffix)]); a plot is skipped when none of its keys was measured
 VS_SCALE = {
     "fid_vs_scale": ("FID", [("fid", "")]),
@@ -30,10 +30,11 @@ def num(v) -> float:
 
 def series(rows: list[dict]) -> dict[str, list[dict]]:
     """Rows by line label, each sorted by scale; the label names only the axes that vary."""
-    varying = [a for a in SERIES_AXES if len({str(r.get(a)) for r in rows}) > 1] or ["variant"]
+    varying = [a for a in SERIES_AXES if len({str(r.get(a, "classifier")) for r in rows}) > 1] or ["variant"]
     out: dict[str, list[dict]] = {}
     for r in rows:
-        label = " ".join(f"{r.get(a)}" if a == "variant" else f"{a}={r.get(a)}" for a in varying)
+        label = " ".join(f"{r.get(a, 'classifier')}" if a in ("variant", "method") else f"{a}={r.get(a)}"
+                         for a in varying)
         out.setdefault(label, []).append(r)
     return {k: sorted(v, key=lambda r: num(r["scale"])) for k, v in out.items()}
 
@@ -56,18 +57,41 @@ def plot_vs_scale(rows: list[dict], title: str, keys: list[tuple[str, str]], pat
     return _save(fig, path)
 
 
-def plot_tradeoff(rows: list[dict], path: Path) -> Path:
-    """FID against accuracy, points joined in order of s and labelled with it."""
+def pareto(points: list[tuple[float, float, dict]], minimise_x: bool, minimise_y: bool) -> list[tuple]:
+    """The points no other point beats on both axes, in x order (NaNs never on the front)."""
+    sx, sy = (1 if minimise_x else -1), (1 if minimise_y else -1)
+    ok = [p for p in points if not (math.isnan(p[0]) or math.isnan(p[1]))]
+    front = [p for p in ok if not any(sx * q[0] <= sx * p[0] and sy * q[1] <= sy * p[1]
+                                      and (q[0], q[1]) != (p[0], p[1]) for q in ok)]
+    return sorted(front, key=lambda p: p[0])
+
+
+def plot_pairs(rows: list[dict], x_key: str, y_key: str, labels: tuple[str, str], title: str, path: Path,
+               minimise: tuple[bool, bool] | None = None) -> Path:
+    """One metric against another, a curve per series joined in order of scale and labelled with it;
+    with `minimise` each series' Pareto front is drawn over it (thick, dashed)."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, (label, rs) in enumerate(series(rows).items()):
-        xs, ys = [num(r.get("accuracy")) for r in rs], [num(r.get("fid")) for r in rs]
-        ax.plot(xs, ys, marker="o", color=f"C{i}", label=label)
+        xs, ys = [num(r.get(x_key)) for r in rs], [num(r.get(y_key)) for r in rs]
+        ax.plot(xs, ys, marker="o", color=f"C{i}", label=label, alpha=0.8)
         for r, x, y in zip(rs, xs, ys):
-            ax.annotate(f"s={num(r['scale']):g}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="judge accuracy", ylabel="FID", title="FID vs accuracy trade-off")
+            ax.annotate(f"{r.get('method', 'classifier')[:4]} {num(r['scale']):g}", (x, y), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        if minimise is not None:
+            front = pareto(list(zip(xs, ys, rs)), *minimise)
+            if len(front) > 1:
+                ax.plot([p[0] for p in front], [p[1] for p in front], color=f"C{i}", linewidth=3, alpha=0.35,
+                        linestyle="--")
+    ax.set(xlabel=labels[0], ylabel=labels[1], title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def plot_tradeoff(rows: list[dict], path: Path) -> Path:
+    """FID against accuracy per series (method), with each series' Pareto front (low FID, high accuracy)."""
+    return plot_pairs(rows, "accuracy", "fid", ("judge accuracy", "FID"), "FID vs accuracy (dashed: Pareto front)",
+                      path, minimise=(False, True))
 
 
 def write_plots(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
@@ -82,4 +106,10 @@ def write_plots(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
             paths[name] = plot_vs_scale(rows, title, keys, out_dir / f"{name}.png")
     if {"fid", "accuracy"} <= have:
         paths["fid_vs_accuracy"] = plot_tradeoff(rows, out_dir / "fid_vs_accuracy.png")
+    if {"fid", "is_mean"} <= have:
+        paths["is_vs_fid"] = plot_pairs(rows, "fid", "is_mean", ("FID", "Inception score (extractor logits)"),
+                                        "IS vs FID", out_dir / "is_vs_fid.png")
+    if {"precision", "recall"} <= have:
+        paths["precision_vs_recall"] = plot_pairs(rows, "recall", "precision", ("recall", "precision"),
+                                                  "precision vs recall", out_dir / "precision_vs_recall.png")
     return paths

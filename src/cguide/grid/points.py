@@ -10,9 +10,10 @@ from typing import Sequence
 import torch
 
 from ..diffusion import SamplerSpec
-from ..guidance import GuidanceSetting
+from ..guidance import METHODS, GuidanceSetting
 
-AXES = {"scales": "scale", "variants": "variant", "samplers": "sampler", "steps": "steps", "intervals": "interval"}
+AXES = {"methods": "method", "scales": "scale", "variants": "variant", "samplers": "sampler", "steps": "steps",
+        "intervals": "interval"}
 
 
 @dataclass(frozen=True)
@@ -21,41 +22,60 @@ class Point:
     guidance: GuidanceSetting
 
     @property
+    def method(self):
+        return METHODS[self.guidance.method]
+
+    @property
     def key(self) -> str:
-        """Stable id: the row's name in results and the point's grid file name."""
-        lo, hi = self.guidance.interval
-        return (f"{self.sampler.name}-{self.sampler.steps or 'T'}-t{lo:g}_{hi:g}-{self.guidance.variant}"
-                f"-s{self.guidance.scale:g}")
+        """Stable id: the row's name in results and the point's grid file name (classifier guidance
+        points keep the names they had before methods existed)."""
+        g, m, smp = self.guidance, self.method, f"{self.sampler.name}-{self.sampler.steps or 'T'}"
+        if m.classifier:
+            lo, hi = g.interval
+            prefix = "" if m.name == "classifier" else f"{m.name}-"
+            return f"{smp}-{prefix}t{lo:g}_{hi:g}-{g.variant}-s{g.scale:g}"
+        return f"{smp}-{m.name}" + (f"-{m.scale}{g.scale:g}" if m.scale else "")
 
     @property
     def batch_key(self) -> tuple:
-        """Points agreeing here run the same sampling loop, so they can share batches (per-sample s, variant)."""
-        return (self.sampler, self.guidance.interval)
+        """Points agreeing here run the same sampling loop on the same networks, so they share batches
+        (per-sample method, scale and variant)."""
+        return (self.sampler, self.guidance.interval, self.method.family)
 
     @property
     def draw_key(self) -> tuple:
-        """Points with equal draw keys draw the same samples: at s = 0 the variant makes no difference."""
-        g = self.guidance
-        return (g.scale, g.variant if g.scale else "")
+        """Points with equal draw keys draw the same samples: a classifier term at s = 0 adds nothing, so
+        classifier at s = 0 is unguided whatever the variant, and cond_classifier at s = 0 is cond."""
+        g, m = self.guidance, self.method
+        if m.classifier and g.scale == 0:
+            return (m.family, None, 0.0, "")
+        return (m.family, m.scale, g.scale, g.variant if m.classifier else "")
 
     def settings(self) -> dict:
         g = self.guidance
-        return {"point": self.key, "sampler": self.sampler.name, "steps": self.sampler.steps, "t_lo": g.interval[0],
-                "t_hi": g.interval[1], "variant": g.variant, "scale": g.scale}
+        return {"point": self.key, "method": g.method, "sampler": self.sampler.name, "steps": self.sampler.steps,
+                "t_lo": g.interval[0], "t_hi": g.interval[1], "variant": g.variant, "scale": g.scale}
 
 
 def build_grid(sweep, sampler, nonfinite: str) -> list[Point]:
-    """Cartesian product of the sweep's axes (sweep.scales, .variants, .samplers, .steps, .intervals) in
-    a fixed order, duplicates dropped; each value becomes a SamplerSpec / GuidanceSetting (its check)."""
+    """Cartesian product of the sweep's axes (sweep.methods, .scales or a method's own .method_scales,
+    .variants, .samplers, .steps, .intervals) in a fixed order, duplicates dropped (settings without a
+    classifier term ignore variant and interval); each value becomes a SamplerSpec / GuidanceSetting."""
     axes = {name: list(sweep[name]) for name in AXES}
     for name, values in axes.items():
         if len(values) == 0:
             raise ValueError(f"empty grid: sweep.{name} is empty; give it at least one value "
                              f"(or drop the override to use {AXES[name]} alone)")
+    own = dict(sweep.get("method_scales") or {})
+    stray = sorted(set(own) - set(axes["methods"]))
+    if stray:
+        raise ValueError(f"sweep.method_scales names method(s) {stray} that are not in sweep.methods "
+                         f"{axes['methods']}; add them to sweep.methods or drop their scales")
     samplers = [SamplerSpec.from_config(sampler, name=smp, steps=k, source="sweep")
                 for smp, k in itertools.product(axes["samplers"], axes["steps"])]
-    settings = [GuidanceSetting(float(s), v, tuple(iv), nonfinite, source="sweep")
-                for iv, v, s in itertools.product(axes["intervals"], axes["variants"], axes["scales"])]
+    settings = [GuidanceSetting(float(s), v, tuple(iv), nonfinite, source="sweep", method=m)
+                for m in axes["methods"]
+                for iv, v, s in itertools.product(axes["intervals"], axes["variants"], list(own.get(m, axes["scales"])))]
     return list(dict.fromkeys(Point(smp, g) for smp, g in itertools.product(samplers, settings)))
 
 

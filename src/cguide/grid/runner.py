@@ -12,17 +12,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data import as_data_config, build_datamodule
-from ..diffusion import make_schedule
 from ..guidance import GuidanceSpec
 from ..io.checkpoints import Loaded, load_net
 from ..io.images import save_grid
 from ..io.loggers import finish_wandb
 from ..metrics import MetricSettings, compute_metrics
+from ..io.atomic import remove_stale_temps
+from ..io.folders import check_writable
 from ..runtime.distributed import is_main, main_then_share
-from ..runtime.draw import RunOptions, draw_sharded, resolve_device
+from ..runtime.draw import Models, RunOptions, check_device, draw_sharded, load_models
 from . import wandb_log
+from .checks import check_real, check_same_images, check_sampling, check_sweep_numbers
+from .claims import PointClaims, claimed_calls
 from .plots import write_plots
-from .points import Point, balanced_targets, build_grid, pack
+from .points import Point, balanced_targets, build_grid
 from .results import ResultsFolder
 
 
@@ -37,21 +40,7 @@ def file_identity(path: str | Path | None) -> dict | None:
     return {"sha256": h.hexdigest()[:16], "size": Path(path).stat().st_size}
 
 
-def check_sampling(eps: Loaded, points: list[Point]) -> None:
-    """Step counts against the eps-model's T: the one sampler check that needs the checkpoint."""
-    schedule = make_schedule(**eps.schedule)
-    for sampler in {p.sampler for p in points}:
-        sampler.plan(schedule)
-
-
-def check_same_images(eps: Loaded, what: str, image_shape, num_classes) -> None:
-    if (tuple(image_shape), num_classes) != (eps.image_shape, eps.num_classes):
-        raise ValueError(f"{what} gives {num_classes} classes of images {list(image_shape)}, the eps-model "
-                         f"{eps.path} makes {eps.num_classes} classes of {list(eps.image_shape)}; "
-                         "use matching data settings (e.g. data.image_size) and checkpoints")
-
-
-def manifest(cfg: DictConfig, eps: Loaded, clf: Loaded | None, judge: Loaded, names: tuple[str, ...]) -> dict:
+def manifest(cfg: DictConfig, models: Models, judge: Loaded, names: tuple[str, ...]) -> dict:
     """Everything a row's numbers depend on except the grid axes (those are in the row itself)."""
     data = {k: v for k, v in vars(as_data_config(OmegaConf.to_container(cfg.data, resolve=True))).items()
             if k not in ("root", "batch_size", "num_workers", "download")}
@@ -59,8 +48,12 @@ def manifest(cfg: DictConfig, eps: Loaded, clf: Loaded | None, judge: Loaded, na
     # bf16 moves samples beyond fp32 rounding, so it defines results (the other speed options are fp32 rounding only);
     # recorded only when on, so folders written before the option existed still resume
     speed = {"speed": {"bf16": True}} if cfg.speed.bf16 else {}
-    return {**speed,
-        "eps_ckpt": file_identity(eps.path), "classifier_ckpt": file_identity(clf.path if clf else None),
+    # the conditional model only when used, for the same reason
+    cond = {"cond_ckpt": file_identity(models.cond.path)} if models.cond else {}
+    eps, clf = models.eps, models.classifier
+    return {**speed, **cond,
+        "eps_ckpt": file_identity(eps.path if eps else None),
+        "classifier_ckpt": file_identity(clf.path if clf else None),
         "judge_ckpt": file_identity(judge.path), "n_per_point": cfg.sweep.n_per_point, "seed": cfg.sweep.seed,
         "sampler": {"eta": smp.eta, "var_type": smp.var_type, "clip_x0": smp.clip_x0, "spacing": smp.spacing},
         "nonfinite": cfg.guidance.nonfinite, "data": data,
@@ -83,32 +76,40 @@ def class_grid(x: torch.Tensor, y: torch.Tensor, per_class: int, path: Path) -> 
 
 
 def run_sweep(cfg: DictConfig) -> Path:
-    """Run (or resume) the sweep described by cfg into cfg.out_dir; returns the folder."""
+    """Run (or resume) the sweep described by cfg into cfg.out_dir; returns the folder. Every check comes
+    before the folder is claimed, so a bad input leaves it as it was and the corrected command runs."""
     sw = cfg.sweep
+    check_sweep_numbers(sw)
     points = build_grid(sw, cfg.sampler, cfg.guidance.nonfinite)
     # the non-finite share is in every row
     settings = MetricSettings.from_config(cfg.metrics, names=list(dict.fromkeys([*cfg.metrics.names, "nonfinite"])))
     names = settings.names
+    run = RunOptions(sw.batch_size, cfg.device, cfg.progress, cfg.speed)
+    device = check_device(cfg.device)
+    run.speed.check(device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    eps = load_net(cfg.eps_ckpt, "eps_model")
+    spec = GuidanceSpec.from_settings([p.guidance for p in points], torch.zeros(len(points), dtype=torch.long))
+    models = load_models(cfg.eps_ckpt, cfg.cond_ckpt, cfg.classifier_ckpt, spec)
+    eps = models.base
     judge = load_net(cfg.judge_ckpt, "judge")
-    clf = load_net(cfg.classifier_ckpt, "noisy_classifier") if cfg.classifier_ckpt else None
-    if clf is None and any(p.guidance.scale > 0 for p in points):
-        raise ValueError("guidance scales > 0 need a noisy classifier: set classifier_ckpt=<path>")
     check_same_images(eps, f"judge {judge.path}", judge.image_shape, judge.num_classes)
     check_sampling(eps, points)
     y = balanced_targets(sw.n_per_point, eps.num_classes)
     dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     check_same_images(eps, f"data '{cfg.data.name}'", dm.image_shape, dm.num_classes)
+    real, real_y = dm.test_images(cfg.metrics.n_real)
+    check_real(settings, len(real), cfg.data.name)
 
     out = Path(cfg.out_dir)
     folder = ResultsFolder(out)
-    defines = manifest(cfg, eps, clf, judge, names)
+    defines = manifest(cfg, models, judge, names)
 
     def claim() -> set:
-        folder.claim(defines, {"eps_ckpt": str(eps.path), "classifier_ckpt": cfg.classifier_ckpt,
-                               "judge_ckpt": str(judge.path)})
+        check_writable(out, "out_dir")
+        remove_stale_temps([out, out / "grids", out / "plots"])
+        folder.claim(defines, {"eps_ckpt": cfg.eps_ckpt, "cond_ckpt": cfg.cond_ckpt,
+                               "classifier_ckpt": cfg.classifier_ckpt, "judge_ckpt": str(judge.path)})
         return folder.done()
 
     done = main_then_share(claim)  # distributed: rank 0 claims and reads, every rank gets the same to-do list
@@ -116,31 +117,33 @@ def run_sweep(cfg: DictConfig) -> Path:
     if is_main():
         print(f"sweep {out}: {len(points)} point(s), {len(points) - len(todo)} done already, {len(todo)} to run")
 
-    device = resolve_device(cfg.device)
     judge.net.to(device)
-    real, real_y = dm.test_images(cfg.metrics.n_real)
     seeds = (sw.seed + torch.arange(sw.n_per_point)).tolist()
     group = sweep_group(sw.name, defines)
-    run = wandb_log.start_run(cfg.logger, out, group, name=f"{group}-{time.strftime('%H%M%S')}",
-                              config=OmegaConf.to_container(cfg, resolve=True), tags=list(cfg.tags)) if is_main() else None
+    wb = wandb_log.start_run(cfg.logger, out, group, name=f"{group}-{time.strftime('%H%M%S')}",
+                             config=OmegaConf.to_container(cfg, resolve=True), tags=list(cfg.tags)) if is_main() else None
+    claims = PointClaims(out, folder.done)
     try:
         step = 0
-        for call in pack(todo, sw.points_per_call or len(todo)):
-            for point, row, grid in _run_call(cfg, call, eps, clf, judge, y, seeds, real, real_y, settings, out):
+        for call in claimed_calls(todo, sw.points_per_call, claims, out):
+            for point, row, grid in _run_call(cfg, call, run, models, judge, y, seeds, real, real_y, settings, out):
                 if folder.append(row):  # False: a parallel job finished this point first
-                    wandb_log.log_point(run, row, grid, step)
+                    wandb_log.log_point(wb, row, grid, step)
                     step += 1
+            claims.release(p.key for p in call)
         if not is_main():  # other ranks only drew their shares
             return out
         rows = folder.rows()
         plots = write_plots(rows, out / "plots")
-        wandb_log.log_summary(run, rows, plots)
+        wandb_log.log_summary(wb, rows, plots)
     finally:
+        claims.release()
         finish_wandb()  # multirun jobs must never log into one run
     return out
 
 
-def _run_call(cfg, call: list[Point], eps, clf, judge, y, seeds, real, real_y, settings: MetricSettings, out):
+def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judge, y, seeds, real, real_y,
+              settings: MetricSettings, out):
     """Draw the points of one call in shared batches, then measure them one by one (yields per point).
     Points at s = 0 are the same unguided samples whatever their variant: drawn once, measured per point."""
     n = len(seeds)
@@ -148,8 +151,7 @@ def _run_call(cfg, call: list[Point], eps, clf, judge, y, seeds, real, real_y, s
     draws = list(dict.fromkeys(p.draw_key for p in call))
     first = {p.draw_key: p.guidance for p in reversed(call)}  # a setting per draw (its first point's)
     guidance = GuidanceSpec.from_settings([first[k] for k in draws for _ in range(n)], y.repeat(len(draws)))
-    run = RunOptions(cfg.sweep.batch_size, cfg.device, cfg.progress, cfg.speed)
-    x, nonfinite = draw_sharded(eps, clf, guidance, call[0].sampler, seeds * len(draws), run)
+    x, nonfinite = draw_sharded(models, guidance, call[0].sampler, seeds * len(draws), run)
     if not is_main():  # rank 0 measures the gathered samples
         return
     draw_s = (time.perf_counter() - t0) / len(call)  # shared batches: each point gets an equal share
@@ -157,6 +159,7 @@ def _run_call(cfg, call: list[Point], eps, clf, judge, y, seeds, real, real_y, s
         j = draws.index(point.draw_key)
         t1 = time.perf_counter()
         xs, bad = x[j * n:(j + 1) * n], nonfinite[j * n:(j + 1) * n]
+        clf = models.classifier
         metrics = compute_metrics(xs, y, (real, real_y), judge=judge.net, guide=clf.net if clf else None,
                                   settings=settings)
         grid = class_grid(xs, y, cfg.sweep.grid_per_class, out / "grids" / f"{point.key}.png")

@@ -1,22 +1,37 @@
 """The one atomic-write helper: every file this project writes goes to a temp file beside its target
-and is renamed over it, so a crash mid-write leaves the previous file intact."""
+and is renamed over it, so a crash mid-write leaves the previous file intact. Temp files are named
+``.<name>.<random>.tmp``; those a killed write left behind are removed by ``remove_stale_temps``."""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
+
+TEMP_GLOB = ".*.tmp"
+
+
+def _new_temp(path: Path) -> str:
+    """Create an empty temp file beside path with the mode a plain open() gives (0o666 & ~umask;
+    mkstemp would make it 0600)."""
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Call write(tmp_path) on a temp file beside ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -32,3 +47,19 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def remove_stale_temps(folders: Iterable[str | os.PathLike], max_age_s: float = 600) -> list[Path]:
+    """Delete temp files of killed writes in these folders. Age-based, so a live writer's temp file (in a
+    parallel job) is safe: every writer here finishes in seconds, 10 min leaves a margin for clock skew
+    on shared file systems. Returns the files removed."""
+    removed, now = [], time.time()
+    for folder in map(Path, folders):
+        for p in folder.glob(TEMP_GLOB) if folder.is_dir() else ():
+            try:
+                if p.is_file() and now - p.stat().st_mtime > max_age_s:
+                    p.unlink()
+                    removed.append(p)
+            except FileNotFoundError:  # renamed or removed by another process meanwhile
+                pass
+    return removed

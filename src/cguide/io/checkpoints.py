@@ -2,7 +2,8 @@
 by kind with checks that name the file and the fix.
 
 Every LightningModule of this project stores a plain ``cguide`` dict in its checkpoints:
-{kind, net_config, weights_prefix, image_shape, num_classes, schedule (config), fingerprint, extra},
+{kind, net_config, weights_prefix, image_shape, num_classes, schedule (config), fingerprint, extra}
+(extra: the eps-model's {cond, p_uncond}, the judge's {test_acc}),
 so ``torch.load(..., weights_only=True)`` is all it takes to rebuild a net."""
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ class Loaded:
     schedule: dict | None
     extra: dict = field(default_factory=dict)
 
+    @property
+    def conditional(self) -> bool:
+        """A class-conditional eps-model (its net has a label embedding; model.cond=true or an ADM import)."""
+        return self.kind == "eps_model" and getattr(getattr(self.net, "cfg", None), "num_classes", None) is not None
+
+    @property
+    def p_uncond(self) -> float | None:
+        """The label-dropout probability the eps-model was trained with (0.0 for files from before it); None
+        for the classifiers."""
+        return float(self.extra.get("p_uncond", 0.0)) if self.kind == "eps_model" else None
+
 
 def checkpoint_meta(kind: str, weights_prefix: str, net_config: dict, image_shape, num_classes: int,
                     schedule: dict | None = None, fingerprint: dict | None = None, extra: dict | None = None) -> dict:
@@ -64,8 +76,11 @@ def checkpoint_meta(kind: str, weights_prefix: str, net_config: dict, image_shap
             "extra": dict(extra or {})}
 
 
-def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.device = "cpu") -> Loaded:
-    """Rebuild the network of ``kind`` ('eps_model', 'noisy_classifier', 'judge') from ``path``."""
+def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.device = "cpu",
+             conditional: bool | None = None) -> Loaded:
+    """Rebuild the network of ``kind`` ('eps_model', 'noisy_classifier', 'judge') from ``path``.
+    conditional (eps-model only): True/False = the place it is used needs a class-conditional /
+    unconditional eps-model, and a file holding the other one is refused; None accepts either."""
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; known: {', '.join(KINDS)}")
     ckpt = read_checkpoint(path)
@@ -82,6 +97,8 @@ def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.devic
     if meta["kind"] != kind:
         raise ValueError(f"checkpoint {path} holds {KINDS[meta['kind']][2]}, but {KINDS[kind][2]} is expected "
                          f"here; swap the paths")
+    if kind == "eps_model" and conditional is not None:
+        _check_conditional(path, (meta["net_config"] or {}).get("num_classes") is not None, conditional)
     net_cls, cfg_cls, _ = KINDS[kind]
     net = net_cls(cfg_cls.from_dict(meta["net_config"]))
     prefix = meta["weights_prefix"]
@@ -96,6 +113,17 @@ def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.devic
     net.load_state_dict(state)
     return Loaded(net.eval().to(map_location), kind, Path(path), tuple(meta["image_shape"]), int(meta["num_classes"]),
                   meta.get("fingerprint"), meta.get("schedule"), dict(meta.get("extra") or {}))
+
+
+def _check_conditional(path, has: bool, wanted: bool) -> None:
+    if has and not wanted:
+        raise ValueError(f"checkpoint {path} holds a class-conditional eps-model (model.cond=true), but an "
+                         "unconditional one is expected here (eps_ckpt); pass it as cond_ckpt=..., or train an "
+                         "unconditional model")
+    if wanted and not has:
+        raise ValueError(f"checkpoint {path} holds an unconditional eps-model, but a class-conditional one "
+                         "(model.cond=true) is expected here (cond_ckpt); train one with "
+                         "`cguide.train task=diffusion model.cond=true`")
 
 
 def check_compatible(eps: Loaded, clf: Loaded) -> None:

@@ -65,7 +65,16 @@ class MetricSettings:
         if extra:
             raise ValueError(f"unknown key(s) {extra} in metrics; known: {', '.join(sorted(fields))}, "
                              f"{', '.join(_NOT_METRIC_KNOBS)}")
+        if "n_real" in keys:
+            check_n_real(node["n_real"])
         kw = {k: node[k] for k in keys if k in fields}  # node[k]: resolves DictConfig interpolations
         if names is not None:
             kw["names"] = names
         return cls(**kw)
+
+
+def check_n_real(n_real: int | None) -> None:
+    """metrics.n_real caps the real split; FID/KID/PRC need a covariance, so at least 2 images (null: all)."""
+    if n_real is not None and n_real < 2:
+        raise ValueError(f"metrics.n_real={n_real} is too few real images: FID, KID and precision/recall need at "
+                         "least 2; set metrics.n_real >= 2, or null for the whole test split")

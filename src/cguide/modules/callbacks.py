@@ -16,7 +16,8 @@ from ..io.images import save_grid
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` (and at the end of training) draw ``n`` samples with DDIM on
     ``steps`` respaced steps from fixed seeds, so grids of successive steps are comparable. x_0 is
-    clipped to [-1, 1] at each step, as in the sampler's default."""
+    clipped to [-1, 1] at each step, as in the sampler's default. A class-conditional model draws
+    labels 0..C-1 cycling, C per grid row (column = class)."""
 
     def __init__(self, every_n_steps: int = 500, n: int = 64, steps: int = 50, dirpath: str | None = None):
         self.every, self.n, self.steps, self.dirpath = every_n_steps, n, steps, dirpath
@@ -26,10 +27,12 @@ class SampleGrid(L.Callback):
             return
         plan = make_plan(module.schedule, min(self.steps, module.T))
         net = module.ema.eval()
-        x = sample(lambda x, t: net(x, t), module.hparams.image_shape, plan, range(self.n), sampler="ddim",
+        C = module.ema.module.cfg.num_classes
+        y = None if C is None else torch.arange(self.n, device=module.device) % C
+        x = sample(lambda x, t: net(x, t, y), module.hparams.image_shape, plan, range(self.n), sampler="ddim",
                    clip_x0=True, device=module.device, progress=False)
         root = Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
-        path = save_grid(x, root / f"step_{trainer.global_step:07d}.png")
+        path = save_grid(x, root / f"step_{trainer.global_step:07d}.png", nrow=C)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):  # WandbLogger
                 logger.log_image("samples", [str(path)], step=trainer.global_step)

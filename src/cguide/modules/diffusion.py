@@ -1,4 +1,5 @@
-"""The eps-model's LightningModule: L_simple = E_{t,x_0,eps} ||eps - eps_theta(x_t, t)||^2, t uniform."""
+"""The eps-model's LightningModule: L_simple = E_{t,x_0,eps} ||eps - eps_theta(x_t, t[, y])||^2, t uniform;
+class-conditional with label dropout when ``cond`` (Ho & Salimans 2022)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,20 @@ def ema_lerp_(ema: list[torch.Tensor], net: list[torch.Tensor], n_averaged: torc
     torch._foreach_lerp_(ema, net, 1 - d)
 
 
+def drop_labels(y: torch.Tensor, p: float, null: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Label dropout: each label independently becomes ``null`` with probability p (mask drawn on y's device)."""
+    mask = torch.rand(y.shape, generator=generator, device=y.device) < p
+    return torch.where(mask, torch.full_like(y, null), y)
+
+
 class DiffusionModule(CheckpointMeta):
     """Trains ``net``; ``ema`` (an AveragedModel, weights in ``ema.module``) holds the exponential moving
     average used for sampling and validation.
+
+    cond=True: ``net`` has a label embedding with a null label (UNetConfig null_class) and each training
+    label becomes the null label with probability p_uncond, so the one net is conditional (y),
+    unconditional (null label) and CFG-ready; validation uses the real labels. cond=False draws no
+    extra random numbers: unconditional training is unchanged.
 
     All init arguments are plain containers, so checkpoints load with torch's weights_only."""
 
@@ -34,10 +46,14 @@ class DiffusionModule(CheckpointMeta):
 
     def __init__(self, net: dict, schedule: dict, image_shape: list, num_classes: int, lr: float = 2e-4,
                  weight_decay: float = 0.0, warmup_steps: int = 200, ema_decay: float = 0.999,
-                 data: Optional[dict] = None):
+                 data: Optional[dict] = None, cond: bool = False, p_uncond: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.net = UNet(UNetConfig.from_dict(dict(net)))
+        if (self.net.null_label is None) if cond else (self.net.label_emb is not None):
+            need = "num_classes and null_class=True" if cond else "num_classes=None"
+            raise ValueError(f"DiffusionModule: cond={cond} needs a net with {need}; set model.cond, "
+                             "not model.overrides.num_classes / null_class")
         self.ema = AveragedModel(self.net, multi_avg_fn=partial(ema_lerp_, decay=ema_decay)).requires_grad_(False)
         # The initial copy counts as the first average: no overwrite on the first update, and n == global_step.
         self.ema.n_averaged.fill_(1)
@@ -45,25 +61,28 @@ class DiffusionModule(CheckpointMeta):
         self.T = self.schedule.T
         self.loss_q = QuartileMeans("loss", self.T)
 
-    def loss_per_sample(self, net, x0: torch.Tensor, generator: Optional[torch.Generator] = None):
+    def loss_per_sample(self, net, x0: torch.Tensor, generator: Optional[torch.Generator] = None,
+                        y: Optional[torch.Tensor] = None):
         B = x0.shape[0]
         t = torch.randint(0, self.T, (B,), generator=generator, device="cpu").to(x0.device)
         eps = torch.randn(x0.shape, generator=generator, device="cpu").to(x0)
         x_t = q_sample(self.schedule, x0, t, eps)
-        return F.mse_loss(net(x_t, t), eps, reduction="none").flatten(1).mean(1), t
+        return F.mse_loss(net(x_t, t, y), eps, reduction="none").flatten(1).mean(1), t
 
     def _log_losses(self, split: str, losses: torch.Tensor, t: torch.Tensor):
         self.log(f"{split}/loss", losses.mean(), prog_bar=True, on_step=split == "train", on_epoch=True)
         self.loss_q.log(self, split, losses.detach(), t)
 
     def training_step(self, batch, batch_idx):
-        losses, t = self.loss_per_sample(self.net, batch[0])
+        y = drop_labels(batch[1], self.hparams.p_uncond, self.net.null_label) if self.hparams.cond else None
+        losses, t = self.loss_per_sample(self.net, batch[0], y=y)
         self._log_losses("train", losses, t)
         return losses.mean()
 
     def validation_step(self, batch, batch_idx):
         # Fixed t and noise per batch, so validation curves compare across epochs.
-        losses, t = self.loss_per_sample(self.ema.module, batch[0], torch.Generator().manual_seed(batch_idx))
+        y = batch[1] if self.hparams.cond else None
+        losses, t = self.loss_per_sample(self.ema.module, batch[0], torch.Generator().manual_seed(batch_idx), y)
         self._log_losses("val", losses, t)
 
     @torch.no_grad()
@@ -84,4 +103,5 @@ class DiffusionModule(CheckpointMeta):
     def cguide_meta(self) -> dict:
         h = self.hparams
         return checkpoint_meta(self.kind, self.weights_prefix, h.net, h.image_shape, h.num_classes,
-                               h.schedule, self.schedule.fingerprint())
+                               h.schedule, self.schedule.fingerprint(),
+                               extra={"cond": bool(h.cond), "p_uncond": float(h.p_uncond)})

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 
 import lightning as L
 import torch
 
+from ..io.checkpoints import KINDS
 from ..nets import encoder_config, judge_config, unet_config
 from .classifier import JudgeModule, NoisyClassifierModule
 from .diffusion import DiffusionModule
@@ -30,8 +31,12 @@ def build_module(task: str, net_cfg: dict, schedule: dict, dm) -> L.LightningMod
     common = dict(image_shape=list(dm.image_shape), num_classes=dm.num_classes, lr=net_cfg["lr"],
                   weight_decay=net_cfg["weight_decay"], warmup_steps=net_cfg["warmup_steps"], data=asdict(dm.cfg))
     if task == "diffusion":
-        net = unet_config(net_cfg["size"], C, H, **over).to_dict()
-        return DiffusionModule(net, schedule, ema_decay=net_cfg["ema_decay"], **common)
+        # p_uncond = 1 never shows a label: that is the unconditional model, built without a label embedding
+        cond = bool(net_cfg.get("cond")) and net_cfg.get("p_uncond", 0.1) < 1
+        labels = dict(num_classes=dm.num_classes, null_class=True) if cond else {}
+        net = unet_config(net_cfg["size"], C, H, **{**labels, **over}).to_dict()
+        return DiffusionModule(net, schedule, ema_decay=net_cfg["ema_decay"], cond=cond,
+                               p_uncond=float(net_cfg["p_uncond"]) if cond else 0.0, **common)
     if task == "classifier":
         net = encoder_config(net_cfg["size"], C, H, dm.num_classes, **over).to_dict()
         return NoisyClassifierModule(net, schedule, **common)
@@ -58,6 +63,9 @@ def check_training(task: str, net_cfg: dict, trainer: dict) -> None:
         raise ValueError(f"{key}.warmup_steps must be >= 0, got {net_cfg['warmup_steps']}")
     if task == "diffusion" and not (_finite(net_cfg["ema_decay"]) and 0 <= net_cfg["ema_decay"] < 1):
         raise ValueError(f"{key}.ema_decay must be in [0, 1), got {net_cfg['ema_decay']}")
+    p = net_cfg.get("p_uncond", 0.1)
+    if task == "diffusion" and not (_finite(p) and 0 <= p <= 1):
+        raise ValueError(f"{key}.p_uncond (label dropout) must be a finite number in [0, 1], got {p}")
     if net_cfg["batch_size"] is not None and net_cfg["batch_size"] < 1:
         raise ValueError(f"{key}.batch_size must be >= 1 or null (data.batch_size), got {net_cfg['batch_size']}")
     clip = trainer["gradient_clip_val"]
@@ -72,6 +80,8 @@ def check_resumable(path, ckpt: dict, meta: dict) -> None:
     """A resume must continue the same network on the same schedule and data: compare the settings
     that define it (saved in the checkpoint) with the current ones, listing every difference."""
     saved, meta = _json(ckpt.get("cguide") or {}), _json(meta)  # tuples and lists alike
+    for d in (saved, meta):  # a net field added since the file was written takes its default
+        d["net_config"] = {**_defaults(d.get("kind")), **(d.get("net_config") or {})}
     diffs = [f"{k}.{f}: {a!r} -> {b!r}" for k in ("net_config", "fingerprint")
              for f, a, b in _differing(saved.get(k) or {}, meta.get(k) or {})]
     diffs += [f"{k}: {saved.get(k)!r} -> {meta.get(k)!r}" for k in ("image_shape", "num_classes")
@@ -80,6 +90,12 @@ def check_resumable(path, ckpt: dict, meta: dict) -> None:
         raise ValueError(f"cannot resume from {path}: it was trained with other settings ({'; '.join(diffs)}); "
                          "resume with the settings it was trained with, or train into a new folder "
                          "(paths.output_dir=...)")
+
+
+def _defaults(kind) -> dict:
+    if kind not in KINDS:
+        return {}
+    return {f.name: f.default for f in fields(KINDS[kind][1]) if f.default is not MISSING}
 
 
 def _json(d: dict) -> dict:

@@ -20,7 +20,9 @@ class UNetConfig(ConfigDict):
     attention_resolutions are in pixels (16 = the 16x16 feature maps); the middle block always
     has attention. out_channels=None means in_channels (use 2*in_channels for a learned sigma).
     num_head_channels=-1 switches to a fixed num_heads. resblock_updown=True resamples with
-    ResBlocks (ADM) instead of a stride-2 conv / nearest+conv.
+    ResBlocks (ADM) instead of a stride-2 conv / nearest+conv. null_class=True adds one label row,
+    index num_classes = the null (unconditional) label, so one net also gives the eps of
+    classifier-free guidance (Ho & Salimans 2022).
     """
 
     image_size: int
@@ -36,12 +38,15 @@ class UNetConfig(ConfigDict):
     num_classes: Optional[int] = None
     use_scale_shift_norm: bool = True
     resblock_updown: bool = False
+    null_class: bool = False
 
     def __post_init__(self):
         self.channel_mult = int_tuple(self.channel_mult)
         self.attention_resolutions = int_tuple(self.attention_resolutions)
         if self.out_channels is None:
             self.out_channels = self.in_channels
+        if self.null_class and self.num_classes is None:
+            raise ValueError("UNetConfig: null_class=True needs num_classes (the null label is index num_classes)")
         check_trunk("UNetConfig", self.image_size, self.channel_mult, self.attention_resolutions,
                     self.model_channels, self.num_heads, self.num_head_channels)
 
@@ -58,7 +63,8 @@ class UNet(nn.Module):
         mc = cfg.model_channels
         emb_ch = 4 * mc
         self.time_embed = TimeEmbedding(mc, emb_ch)
-        self.label_emb = nn.Embedding(cfg.num_classes, emb_ch) if cfg.num_classes is not None else None
+        self.label_emb = (nn.Embedding(cfg.num_classes + int(cfg.null_class), emb_ch)
+                          if cfg.num_classes is not None else None)
         attn = dict(num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels)
         block = dict(dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm)
 
@@ -82,6 +88,11 @@ class UNet(nn.Module):
                 self.output_blocks.append(EmbedSequential(*layers))
         self.out = nn.Sequential(normalization(ch), nn.SiLU(),
                                  zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
+
+    @property
+    def null_label(self) -> Optional[int]:
+        """The null (unconditional) label index, or None when the net has no null label."""
+        return self.cfg.num_classes if self.cfg.null_class else None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         check_input("UNet", x, self.cfg.image_size, self.cfg.in_channels)

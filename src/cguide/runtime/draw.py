@@ -12,8 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..diffusion import SamplerSpec, make_schedule, sample
-from ..guidance import ClassifierGuidance, GuidanceSpec
-from ..io.checkpoints import Loaded, check_compatible
+from ..guidance import ClassifierGuidance, GuidanceSpec, MethodEps
+from ..io.checkpoints import Loaded, check_compatible, load_net
 from .cuda_graph import sample_static
 from .distributed import gather_rows, rank_world, shard
 from .speed import SpeedOptions, fast_net
@@ -24,6 +24,24 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     if name is None or str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def check_device(name: str | torch.device | None) -> torch.device:
+    """resolve_device, refusing a device this machine does not have (one line naming the fix)."""
+    try:
+        device = resolve_device(name)
+    except RuntimeError:  # torch's own message lists every backend it knows
+        raise ValueError(f"unknown device {str(name)!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {str(name)!r} is not available here (no CUDA GPU); use device=cpu or auto")
+        if device.index is not None and device.index >= n:
+            raise ValueError(f"device {str(name)!r} is not available here ({n} CUDA GPU(s): cuda:0..cuda:{n - 1}); "
+                             "use one of those, or device=cuda or auto")
+    elif device.type != "cpu" and not (device.type == "mps" and torch.backends.mps.is_available()):
+        raise ValueError(f"unknown device {str(name)!r}; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 @dataclass(frozen=True)
@@ -41,51 +59,97 @@ class RunOptions:
         object.__setattr__(self, "speed", SpeedOptions.from_config(self.speed))
 
 
-def check_models(eps: Loaded, clf: Loaded | None, guidance: GuidanceSpec) -> None:
-    """What the spec asks of the checkpoints: targets in their class range, a compatible classifier
-    wherever a sample is guided."""
+@dataclass(frozen=True)
+class Models:
+    """The networks a draw may use: the unconditional eps-model, the class-conditional one (with a null
+    label when trained with label dropout), the noisy classifier. Which are needed follows from the
+    rows' methods (cguide.guidance.METHODS)."""
+
+    eps: Loaded | None = None
+    cond: Loaded | None = None
+    classifier: Loaded | None = None
+
+    @property
+    def base(self) -> Loaded:
+        """The eps-model that fixes the image shape, classes and schedule."""
+        return self.eps or self.cond
+
+
+def check_models(models: Models, guidance: GuidanceSpec) -> None:
+    """What the spec asks of the checkpoints: the networks its methods need, targets in their class
+    range, and every pair on the same schedule, image shape and classes."""
+    needs = guidance.needs
+    if "u" in needs and models.eps is None:
+        raise ValueError("method classifier needs an unconditional eps-model: set eps_ckpt=<path>")
+    if needs & {"c", "null"} and models.cond is None:
+        raise ValueError("methods cond, cfg and cond_classifier need a class-conditional eps-model: set "
+                         "cond_ckpt=<path> (train one with `cguide.train task=diffusion model.cond=true`)")
+    if "null" in needs and not models.cond.p_uncond:
+        raise ValueError(f"cfg needs the null-label eps, but {models.cond.path} was trained without label dropout "
+                         "(model.p_uncond=0); retrain it with model.p_uncond > 0 (e.g. 0.1), or use method cond")
+    base = models.base
     y = guidance.y
-    if bool(((y < 0) | (y >= eps.num_classes)).any()):
+    if bool(((y < 0) | (y >= base.num_classes)).any()):
         raise ValueError(f"target class out of range: got {sorted(set(y.tolist()))}, the eps-model's data has "
-                         f"classes 0..{eps.num_classes - 1}")
-    if guidance.guided and clf is None:
+                         f"classes 0..{base.num_classes - 1}")
+    if guidance.guided and models.classifier is None:
         raise ValueError("guidance scale > 0 needs a noisy classifier: set classifier_ckpt=<path>, or use scale 0")
-    if clf is not None:
-        check_compatible(eps, clf)
+    for other in (models.cond, models.classifier):
+        if other is not None and other is not base:
+            check_compatible(base, other)
 
 
-def draw(eps: Loaded, clf: Loaded | None, guidance: GuidanceSpec, sampler: SamplerSpec, seeds: Sequence[int],
+def load_models(eps_ckpt: str | None, cond_ckpt: str | None, classifier_ckpt: str | None,
+                guidance: GuidanceSpec) -> Models:
+    """The checkpoints the spec's methods need (others are not read), each checked for its kind and
+    conditioning, then together (check_models)."""
+    needs = guidance.needs
+    eps = load_net(eps_ckpt, "eps_model", conditional=False) if "u" in needs and eps_ckpt else None
+    cond = load_net(cond_ckpt, "eps_model", conditional=True) if needs & {"c", "null"} and cond_ckpt else None
+    clf = load_net(classifier_ckpt, "noisy_classifier") if classifier_ckpt else None
+    models = Models(eps, cond, clf)
+    check_models(models, guidance)
+    return models
+
+
+def draw(models: Models, guidance: GuidanceSpec, sampler: SamplerSpec, seeds: Sequence[int],
          run: RunOptions = RunOptions()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw len(seeds) samples from ``eps``, sample i guided by row i of ``guidance``.
+    """Draw len(seeds) samples, sample i guided by row i of ``guidance`` (its method, scale, target).
 
-    Where every scale is 0 no classifier is needed (clf may be None) and the result is exactly
-    unguided sampling. Returns (x [N,C,H,W] on cpu, nonfinite_steps [N]: steps at which a sample's
-    classifier gradient was non-finite and contained)."""
+    Where no row has a classifier term no classifier is needed, and rows of method classifier at
+    s = 0 are exactly unguided sampling. Returns (x [N,C,H,W] on cpu, nonfinite_steps [N]: steps at
+    which a sample's classifier gradient was non-finite and contained)."""
     seeds = torch.as_tensor(list(seeds), dtype=torch.long)
     n = len(seeds)
     if n == 0:
         raise ValueError("nothing to draw: no seeds given; ask for at least one sample")
     if len(guidance) != n:
         raise ValueError(f"the guidance spec has {len(guidance)} rows for {n} seeds; give one per seed")
-    check_models(eps, clf, guidance)
+    check_models(models, guidance)
     device = resolve_device(run.device)
     opts = run.speed
     opts.check(device)
-    plan = sampler.plan(make_schedule(**eps.schedule))
-    net = fast_net(eps.net.eval(), opts, device)
-    guide = fast_net(clf.net, opts, device) if guidance.guided else None
-    eps_fn = lambda x, t: net(x, t)  # noqa: E731
+    base = models.base
+    plan = sampler.plan(make_schedule(**base.schedule))
+    uncond = fast_net(models.eps.net.eval(), opts, device) if "u" in guidance.needs else None
+    cond = fast_net(models.cond.net.eval(), opts, device) if guidance.needs & {"c", "null"} else None
+    guide = fast_net(models.classifier.net, opts, device) if guidance.guided else None
     xs, bad = [], []
     for i in tqdm(range(0, n, run.batch_size), desc="drawing", unit="batch", disable=not run.progress, leave=False):
         sl = slice(i, i + run.batch_size)
         spec = guidance.rows(sl)
+        if spec.needs == {"u"}:  # classifier guidance alone: the unconditional model, as it always ran
+            eps_fn = lambda x, t: uncond(x, t)  # noqa: E731
+        else:
+            eps_fn = MethodEps(uncond, cond, spec, null=models.cond.net.null_label if cond is not None else None)
         fn, nonfinite_steps = None, torch.zeros(len(seeds[sl]), dtype=torch.long)
-        if guide is not None and spec.guided:  # an all-s=0 batch stays exactly unguided
+        if guide is not None and spec.guided:  # a batch without a classifier term stays exactly unguided
             fn = ClassifierGuidance(eps_fn, guide, plan, spec, static=opts.cuda_graph)
         if opts.cuda_graph:
-            x = sample_static(eps_fn, fn, eps.image_shape, plan, seeds[sl].tolist(), device=device, **sampler.options)
+            x = sample_static(eps_fn, fn, base.image_shape, plan, seeds[sl].tolist(), device=device,
+                              **sampler.options)
         else:
-            x = sample(fn or eps_fn, eps.image_shape, plan, seeds[sl].tolist(), progress=False, device=device,
+            x = sample(fn or eps_fn, base.image_shape, plan, seeds[sl].tolist(), progress=False, device=device,
                        **sampler.options)
         if fn is not None and fn.nonfinite_steps is not None:
             nonfinite_steps = fn.nonfinite_steps.cpu()
@@ -94,18 +158,18 @@ def draw(eps: Loaded, clf: Loaded | None, guidance: GuidanceSpec, sampler: Sampl
     return torch.cat(xs), torch.cat(bad)
 
 
-def draw_sharded(eps: Loaded, clf: Loaded | None, guidance: GuidanceSpec, sampler: SamplerSpec,
-                 seeds: Sequence[int], run: RunOptions = RunOptions()) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_sharded(models: Models, guidance: GuidanceSpec, sampler: SamplerSpec, seeds: Sequence[int],
+                 run: RunOptions = RunOptions()) -> tuple[torch.Tensor, torch.Tensor]:
     """``draw`` split over the ranks of a process group (runtime.distributed): each rank draws its
     contiguous share of the samples and every rank gets all of them back in order, the same samples
     one process draws from the same seeds. Without a process group it is ``draw``."""
     seeds = list(seeds)
     n = len(seeds)
     if rank_world()[1] == 1:
-        return draw(eps, clf, guidance, sampler, seeds, run)
+        return draw(models, guidance, sampler, seeds, run)
     sl = shard(n)
     if sl.stop > sl.start:
-        x, bad = draw(eps, clf, guidance.rows(sl), sampler, seeds[sl], run)
+        x, bad = draw(models, guidance.rows(sl), sampler, seeds[sl], run)
     else:  # more ranks than samples
-        x, bad = torch.empty((0, *eps.image_shape)), torch.empty(0, dtype=torch.long)
+        x, bad = torch.empty((0, *models.base.image_shape)), torch.empty(0, dtype=torch.long)
     return gather_rows(x, n), gather_rows(bad, n)

@@ -53,11 +53,11 @@ class FastNet(nn.Module):
         self.net, self.device_type, self.bf16, self.channels_last = net, device_type, bf16, channels_last
         self.num_classes = getattr(net, "num_classes", None) or getattr(getattr(net, "cfg", None), "num_classes", None)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *label) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            out = self.net(x, t)
+            out = self.net(x, t, *label)
         return out.to(x.dtype)
 
 

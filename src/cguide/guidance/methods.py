@@ -1,0 +1,124 @@
+"""Guidance methods: how a row's eps is formed, one registry entry each (formula in the docstring).
+
+Every method turns the same eps functions into one guided ``eps_fn(x_t, t)``, so every sampler,
+respacing, the CUDA-graph step and the distributed sweep serve all of them. A method names the
+network evaluations its base eps needs ('u': the unconditional eps-model; 'c': the conditional one
+with the row's label; 'null': the conditional one with the null label) and whether the classifier
+term - s * c_t * g (``ClassifierGuidance``) is added on top."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Evals = dict[str, torch.Tensor]  # 'u' / 'c' / 'null' -> eps [B, ...]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    needs: frozenset[str]  # network evaluations of the base eps
+    classifier: bool  # adds - s * c_t * g (the row's scale is then s)
+    scale: str | None  # what the row's scale means: 's', 'gamma', 'w', or None (unused)
+    base: Callable[[Evals, torch.Tensor], torch.Tensor]  # (evals, per-row scale [B,1,..]) -> eps
+
+    @property
+    def family(self) -> str:
+        """Methods of one family need the same networks, so they share batches."""
+        return "+".join(sorted(self.needs))
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, needs: set[str], classifier: bool, scale: str | None):
+    def deco(fn):
+        METHODS[name] = Method(name, frozenset(needs), classifier, scale, fn)
+        return fn
+    return deco
+
+
+@register_method("classifier", {"u"}, classifier=True, scale="s")
+def classifier(e: Evals, scale):
+    """Classifier guidance of an unconditional model (Dhariwal & Nichol Alg. 1/2):
+    eps_hat = eps_theta(x_t) - s * c_t * grad log p_phi(y | x_t)."""
+    return e["u"]
+
+
+@register_method("cond", {"c"}, classifier=False, scale=None)
+def cond(e: Evals, scale):
+    """The class-conditional model alone: eps_hat = eps_theta(x_t, y)."""
+    return e["c"]
+
+
+@register_method("cfg", {"c", "null"}, classifier=False, scale="gamma")
+def cfg(e: Evals, gamma):
+    """Classifier-free guidance (Ho & Salimans 2022): eps_hat = eps_u + gamma * (eps_c - eps_u), eps_c and
+    eps_u = eps_theta(x_t, null) from one batched forward. gamma = 1 + w of Ho & Salimans' w; gamma = 1 is
+    the conditional model, gamma = 0 the null-label model (both exact: torch.lerp hits its end points)."""
+    return torch.lerp(e["null"], e["c"], gamma)
+
+
+@register_method("cfg_w", {"c", "null"}, classifier=False, scale="w")
+def cfg_w(e: Evals, w):
+    """Classifier-free guidance with Ho & Salimans' w: eps_hat = (1 + w) eps_c - w eps_u (= cfg, gamma = 1 + w)."""
+    return torch.lerp(e["null"], e["c"], 1 + w)
+
+
+@register_method("cond_classifier", {"c"}, classifier=True, scale="s")
+def cond_classifier(e: Evals, scale):
+    """ADM-G (Dhariwal & Nichol, Table 4): the conditional model plus classifier guidance,
+    eps_hat = eps_theta(x_t, y) - s * c_t * grad log p_phi(y | x_t)."""
+    return e["c"]
+
+
+def check_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown guidance method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+class MethodEps:
+    """The base eps of every row (before any classifier term), as an ``eps_fn(x_t, t)``.
+
+    uncond(x, t) and cond(x, t, y) are the networks; null is the conditional model's null label.
+    Each network evaluation a row's method needs runs once per call on the whole batch, and rows
+    take their method's result by torch.where (graph-safe: no data-dependent shapes). A batch of one
+    method costs exactly its own evaluations."""
+
+    def __init__(self, uncond: Callable | None, cond: Callable | None, spec, null: int | None = None):
+        self.uncond, self.cond, self.spec, self.null = uncond, cond, spec, null
+        self.methods = list(dict.fromkeys(spec.method))
+        self._masks: dict = {}
+
+    def _evals(self, needs: set[str], x, t) -> Evals:
+        y = self.spec.y.to(x.device)
+        e: Evals = {}
+        if "u" in needs:
+            e["u"] = self.uncond(x, t)
+        if "null" in needs:  # the conditional and the null-label eps in one batched forward
+            both = self.cond(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.null)]))
+            e["c"], e["null"] = both.chunk(2)
+        elif "c" in needs:
+            e["c"] = self.cond(x, t, y)
+        return e
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        needs = set().union(*(METHODS[m].needs for m in self.methods))
+        with torch.no_grad():
+            e = self._evals(needs, x.detach(), t)
+            shape = (-1,) + (1,) * (x.ndim - 1)
+            scale = self.spec.scale.to(x.device, x.dtype).view(shape)
+            out = None
+            for name in self.methods:
+                base = METHODS[name].base(e, scale)
+                out = base if out is None else torch.where(self._mask(name, x.device).view(shape), base, out)
+        return out
+
+    def _mask(self, name: str, device) -> torch.Tensor:
+        key = (name, device)
+        if key not in self._masks:  # made once, before any capture
+            self._masks[key] = torch.tensor([m == name for m in self.spec.method], device=device)
+        return self._masks[key]

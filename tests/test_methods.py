@@ -1,0 +1,95 @@
+"""Guidance methods (classifier, cond, cfg, cfg_w, cond_classifier) as wrappers around eps functions:
+the exact end points of cfg, cond_classifier at s = 0, the batched cond/null forward, per-row methods."""
+
+import pytest
+import torch
+
+from cguide.diffusion import make_plan, make_schedule, sample
+from cguide.guidance import ClassifierGuidance, GuidanceSetting, GuidanceSpec, MethodEps
+from cguide.nets import build_unet
+from helpers.nets import TinyClassifier, eps_model, randomise
+
+C = 3  # classes; label C is the null label
+
+
+def _cond_net():
+    return randomise(build_unet("tiny", 1, 8, num_classes=C, null_class=True), 0)
+
+
+def _x(n=4):
+    return torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([90, 50, 20, 3][:n])
+
+
+def test_cfg_end_points_are_the_conditional_and_the_null_eps_bit_for_bit():
+    net = _cond_net()
+    x, t = _x()
+    y = torch.tensor([0, 1, 2, 1])
+    cond = net(x, t, y)
+    null = net(x, t, torch.full_like(y, C))
+    for gamma, want in [(1.0, cond), (0.0, null)]:
+        got = MethodEps(None, net, GuidanceSpec.of(y, gamma, method="cfg"), null=C)(x, t)
+        assert torch.equal(got, want), gamma
+    # Ho & Salimans' w: gamma = 1 + w
+    w = MethodEps(None, net, GuidanceSpec.of(y, 0.0, method="cfg_w"), null=C)(x, t)
+    assert torch.equal(w, cond)
+    mid = MethodEps(None, net, GuidanceSpec.of(y, 2.5, method="cfg"), null=C)(x, t)
+    torch.testing.assert_close(mid, null + 2.5 * (cond - null), rtol=1e-5, atol=1e-6)
+
+
+def test_the_batched_cond_null_forward_equals_two_separate_forwards():
+    net = _cond_net()
+    x, t = _x()
+    y = torch.tensor([2, 0, 1, 1])
+    both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, C)]))
+    torch.testing.assert_close(both[:4], net(x, t, y), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(both[4:], net(x, t, torch.full_like(y, C)), rtol=1e-5, atol=1e-6)
+
+
+def test_cond_classifier_at_scale_zero_is_cond_bit_for_bit_and_guides_above():
+    net = _cond_net()
+    plan = make_plan(make_schedule("linear", 100), 6)
+    clf = TinyClassifier(dim=64, classes=C, dtype=torch.float32)
+    y, seeds = torch.tensor([0, 1, 2]), [7, 8, 9]
+
+    def draw(method, s):
+        spec = GuidanceSpec.of(y, s, method=method)
+        fn = MethodEps(None, net, spec, null=C)
+        if spec.guided:
+            fn = ClassifierGuidance(fn, clf, plan, spec)
+        return sample(fn, (1, 8, 8), plan, seeds, sampler="ddpm", progress=False)
+
+    cond = draw("cond", 0.0)
+    assert torch.equal(draw("cond_classifier", 0.0), cond)
+    assert not torch.allclose(draw("cond_classifier", 4.0), cond)
+
+
+def test_rows_of_one_batch_may_use_different_methods():
+    net = _cond_net()
+    x, t = _x(3)
+    y = torch.tensor([0, 1, 2])
+    settings = [GuidanceSetting(0.0, method="classifier"), GuidanceSetting(method="cond"),
+                GuidanceSetting(3.0, method="cfg")]
+    spec = GuidanceSpec.from_settings(settings, y)
+    uncond = lambda a, b: eps_model(a, b)  # noqa: E731
+    got = MethodEps(uncond, net, spec, null=C)(x, t)
+    assert torch.equal(got[0], uncond(x, t)[0])
+    assert torch.equal(got[1], net(x, t, y)[1])
+    alone = MethodEps(None, net, GuidanceSpec.of(y[2:], 3.0, method="cfg"), null=C)(x[2:], t[2:])
+    torch.testing.assert_close(got[2:], alone, rtol=1e-5, atol=1e-6)
+    assert spec.needs == {"u", "c", "null"} and not spec.guided  # classifier row at s = 0: no classifier
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(method="cgf"), "unknown guidance method 'cgf'; known: classifier, cond, cfg, cfg_w, cond_classifier"),
+    (dict(method="cfg", scale=-0.5), r"cfg's gamma must be finite and >= 0 \(gamma = 1 \+ w; 1 is the conditional"),
+    (dict(method="cfg_w", scale=-2.0), r"cfg_w's w must be finite and >= -1"),
+])
+def test_method_settings_are_checked_where_they_are_made(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GuidanceSetting(**kwargs)
+
+
+def test_settings_without_a_classifier_term_keep_no_variant_or_interval():
+    a = GuidanceSetting(2.0, "seed_literal", (0.2, 0.4), method="cfg")
+    assert (a.variant, a.interval) == ("score", (0.0, 1.0)) and a == GuidanceSetting(2.0, method="cfg")
+    assert GuidanceSetting(5.0, method="cond").scale == 0.0  # cond has no scale
