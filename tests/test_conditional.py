@@ -106,7 +106,7 @@ def test_load_net_refuses_the_wrong_conditioning_in_one_line(tmp_path):
         load_net(uncond, "eps_model", conditional=True)
     assert str(e.value) == (f"checkpoint {uncond} holds an unconditional eps-model, but a class-conditional one "
                             "(model.cond=true) is expected here (cond_ckpt); train one with "
-                            "`cguide.train task=diffusion model.cond=true`")
+                            "cguide.train task=diffusion model.cond=true")
     assert load_net(cond, "eps_model").conditional and not load_net(uncond, "eps_model", conditional=False).conditional
 
 

@@ -199,6 +199,11 @@ CASES = {
     "unknown-device": Case("sample-cli", {"device": "tpu7"}),
     "no-cuda-device": Case("sweep", {"device": "cuda"}),
     "damaged-results": Case("sweep-cli", {}, lambda c, t: {"sweep": _damaged_results(c, t / "out")}),
+    "no-conditional-model": Case("sample", {"guidance.method": "cfg"}),
+    "conditional-as-unconditional": Case("sample", {"eps_ckpt": "{cond}"}),
+    "unconditional-as-conditional": Case("sample", {"guidance.method": "cond", "cond_ckpt": "{eps}"}),
+    "unknown-method": Case("sample-cli", {"guidance.method": "cgf"}),
+    "negative-gamma": Case("sweep", {"sweep.methods": "[cfg]", "sweep.scales": "[-1]"}),
     "nonfinite-raise": Case("sample", {"classifier_ckpt": "{bad}", "guidance.nonfinite": "raise"},
                             lambda c, t: {"bad": nan_classifier(c["clf"], t / "clf.ckpt")},
                             error=FloatingPointError),
@@ -207,7 +212,8 @@ CASES = {
 
 def _args(base: dict, ckpts: dict, out: Path, over: dict, names: dict | None = None) -> list[str]:
     kv = {**base, **over}
-    fill = {"eps": ckpts["eps"], "clf": ckpts["clf"], "judge": ckpts["judge"], "out": out, "tmp": out.parent,
+    fill = {"eps": ckpts["eps"], "clf": ckpts["clf"], "judge": ckpts["judge"], "cond": ckpts["cond"], "out": out,
+            "tmp": out.parent,
             **(names or {})}
     return [f"{k}={str(v).format(**fill)}" for k, v in kv.items() if v is not None]
 
@@ -223,8 +229,9 @@ def snapshot(*roots: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def ckpts(tiny_ckpts):
-    return {"eps": tiny_ckpts["eps_model"], "clf": tiny_ckpts["noisy_classifier"], "judge": tiny_ckpts["judge"]}
+def ckpts(tiny_ckpts, tiny_cond_ckpt):
+    return {"eps": tiny_ckpts["eps_model"], "clf": tiny_ckpts["noisy_classifier"], "judge": tiny_ckpts["judge"],
+            "cond": tiny_cond_ckpt}
 
 
 def test_readme_table_and_cases_agree():

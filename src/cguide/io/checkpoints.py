@@ -123,7 +123,7 @@ def _check_conditional(path, has: bool, wanted: bool) -> None:
     if wanted and not has:
         raise ValueError(f"checkpoint {path} holds an unconditional eps-model, but a class-conditional one "
                          "(model.cond=true) is expected here (cond_ckpt); train one with "
-                         "`cguide.train task=diffusion model.cond=true`")
+                         "cguide.train task=diffusion model.cond=true")
 
 
 def check_compatible(eps: Loaded, clf: Loaded) -> None:

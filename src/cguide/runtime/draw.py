@@ -83,7 +83,7 @@ def check_models(models: Models, guidance: GuidanceSpec) -> None:
         raise ValueError("method classifier needs an unconditional eps-model: set eps_ckpt=<path>")
     if needs & {"c", "null"} and models.cond is None:
         raise ValueError("methods cond, cfg and cond_classifier need a class-conditional eps-model: set "
-                         "cond_ckpt=<path> (train one with `cguide.train task=diffusion model.cond=true`)")
+                         "cond_ckpt=<path> (train one with cguide.train task=diffusion model.cond=true)")
     if "null" in needs and not models.cond.p_uncond:
         raise ValueError(f"cfg needs the null-label eps, but {models.cond.path} was trained without label dropout "
                          "(model.p_uncond=0); retrain it with model.p_uncond > 0 (e.g. 0.1), or use method cond")
