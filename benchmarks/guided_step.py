@@ -3,6 +3,7 @@ with each option's guided samples checked against eager fp32 ones (max abs diff)
 
     python benchmarks/guided_step.py                          # GPU: bench32 at batch 256 and small, all options
     python benchmarks/guided_step.py --configs tiny,small --batch 32 --steps 5 --threads 2   # CPU
+    python benchmarks/guided_step.py --options eager --method-options eager,all     # + every guidance method
 
 Networks are freshly initialised (zero-initialised output layers get small random weights, so the
 classifier gradient is not zero); speed does not depend on the weights. ms/step is the mean over a
@@ -70,15 +71,49 @@ def build(size: str, device) -> tuple[Loaded, Loaded]:
     return eps, clf
 
 
-def run(eps, clf, opts, batch, steps, scale, device) -> tuple[float, torch.Tensor]:
+def build_cond(size: str, device) -> Loaded:
+    """A class-conditional eps-model of the same preset (label embedding + null label), as model.cond=true trains."""
+    res, ch = SHAPES[size]
+    schedule = dict(kind="linear", T=1000)
+    net = fresh(build_unet(size, ch, res, num_classes=10, null_class=True)).to(device)
+    return Loaded(net, "eps_model", Path(size), (ch, res, res), 10, make_schedule(**schedule).fingerprint(), schedule,
+                  {"cond": True, "p_uncond": 0.1})
+
+
+# method -> (scale used, network evaluations per step)
+METHOD_ROWS = {"classifier": (1.0, "1 eps + classifier fwd/bwd"), "cond": (0.0, "1 eps"),
+               "cfg": (3.0, "2 eps (one batched forward of 2B)"), "cond_classifier": (1.0, "1 eps + classifier fwd/bwd")}
+
+
+def method_table(configs, names, options, args, device) -> list[str]:
+    """ms/step of every guidance method with each chosen speed option (samples of the same seeds)."""
+    lines = []
+    for size in configs:
+        eps, clf = build(size, device)
+        cond = build_cond(size, device)
+        for opt_name in names:
+            for method, (scale, evals) in METHOD_ROWS.items():
+                try:
+                    ms, x = run(eps, clf, options[opt_name], args.batch, args.steps, scale, device, method, cond)
+                    ok = "ok" if bool(torch.isfinite(x).all()) else "non-finite"
+                    lines.append(f"| {size} | {args.batch} | {opt_name} | {method} ({scale:g}) | {evals} | "
+                                 f"{ms:.2f} | {args.batch / (ms * 250 / 1000):.1f} | {ok} |")
+                except Exception as e:  # one broken combination must not hide the others
+                    lines.append(f"| {size} | {args.batch} | {opt_name} | {method} | {evals} | failed: "
+                                 f"{type(e).__name__}: {str(e).splitlines()[0][:120]} | | FAIL |")
+                print(lines[-1], flush=True)
+    return lines
+
+
+def run(eps, clf, opts, batch, steps, scale, device, method="classifier", cond=None) -> tuple[float, torch.Tensor]:
     """(ms per step, samples) of the second of two identical draws."""
-    guidance = GuidanceSpec.of(torch.arange(batch) % 10, scale)
+    guidance = GuidanceSpec.of(torch.arange(batch) % 10, scale, method=method)
     sampler = SamplerSpec("ddim", steps, clip_x0=True)
     run_opts = RunOptions(batch, device, False, opts)
     for _ in range(2):
         sync(device)
         start = time.perf_counter()
-        x, _ = draw(Models(eps, None, clf if scale else None), guidance, sampler, range(batch), run_opts)
+        x, _ = draw(Models(eps, cond, clf if guidance.guided else None), guidance, sampler, range(batch), run_opts)
         sync(device)
     return 1000 * (time.perf_counter() - start) / steps, x
 
@@ -106,6 +141,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=50, help="timed DDIM steps per run (ms/step is per step)")
     ap.add_argument("--options", default=None, help=f"comma list of {', '.join(OPTIONS)}; default: all that run here")
+    ap.add_argument("--method-options", default="eager,all",
+                    help="speed options of the methods table (classifier, cond, cfg, cond_classifier); '' skips it")
     ap.add_argument("--train-steps", type=int, default=5)
     ap.add_argument("--train-batch", type=int, default=None, help="default: --batch")
     ap.add_argument("--threads", type=int, default=None)
@@ -172,6 +209,11 @@ def main() -> None:
             c = train_rate(clf.net.requires_grad_(True), lambda m: F.cross_entropy(m(x, t).float(), y), tb,
                            args.train_steps, device, bf16)
             training.append(f"| {size} | {tb} | {'bf16-mixed' if bf16 else '32-true'} | {u:.0f} | {c:.0f} |")
+    if args.method_options:
+        print("\nguidance methods (DDIM; cfg at gamma = 3, classifier terms at s = 1):\n")
+        print("| model config | batch | option | method (scale) | network evaluations per step | ms/step | "
+              "img/s at 250 steps | samples |\n|---|---|---|---|---|---|---|---|")
+        method_table(args.configs.split(","), args.method_options.split(","), options, args, device)
     print("\ntraining (fwd + bwd + AdamW, images/s):\n")
     print("| model config | batch | precision | eps-model img/s | classifier img/s |\n|---|---|---|---|---|")
     print("\n".join(training))
