@@ -121,7 +121,7 @@ def _objective_of(tmp_path, row: dict, *overrides):
 
     cfg = _cfg(tmp_path, *overrides)
     out = tmp_path / f"r{len(list(tmp_path.glob('r*')))}"
-    (point,) = build_grid(cfg.sweep, cfg.sampler, cfg.guidance.nonfinite)
+    (point,) = build_grid(cfg.sweep, cfg.sampler, cfg.guidance)
     ResultsFolder(out).append({**point.settings(), "n": 10, **row})
     return objective(cfg, out)
 
@@ -154,7 +154,7 @@ def test_grid_job_is_not_a_trial(tmp_path):
     from cguide.grid.results import ResultsFolder
 
     cfg = _cfg(tmp_path, "sweep.scales=[0,1]")
-    for p in build_grid(cfg.sweep, cfg.sampler, cfg.guidance.nonfinite):
+    for p in build_grid(cfg.sweep, cfg.sampler, cfg.guidance):
         ResultsFolder(tmp_path).append({**p.settings(), "fid": 1.0, "accuracy": 1.0})
     assert objective(cfg, tmp_path) is None
 

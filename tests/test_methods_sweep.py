@@ -72,3 +72,35 @@ def test_the_pipeline_trains_the_conditional_model_when_a_method_needs_it(cfg_pi
     assert "[cond_diffusion] no checkpoint yet: training" in out
     assert "[diffusion]" not in out  # no method here needs the unconditional model
     assert sorted(_rows(sweep_dir)) == ["ddim-4-cfg-gamma2", "ddim-4-cond"]
+
+
+def test_a_sweep_runs_the_classifier_term_options_each_under_its_own_key(cfg_sweep):
+    """schedules, sigma intervals, entropy scaling, the posterior-mean gradient and dynamic thresholding reach
+    the points (own keys, own rows); at s = 0 they are all the unguided draw."""
+    from cguide.sweep import run
+
+    base = ["sweep.scales=[0,2]", "metrics.names=[fid,accuracy]", "sampler.name=ddpm"]
+    rows = {}
+    for over in (["guidance.schedule=linear"], ["guidance.sigma_interval=[0.5,20]"], ["guidance.entropy_scale=true"],
+                 ["guidance.grad_at=posterior_mean"], []):
+        rows.update(_rows(run(cfg_sweep(*base, *over))))
+    guided = sorted(k for k in rows if "-s2" in k)
+    assert guided == sorted(["ddpm-2-t0_1-score-s2-linear", "ddpm-2-t0_1-score-s2-sig0.5_20",
+                             "ddpm-2-t0_1-score-s2-ent10", "ddpm-2-t0_1-score-s2-posterior_mean",
+                             "ddpm-2-t0_1-score-s2"])
+    unguided = [rows[k]["fid"] for k in rows if "-s0" in k]
+    assert len(unguided) == 5 and len(set(unguided)) == 1  # at s = 0 every option is the same unguided draw
+    assert rows["ddpm-2-t0_1-score-s2-linear"]["schedule"] == "linear"
+    assert rows["ddpm-2-t0_1-score-s2-sig0.5_20"]["sigma_lo"] == 0.5
+    plain = rows["ddpm-2-t0_1-score-s2"]["fid"]  # (with 2 steps of tiny nets the entropy factor and the
+    for key in ("linear", "posterior_mean"):  # sigma interval may change nothing; their math is in test_guidance_options)
+        assert rows[f"ddpm-2-t0_1-score-s2-{key}"]["fid"] != plain, key
+
+
+def test_dynamic_thresholding_is_part_of_what_defines_a_sweep_folder(cfg_sweep):
+    from cguide.sweep import run
+
+    out = run(cfg_sweep("sweep.scales=[0]", "metrics.names=[accuracy]"))
+    with pytest.raises(ValueError, match=r"differs in: sampler"):
+        run(cfg_sweep("sweep.scales=[0]", "metrics.names=[accuracy]", "sampler.dynamic_threshold=0.9"))
+    assert (out / "sweep.json").is_file()

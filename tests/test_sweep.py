@@ -17,7 +17,8 @@ from helpers.config import compose_cfg
 
 METRIC_KEYS = {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "accuracy",
                "guide_confidence", "classwise_fid", "nonfinite", "grad_nonfinite_share", "wall_s"}
-PLOTS = {"fid_vs_scale", "accuracy_vs_scale", "is_vs_scale", "precision_recall_vs_scale", "fid_vs_accuracy"}
+PLOTS = {"fid_vs_scale", "accuracy_vs_scale", "is_vs_scale", "precision_recall_vs_scale", "fid_vs_accuracy", "is_vs_fid",
+         "precision_vs_recall"}
 TINY_SWEEP = ["data.image_size=8", "sampler.steps=5", "sweep.n_per_point=20", "sweep.batch_size=40",
               "progress=false", "sweep.variants=[score,seed_literal]"]
 
@@ -161,13 +162,15 @@ def test_hydra_multirun_jobs_share_folder_and_wandb_group(tiny_ckpts, tmp_path):
 
 
 def test_grid_points_and_shared_batches():
+    from cguide.config import GuidanceConfig
     from cguide.grid.points import balanced_targets, build_grid, pack
 
     sweep = dict(methods=["classifier"], scales=[0, 1, 2, 1], variants=["score", "unit"], samplers=["ddim", "ddpm"],
                  steps=[5, None], intervals=[[0, 1], [0.5, 1.0]])
     sampler = OmegaConf.create(dict(name="ddim", steps=50, spacing="uniform", eta=0.0, var_type="fixed_small",
                                     clip_x0=True))
-    pts = build_grid(sweep, sampler, "zero")
+    guidance = OmegaConf.structured(GuidanceConfig)
+    pts = build_grid(sweep, sampler, guidance)
     assert len(pts) == 3 * 2 * 2 * 2 * 2 and len({p.key for p in pts}) == len(pts)  # duplicate scale dropped
     calls = pack(pts, 4)
     assert sorted(p.key for c in calls for p in c) == sorted(p.key for p in pts)
@@ -178,14 +181,14 @@ def test_grid_points_and_shared_batches():
     # methods: each its own scales; settings without a classifier term drop variant and interval (no duplicates)
     methods = build_grid(dict(sweep, methods=["classifier", "cfg", "cond", "cond_classifier"],
                               method_scales={"cfg": [1, 3], "cond": [0]}, samplers=["ddim"], steps=[5]),
-                         sampler, "zero")
+                         sampler, guidance)
     keys = [p.key for p in methods]
     assert "ddim-5-cfg-gamma3" in keys and "ddim-5-cond" in keys and "ddim-5-cond_classifier-t0.5_1-unit-s2" in keys
     assert len(methods) == 3 * 2 * 2 + 2 + 1 + 3 * 2 * 2
     by_draw = {}
     for p in methods:
         by_draw.setdefault(p.draw_key, []).append(p.key)
-    assert sorted(by_draw[("c", None, 0.0, "")]) == sorted(  # cond = cond_classifier at s = 0: drawn once
+    assert sorted(by_draw[("c", None, 0.0, "", "")]) == sorted(  # cond = cond_classifier at s = 0: drawn once
         ["ddim-5-cond", "ddim-5-cond_classifier-t0_1-score-s0", "ddim-5-cond_classifier-t0_1-unit-s0",
          "ddim-5-cond_classifier-t0.5_1-score-s0", "ddim-5-cond_classifier-t0.5_1-unit-s0"])
     from cguide.metrics import METRIC_NAMES

@@ -41,7 +41,7 @@ def _keys(tiny_ckpts, out, *over) -> list[str]:
     from cguide.grid.points import build_grid
 
     cfg = _cfg(tiny_ckpts, out, *over)
-    return [p.key for p in build_grid(cfg.sweep, cfg.sampler, cfg.guidance.nonfinite)]
+    return [p.key for p in build_grid(cfg.sweep, cfg.sampler, cfg.guidance)]
 
 
 @pytest.fixture(scope="module")

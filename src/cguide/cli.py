@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .io.atomic import atomic_write_text
 from .runtime.distributed import ERRORS, is_main
+from .runtime.speed import check_num_threads
 
 # Absolute: entry points also work when imported (tests), not only under `python -m`.
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -34,9 +35,23 @@ def require(cfg, *keys: str) -> None:
                          + " ".join(f"{k}=<path>" for k in missing))
 
 
-def check_num_threads(n) -> None:
-    if n is not None and n < 1:
-        raise ValueError(f"num_threads must be >= 1 or null (torch's default), got {n}")
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def check_int64(cfg) -> None:
+    """Every integer in the config fits torch's int64 (seeds, counts, class indices): a larger one would stop
+    deep inside torch (an overflow traceback, or after the results folder is claimed), so it is refused first."""
+    def walk(node, key):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, key)
+        elif isinstance(node, int) and not isinstance(node, bool) and not INT64[0] <= node <= INT64[1]:
+            raise ValueError(f"{key}: {node} does not fit a 64-bit integer; use a value in [-2**63, 2**63 - 1]")
+
+    walk(OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg, "")
 
 
 def apply_num_threads(n) -> None:

@@ -145,6 +145,7 @@ class SamplerConfig:
     eta: float = 0.0  # DDIM noise (0 = deterministic); ignored by DDPM
     var_type: str = "fixed_small"  # DDPM variance: fixed_small | fixed_large; ignored by DDIM
     clip_x0: bool = True  # clamp the predicted x_0 to [-1, 1] at each step (guided-diffusion's default)
+    dynamic_threshold: Optional[float] = None  # Imagen's dynamic thresholding at percentile p in (0, 1]; replaces clip_x0
     spacing: str = "uniform"  # uniform | leading
 
 
@@ -156,6 +157,11 @@ class GuidanceConfig:
     variant: str = "score"  # the c_t factor; see cguide.guidance.VARIANTS
     interval: List[float] = field(default_factory=lambda: [0.0, 1.0])  # [t_lo, t_hi] as fractions of T
     nonfinite: str = "zero"  # zero | clamp | raise: what to do with a NaN/inf classifier gradient
+    schedule: str = "constant"  # s(t) = s w(t): constant | linear | cosine | linear_rev | cosine_rev
+    sigma_interval: Optional[List[float]] = None  # [sigma_lo, sigma_hi] on sigma_t = sqrt((1 - ab) / ab); null: none
+    entropy_scale: bool = False  # ED-DPM: s times min(entropy_cap, log C / H(p(. | x_t)))
+    entropy_cap: float = 10.0
+    grad_at: str = "x_t"  # x_t | posterior_mean (DDPM only)
 
 
 @dataclass

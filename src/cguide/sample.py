@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import CONF_DIR, apply_num_threads, print_config_tree, run_or_exit
-from .config import register_configs
+from .cli import CONF_DIR, apply_num_threads, check_int64, print_config_tree, run_or_exit
+from .config import plain, register_configs
 from .diffusion import SamplerSpec
 from .guidance import GuidanceSetting, GuidanceSpec
 from .io.atomic import atomic_write
@@ -36,6 +36,7 @@ def write_npz(path: Path, **arrays) -> Path:
 
 def run_sample(cfg: DictConfig) -> Path:
     """Draw, write grid_class<c>.png per class and samples.npz into cfg.out_dir; returns the npz path."""
+    check_int64(cfg)
     setting = GuidanceSetting.from_config(cfg.guidance)
     sampler = SamplerSpec.from_config(cfg.sampler)
     run = RunOptions(cfg.batch_size, check_device(cfg.device), cfg.progress, cfg.speed)
@@ -43,7 +44,9 @@ def run_sample(cfg: DictConfig) -> Path:
     out = check_writable(cfg.out_dir, "out_dir")
     models = load_models(cfg.eps_ckpt, cfg.cond_ckpt, cfg.classifier_ckpt, GuidanceSpec.from_settings([setting], [0]))
     base = models.base
-    classes = list(range(base.num_classes)) if cfg.classes is None else [int(c) for c in cfg.classes]
+    classes = list(range(base.num_classes)) if cfg.classes is None else list(cfg.classes)
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        raise ValueError(f"classes must be a list of class indices, e.g. classes=[0,1], got {plain(cfg.classes)}")
     if not classes:
         raise ValueError("classes is empty; list some, e.g. classes=[0,1], or classes=null for all")
     if cfg.n_per_class < 1:

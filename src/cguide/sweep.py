@@ -16,16 +16,18 @@ Rerunning into the same folder skips the points already in results.jsonl."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import CONF_DIR, print_config_tree, require, run_or_exit
+from .cli import CONF_DIR, check_int64, print_config_tree, require, run_or_exit
 from .config import register_configs
 from .grid.objective import check_objective, objective
 from .grid.runner import run_sweep
+from .io.folders import check_not_a_file
 from .runtime.distributed import init_from_env, is_main, spawn
 
 register_configs()
@@ -34,6 +36,7 @@ register_configs()
 def run(cfg: DictConfig) -> Path | None:
     """One process, the ranks of the environment (torchrun, submitit tasks), or distributed.devices
     spawned processes: each rank draws its share, rank 0 measures and writes (and returns the folder)."""
+    check_int64(cfg)
     check_objective(cfg)
     require(cfg, "judge_ckpt")
     n = cfg.distributed.devices
@@ -53,13 +56,24 @@ def run(cfg: DictConfig) -> Path | None:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sweep")
-def main(cfg: DictConfig):
+def hydra_main(cfg: DictConfig):
     print_config_tree(cfg, first=("eps_ckpt", "classifier_ckpt", "judge_ckpt", "sweep", "guidance", "sampler"))
     out = run_or_exit(run, cfg)
     if out is None:  # a rank other than 0
         return None
     print(f"results: {out}/results.csv")
     return run_or_exit(objective, cfg, out)  # what a Hydra sweeper (hparams_search=) optimises
+
+
+def main():
+    """Hydra makes its run folder inside out_dir (hydra.run.dir in conf/sweep.yaml) before the sweep starts,
+    so an out_dir given on the command line that is a file, or lies under one, is refused first as one line
+    (Hydra's own mkdir would end in a traceback)."""
+    given = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("-"))
+    key = next((k for k in ("out_dir", "paths.output_dir") if given.get(k)), None)
+    if key:
+        run_or_exit(check_not_a_file, given[key], key)
+    return hydra_main()
 
 
 if __name__ == "__main__":

@@ -8,20 +8,24 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .cli import CONF_DIR, apply_num_threads, check_num_threads, print_config_tree, run_or_exit
+from .cli import CONF_DIR, apply_num_threads, check_int64, check_num_threads, print_config_tree, run_or_exit
 from .config import plain, register_configs
 from .data import as_data_config, build_datamodule
-from .io.atomic import atomic_write
+from .io.atomic import atomic_write, remove_stale_temps
 from .io.checkpoints import KINDS, read_checkpoint
 from .io.folders import check_writable, move_aside
 from .io.loggers import build_logger, finish_wandb
@@ -58,9 +62,34 @@ def resume_path(cfg: DictConfig, ckpt_dir: Path, module: L.LightningModule) -> t
     return str(path), int(ckpt.get("global_step") or 0)
 
 
+def clear_killed_writes(ckpt_dir: Path, task: str, step: int) -> list[Path]:
+    """Before training from ``step`` (0, or the step of the checkpoint resumed from) into ckpt_dir: what a
+    killed run left there. Temp files of checkpoint writes it did not finish, and top-k checkpoints
+    (<task>-step=N.ckpt) it saved after that step: a kill between ModelCheckpoint's top-k write and its
+    last.ckpt write leaves one, and this run would save its own beside it as <task>-step=N-v1.ckpt, so two
+    would stay. Returns what was removed."""
+    later = [p for p in ckpt_dir.glob(f"{task}-step=*.ckpt")
+             if (m := TOP_K.fullmatch(p.name[len(task):])) and int(m[1]) > step]
+    removed = remove_stale_temps([ckpt_dir])
+    for p in later:
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:  # another rank of the same run removed it first
+            pass
+    if removed:
+        print(f"removed what a killed run left in {ckpt_dir}: {', '.join(sorted(p.name for p in removed))}")
+    return removed
+
+
+TOP_K = re.compile(r"-step=(\d+)(-v\d+)?\.ckpt")
+
+
 def prepare_folder(cfg: DictConfig, out: Path, ckpt_dir: Path) -> None:
     """The run folder must be writable, and a finished or started run in it is never silently replaced."""
     check_writable(out, "paths.output_dir")
+    if not cfg.trainer.fast_dev_run:
+        check_writable(ckpt_dir, "paths.ckpt_dir")
     held = [p.name for p in (ckpt_dir / f"{cfg.task}.ckpt", ckpt_dir / "last.ckpt") if p.is_file()]
     if not held or cfg.resume or cfg.ckpt_path or cfg.trainer.fast_dev_run:
         return
@@ -72,9 +101,52 @@ def prepare_folder(cfg: DictConfig, out: Path, ckpt_dir: Path) -> None:
 
 def check_train(cfg: DictConfig) -> None:
     """Every setting of a training run that can be checked without data or networks."""
+    check_int64(cfg)
     check_task(cfg.task)
     check_num_threads(cfg.num_threads)
     check_training(cfg.task, plain(cfg[TASKS[cfg.task][0]]), plain(cfg.trainer))
+    check_lightning(cfg)
+
+
+# The nets keep float32 parts (the timestep embedding), so Lightning's "-true" half and double precisions fail
+# at the first step; the mixed ones autocast.
+PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16")
+
+
+@contextmanager
+def _lightning_quiet():
+    """Lightning's info lines (GPU available, ...) once per run, not again for the trial build."""
+    log = logging.getLogger("lightning.pytorch")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def check_lightning(cfg: DictConfig) -> None:
+    """The trainer and callback settings only Lightning reads, before any work: values it takes but fails on
+    later, then the trainer and the checkpoint callback built once (Lightning's refusal as one line)."""
+    tr, grid = cfg.trainer, cfg.callbacks.sample_grid
+    if str(tr.precision) not in PRECISIONS:
+        raise ValueError(f"trainer.precision={tr.precision} is not supported (the nets keep float32 parts); "
+                         f"use one of {', '.join(PRECISIONS)}")
+    if tr.check_val_every_n_epoch is not None and tr.check_val_every_n_epoch < 1:
+        raise ValueError(f"trainer.check_val_every_n_epoch must be >= 1 or null, got {tr.check_val_every_n_epoch}")
+    if cfg.task == "diffusion" and grid.n > 0 and grid.steps < 1:
+        raise ValueError(f"callbacks.sample_grid.steps must be >= 1 (DDIM steps of the sample grid), got {grid.steps}; "
+                         "or set callbacks.sample_grid.n=0 for no grid")
+    builds = {"trainer": lambda: instantiate(tr, max_steps=1, logger=False, enable_checkpointing=False)}
+    if not tr.fast_dev_run:
+        builds["callbacks.model_checkpoint"] = lambda: instantiate(cfg.callbacks.model_checkpoint, filename="x-{step}")
+    for key, build in builds.items():
+        try:
+            with _lightning_quiet():
+                build()
+        except InstantiationException as e:
+            why = " ".join(str(e.__cause__ or e).split()).rstrip(".")
+            raise ValueError(f"Lightning refuses the {key} settings: {why}; fix {key}") from None
 
 
 def build_callbacks(cfg: DictConfig, out: Path, ckpt_dir: Path, final: Path) -> list[L.Callback]:
@@ -101,6 +173,8 @@ def train(cfg: DictConfig) -> TrainResult:
     out, ckpt_dir = Path(cfg.paths.output_dir), Path(cfg.paths.ckpt_dir)
     ckpt_path, resumed_step = resume_path(cfg, ckpt_dir, module)
     prepare_folder(cfg, out, ckpt_dir)
+    if not cfg.trainer.fast_dev_run:
+        clear_killed_writes(ckpt_dir, cfg.task, resumed_step)
     logger = build_logger(cfg.logger, str(out), name=f"{cfg.task}-{out.name}", config=plain(cfg),
                           tags=list(cfg.tags))
     final = ckpt_dir / f"{cfg.task}.ckpt"

@@ -27,6 +27,12 @@ def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, alphabar_t: torch.Tensor) 
     return (x_t - (1 - alphabar_t).sqrt() * eps) / alphabar_t.sqrt()
 
 
+def sigma_of(alphabar_t: torch.Tensor) -> torch.Tensor:
+    """sigma_t = sqrt((1 - alphabar_t) / alphabar_t): the noise level of x_t / sqrt(alphabar_t) = x_0 + sigma_t eps
+    (the EDM / variance-exploding view of the same process; Karras et al. 2022)."""
+    return ((1 - alphabar_t) / alphabar_t).sqrt()
+
+
 def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, alphabar_t: torch.Tensor) -> torch.Tensor:
     """eps = (x_t - sqrt(alphabar_t) x_0) / sqrt(1 - alphabar_t)."""
     return (x_t - alphabar_t.sqrt() * x0) / (1 - alphabar_t).sqrt()

@@ -22,15 +22,31 @@ SAMPLERS = ("ddpm", "ddim")
 VAR_TYPES = ("fixed_small", "fixed_large")
 
 
-def predict_x0(x_t, eps, alphabar_t, clip_x0: bool):
+def threshold_x0(x0: torch.Tensor, p: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, arXiv 2205.11487, Sec. 2.3), per sample:
+    s = max(1, quantile_p(|x0|)), x0 <- clamp(x0, -s, s) / s. The quantile interpolates linearly between
+    order statistics (numpy's default), from a sort: graph-safe, and free of torch.quantile's size limit."""
+    a = x0.abs().flatten(1).sort(dim=1).values
+    pos = p * (a.shape[1] - 1)
+    lo = int(math.floor(pos))
+    q = torch.lerp(a[:, lo], a[:, min(lo + 1, a.shape[1] - 1)], pos - lo)
+    s = q.clamp(min=1).view(-1, *[1] * (x0.ndim - 1))
+    return x0.clamp(-s, s) / s
+
+
+def predict_x0(x_t, eps, alphabar_t, clip_x0: bool, threshold: float | None = None):
+    """x0_hat from eps; with ``threshold`` (a percentile p) dynamically thresholded, else clipped to [-1, 1]
+    with clip_x0 (the thresholded x0 lies in [-1, 1] already, so the threshold supersedes clip_x0)."""
     x0 = x0_from_eps(x_t, eps, alphabar_t)
+    if threshold is not None:
+        return threshold_x0(x0, threshold)
     return x0.clamp(-1, 1) if clip_x0 else x0
 
 
-def ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type="fixed_small", clip_x0=False):
+def ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type="fixed_small", clip_x0=False, threshold=None):
     """Ancestral step x_{t-1} ~ N(mu(x_t, x0_hat), var); no noise on the final step (alphabar_prev = 1).
     fixed_small: var = posterior variance beta_t (1 - alphabar_{t-1}) / (1 - alphabar_t); fixed_large: var = beta_t."""
-    x0 = predict_x0(x_t, eps, alphabar_t, clip_x0)
+    x0 = predict_x0(x_t, eps, alphabar_t, clip_x0, threshold)
     mean, var = posterior(x0, x_t, alphabar_t, alphabar_prev)
     if var_type == "fixed_large":
         var = 1 - alphabar_t / alphabar_prev
@@ -38,12 +54,12 @@ def ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type="fixed_small"
     return mean + (1 - last) * var.sqrt() * noise, x0
 
 
-def ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise=None, eta=0.0, clip_x0=False):
+def ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise=None, eta=0.0, clip_x0=False, threshold=None):
     """Song et al. (2021) eq. 12: x_{t-1} = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z,
-    sigma = eta sqrt((1 - ab_prev)/(1 - ab_t)) sqrt(1 - ab_t/ab_prev). With clipping, eps is re-derived
-    from the clipped x0 so the step stays on the same trajectory family."""
-    x0 = predict_x0(x_t, eps, alphabar_t, clip_x0)
-    if clip_x0:
+    sigma = eta sqrt((1 - ab_prev)/(1 - ab_t)) sqrt(1 - ab_t/ab_prev). With clipping or thresholding, eps is
+    re-derived from the clipped / thresholded x0 so the step stays on the same trajectory family."""
+    x0 = predict_x0(x_t, eps, alphabar_t, clip_x0, threshold)
+    if clip_x0 or threshold is not None:
         eps = eps_from_x0(x_t, x0, alphabar_t)
     sigma = eta * ((1 - alphabar_prev) / (1 - alphabar_t) * (1 - alphabar_t / alphabar_prev)).sqrt()
     x_prev = alphabar_prev.sqrt() * x0 + (1 - alphabar_prev - sigma**2).clamp(min=0).sqrt() * eps
@@ -53,12 +69,12 @@ def ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise=None, eta=0.0, clip_x0=
 
 
 def step(sampler: str, x_t, eps, alphabar_t, alphabar_prev, noise, *, eta=0.0, var_type="fixed_small",
-         clip_x0=False):
+         clip_x0=False, dynamic_threshold=None):
     """One step of ``sampler`` from x_t to x_prev: the DDPM/DDIM branch, written once for the eager loop
     and the CUDA-graph step. Returns (x_prev, x0_hat)."""
     if sampler == "ddpm":
-        return ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type, clip_x0)
-    return ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise, eta, clip_x0)
+        return ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type, clip_x0, dynamic_threshold)
+    return ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise, eta, clip_x0, dynamic_threshold)
 
 
 # the config keys named in the fix of each message, by where the setting came from
@@ -69,7 +85,8 @@ KEYS = {"sampler": {"name": "sampler.name", "steps": "sampler.steps"},
 @dataclass(frozen=True)
 class SamplerSpec:
     """How x_T becomes x_0, checked once where it is made from config: sampler name, respaced steps
-    (None = all T), spacing, DDIM eta, DDPM variance, x0 clipping. source names the config section."""
+    (None = all T), spacing, DDIM eta, DDPM variance, x0 clipping, dynamic thresholding (a percentile p in
+    (0, 1], or None; when set it supersedes clip_x0: see ``threshold_x0``). source names the config section."""
 
     name: str = "ddim"
     steps: int | None = None
@@ -78,6 +95,7 @@ class SamplerSpec:
     var_type: str = "fixed_small"
     clip_x0: bool = False
     source: str = field(default="sampler", compare=False, repr=False)
+    dynamic_threshold: float | None = None
 
     def __post_init__(self):
         keys = KEYS[self.source]
@@ -92,31 +110,39 @@ class SamplerSpec:
             raise ValueError(f"sampler.eta must be finite and >= 0, got {self.eta}")
         if self.var_type not in VAR_TYPES:
             raise ValueError(f"unknown sampler.var_type {self.var_type!r}; known: {', '.join(VAR_TYPES)}")
+        p = self.dynamic_threshold
+        if p is not None:
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+                raise ValueError(f"sampler.dynamic_threshold must be a percentile p in (0, 1] (or null for none), "
+                                 f"got {p}; fix sampler.dynamic_threshold")
+            object.__setattr__(self, "dynamic_threshold", float(p))
 
     @classmethod
     def from_config(cls, node, name: str | None = None, steps: int | None | str = "config",
                     source: str = "sampler") -> "SamplerSpec":
         """From a sampler/ config node; a sweep passes its point's name and steps."""
         return cls(name or node.name, node.steps if steps == "config" else steps, node.spacing, float(node.eta),
-                   node.var_type, bool(node.clip_x0), source)
+                   node.var_type, bool(node.clip_x0), source, getattr(node, "dynamic_threshold", None))
 
     def plan(self, schedule: Schedule) -> Plan:
         return make_plan(schedule, self.steps, self.spacing)
 
     @property
     def options(self) -> dict:
-        """The keyword arguments of ``sample`` / ``step``."""
-        return {"sampler": self.name, "eta": self.eta, "var_type": self.var_type, "clip_x0": self.clip_x0}
+        """The keyword arguments of ``sample`` / ``step`` (dynamic_threshold only when set)."""
+        out = {"sampler": self.name, "eta": self.eta, "var_type": self.var_type, "clip_x0": self.clip_x0}
+        return out | ({"dynamic_threshold": self.dynamic_threshold} if self.dynamic_threshold is not None else {})
 
 
 def sample(eps_fn: EpsFn, shape: Sequence[int], plan: Plan, seeds: Sequence[int], *, sampler: str = "ddim",
-           eta: float = 0.0, var_type: str = "fixed_small", clip_x0: bool = False, device=None,
-           dtype=torch.float32, progress: bool = True, desc: str = "sampling") -> torch.Tensor:
+           eta: float = 0.0, var_type: str = "fixed_small", clip_x0: bool = False, dynamic_threshold=None,
+           device=None, dtype=torch.float32, progress: bool = True, desc: str = "sampling") -> torch.Tensor:
     """Draw len(seeds) samples of shape [C,H,W] by running plan's steps from the noisiest to t = tau_0.
 
     x_T is draw 0 of each sample's seed and step i's noise is draw i + 1 (``seeded_normal``), so a
     sample is reproducible from its seed alone, whatever else shares its batch."""
-    SamplerSpec(sampler, eta=eta, var_type=var_type, clip_x0=clip_x0)  # the checks live there
+    SamplerSpec(sampler, eta=eta, var_type=var_type, clip_x0=clip_x0,
+                dynamic_threshold=dynamic_threshold)  # the checks live there
     seeds = torch.as_tensor(seeds, dtype=torch.long, device=device)
     x = seeded_normal(seeds, 0, shape, device, dtype)
     B = x.shape[0]
@@ -130,5 +156,6 @@ def sample(eps_fn: EpsFn, shape: Sequence[int], plan: Plan, seeds: Sequence[int]
         with torch.no_grad():
             eps = eps_fn(x, t)
             z = seeded_normal(seeds, i + 1, shape, device, dtype) if stochastic and i > 0 else torch.zeros_like(x)
-            x, _ = step(sampler, x, eps, a_t, a_p, z, eta=eta, var_type=var_type, clip_x0=clip_x0)
+            x, _ = step(sampler, x, eps, a_t, a_p, z, eta=eta, var_type=var_type, clip_x0=clip_x0,
+                        dynamic_threshold=dynamic_threshold)
     return x

@@ -22,6 +22,8 @@ def check_sampling(eps: Loaded, points: list[Point]) -> None:
     schedule = make_schedule(**eps.schedule)
     for sampler in {p.sampler for p in points}:
         sampler.plan(schedule)
+    for p in points:  # what needs the schedule or the sampler: sigma intervals, grad_at=posterior_mean
+        p.guidance.check_against(schedule, p.sampler)
 
 
 def check_same_images(eps: Loaded, what: str, image_shape, num_classes) -> None:

@@ -77,7 +77,7 @@ def objective(cfg, out: str | Path) -> float | tuple[float, ...] | None:
     when accuracy is below the bound, plain FID at or above it; a soft constraint, so Optuna can still rank
     points that miss it (further below the bound -> worse)."""
     check_objective(cfg)
-    points = build_grid(cfg.sweep, cfg.sampler, cfg.guidance.nonfinite)
+    points = build_grid(cfg.sweep, cfg.sampler, cfg.guidance)
     if len(points) != 1:
         return None
     key = points[0].key

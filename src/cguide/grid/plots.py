@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..io.atomic import atomic_write  # noqa: E402
 
-SERIES_AXES = ("method", "variant", "sampler", "steps", "t_lo", "t_hi")
+SERIES_AXES = ("method", "variant", "sampler", "steps", "t_lo", "t_hi", "schedule", "sigma_lo", "sigma_hi",
+               "entropy_cap", "grad_at")
 # file stem -> (title, [(row key, legend suffix)]); a plot is skipped when none of its keys was measured
 VS_SCALE = {
     "fid_vs_scale": ("FID", [("fid", "")]),
@@ -28,13 +29,20 @@ def num(v) -> float:
     return math.nan if v is None else float(v)
 
 
+# what a row written before an axis existed had (so old and new rows of one folder join one series)
+AXIS_DEFAULTS = {"method": "classifier", "schedule": "constant", "grad_at": "x_t"}
+
+
+def _axis(r: dict, a: str):
+    return r.get(a, AXIS_DEFAULTS.get(a))
+
+
 def series(rows: list[dict]) -> dict[str, list[dict]]:
     """Rows by line label, each sorted by scale; the label names only the axes that vary."""
-    varying = [a for a in SERIES_AXES if len({str(r.get(a, "classifier")) for r in rows}) > 1] or ["variant"]
+    varying = [a for a in SERIES_AXES if len({str(_axis(r, a)) for r in rows}) > 1] or ["variant"]
     out: dict[str, list[dict]] = {}
     for r in rows:
-        label = " ".join(f"{r.get(a, 'classifier')}" if a in ("variant", "method") else f"{a}={r.get(a)}"
-                         for a in varying)
+        label = " ".join(f"{_axis(r, a)}" if a in ("variant", "method") else f"{a}={_axis(r, a)}" for a in varying)
         out.setdefault(label, []).append(r)
     return {k: sorted(v, key=lambda r: num(r["scale"])) for k, v in out.items()}
 

@@ -33,7 +33,7 @@ class Point:
         if m.classifier:
             lo, hi = g.interval
             prefix = "" if m.name == "classifier" else f"{m.name}-"
-            return f"{smp}-{prefix}t{lo:g}_{hi:g}-{g.variant}-s{g.scale:g}"
+            return f"{smp}-{prefix}t{lo:g}_{hi:g}-{g.variant}-s{g.scale:g}" + options_suffix(g)
         return f"{smp}-{m.name}" + (f"-{m.scale}{g.scale:g}" if m.scale else "")
 
     @property
@@ -48,19 +48,38 @@ class Point:
         classifier at s = 0 is unguided whatever the variant, and cond_classifier at s = 0 is cond."""
         g, m = self.guidance, self.method
         if m.classifier and g.scale == 0:
-            return (m.family, None, 0.0, "")
-        return (m.family, m.scale, g.scale, g.variant if m.classifier else "")
+            return (m.family, None, 0.0, "", "")
+        if not m.classifier:
+            return (m.family, m.scale, g.scale, "", "")
+        return (m.family, m.scale, g.scale, g.variant, options_suffix(g))
 
     def settings(self) -> dict:
         g = self.guidance
+        sig = g.sigma_interval or (None, None)
         return {"point": self.key, "method": g.method, "sampler": self.sampler.name, "steps": self.sampler.steps,
-                "t_lo": g.interval[0], "t_hi": g.interval[1], "variant": g.variant, "scale": g.scale}
+                "t_lo": g.interval[0], "t_hi": g.interval[1], "variant": g.variant, "scale": g.scale,
+                "schedule": g.schedule, "sigma_lo": sig[0], "sigma_hi": sig[1],
+                "entropy_cap": g.entropy_cap if g.entropy_scale else None, "grad_at": g.grad_at}
 
 
-def build_grid(sweep, sampler, nonfinite: str) -> list[Point]:
+def options_suffix(g: GuidanceSetting) -> str:
+    """The classifier term's options that differ from their defaults, as a key suffix (none: no suffix,
+    so points keep the keys they had before these options existed)."""
+    parts = [g.schedule] if g.schedule != "constant" else []
+    if g.sigma_interval is not None:
+        parts.append(f"sig{g.sigma_interval[0]:g}_{g.sigma_interval[1]:g}")
+    if g.entropy_scale:
+        parts.append(f"ent{g.entropy_cap:g}")
+    if g.grad_at != "x_t":
+        parts.append(g.grad_at)
+    return "".join(f"-{p}" for p in parts)
+
+
+def build_grid(sweep, sampler, guidance) -> list[Point]:
     """Cartesian product of the sweep's axes (sweep.methods, .scales or a method's own .method_scales,
     .variants, .samplers, .steps, .intervals) in a fixed order, duplicates dropped (settings without a
-    classifier term ignore variant and interval); each value becomes a SamplerSpec / GuidanceSetting."""
+    classifier term ignore variant and interval); each value becomes a SamplerSpec / GuidanceSetting, with
+    the rest of guidance (nonfinite, schedule, sigma_interval, entropy, grad_at) from the guidance node."""
     axes = {name: list(sweep[name]) for name in AXES}
     for name, values in axes.items():
         if len(values) == 0:
@@ -73,7 +92,10 @@ def build_grid(sweep, sampler, nonfinite: str) -> list[Point]:
                          f"{axes['methods']}; add them to sweep.methods or drop their scales")
     samplers = [SamplerSpec.from_config(sampler, name=smp, steps=k, source="sweep")
                 for smp, k in itertools.product(axes["samplers"], axes["steps"])]
-    settings = [GuidanceSetting(float(s), v, tuple(iv), nonfinite, source="sweep", method=m)
+    rest = dict(nonfinite=guidance.nonfinite, schedule=guidance.schedule, entropy_scale=guidance.entropy_scale,
+                entropy_cap=guidance.entropy_cap, grad_at=guidance.grad_at,
+                sigma_interval=None if guidance.sigma_interval is None else tuple(guidance.sigma_interval))
+    settings = [GuidanceSetting(s, v, tuple(iv), source="sweep", method=m, **rest)
                 for m in axes["methods"]
                 for iv, v, s in itertools.product(axes["intervals"], axes["variants"], list(own.get(m, axes["scales"])))]
     return list(dict.fromkeys(Point(smp, g) for smp, g in itertools.product(samplers, settings)))

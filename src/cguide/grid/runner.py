@@ -21,6 +21,7 @@ from ..io.atomic import remove_stale_temps
 from ..io.folders import check_writable
 from ..runtime.distributed import is_main, main_then_share
 from ..runtime.draw import Models, RunOptions, check_device, draw_sharded, load_models
+from ..runtime.speed import check_num_threads
 from . import wandb_log
 from .checks import check_real, check_same_images, check_sampling, check_sweep_numbers
 from .claims import PointClaims, claimed_calls
@@ -55,7 +56,9 @@ def manifest(cfg: DictConfig, models: Models, judge: Loaded, names: tuple[str, .
         "eps_ckpt": file_identity(eps.path if eps else None),
         "classifier_ckpt": file_identity(clf.path if clf else None),
         "judge_ckpt": file_identity(judge.path), "n_per_point": cfg.sweep.n_per_point, "seed": cfg.sweep.seed,
-        "sampler": {"eta": smp.eta, "var_type": smp.var_type, "clip_x0": smp.clip_x0, "spacing": smp.spacing},
+        "sampler": {"eta": smp.eta, "var_type": smp.var_type, "clip_x0": smp.clip_x0, "spacing": smp.spacing,
+                    # only when set, so folders written before the option existed still resume
+                    **({"dynamic_threshold": smp.dynamic_threshold} if smp.dynamic_threshold is not None else {})},
         "nonfinite": cfg.guidance.nonfinite, "data": data,
         "metrics": {"names": sorted(names), "extractor": m.extractor, "n_real": m.n_real,
                     "inception_weights": file_identity(m.inception_weights) if m.extractor == "inception"
@@ -80,13 +83,14 @@ def run_sweep(cfg: DictConfig) -> Path:
     before the folder is claimed, so a bad input leaves it as it was and the corrected command runs."""
     sw = cfg.sweep
     check_sweep_numbers(sw)
-    points = build_grid(sw, cfg.sampler, cfg.guidance.nonfinite)
+    points = build_grid(sw, cfg.sampler, cfg.guidance)
     # the non-finite share is in every row
     settings = MetricSettings.from_config(cfg.metrics, names=list(dict.fromkeys([*cfg.metrics.names, "nonfinite"])))
     names = settings.names
     run = RunOptions(sw.batch_size, cfg.device, cfg.progress, cfg.speed)
     device = check_device(cfg.device)
     run.speed.check(device)
+    check_num_threads(cfg.num_threads)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     spec = GuidanceSpec.from_settings([p.guidance for p in points], torch.zeros(len(points), dtype=torch.long))

@@ -1,9 +1,10 @@
 """What defines guidance, made and checked once where it comes from config.
 
-``GuidanceSetting`` is one point's setting (method, scale, sigma_t variant, interval, non-finite mode),
-validated in its constructor: the only place a guidance setting is checked. ``GuidanceSpec`` is a
-batch: one row per sample (target y, s, variant, interval) built from valid settings, passed whole
-from the entry point to the guided-eps wrapper."""
+``GuidanceSetting`` is one point's setting (method, scale, sigma_t variant, scale schedule, intervals in t and
+in sigma, entropy-aware factor, gradient location, non-finite mode), validated in its constructor: the only
+place a guidance setting is checked. What needs the schedule or the sampler is checked by ``check_against``,
+which the runtime calls before drawing. ``GuidanceSpec`` is a batch: one row per sample built from valid
+settings, passed whole from the entry point to the guided-eps wrapper."""
 
 from __future__ import annotations
 
@@ -14,24 +15,61 @@ from typing import Sequence
 
 import torch
 
+from ..diffusion.process import sigma_of
 from .methods import METHODS, check_method
+from .schedules import check_schedule
 from .variants import check_variant
 
 NONFINITE_MODES = ("zero", "clamp", "raise")
-# the config keys named in the fix of each message, by where the setting came from
+GRAD_AT = ("x_t", "posterior_mean")
+# the config keys named in the fix of each message, by where the setting came from (else guidance.<field>)
 KEYS = {"guidance": {"scale": "guidance.scale", "interval": "guidance.interval"},
         "sweep": {"scale": "sweep.scales", "interval": "sweep.intervals"}}
+
+
+def _key(source: str, name: str) -> str:
+    return KEYS[source].get(name, f"guidance.{name}")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_sigma_interval(lo: float, hi: float, schedule, key: str = "guidance.sigma_interval") -> None:
+    """Refuse a sigma interval that holds no original step of ``schedule`` (it would never guide)."""
+    sig = sigma_of(schedule.alphabar)
+    if not bool(((sig >= lo) & (sig <= hi)).any()):
+        raise ValueError(f"{key} [{lo:g}, {hi:g}] holds no step of the schedule: its sigma = sqrt((1 - alphabar) / "
+                         f"alphabar) runs from {float(sig[0]):.4g} (t = 0) to {float(sig[-1]):.4g} "
+                         f"(t = {schedule.T - 1}); fix {key} to overlap that range")
+
+
+def check_grad_at(grad_at: str, sampler) -> None:
+    """grad_at=posterior_mean is defined for DDPM only (sampler: a SamplerSpec, or anything with .name)."""
+    if grad_at == "posterior_mean" and sampler.name != "ddpm":
+        raise ValueError(f"guidance.grad_at=posterior_mean needs sampler.name=ddpm, got {sampler.name}: DDIM's "
+                         "deterministic update draws from no posterior N(mu_theta(x_t), Sigma), so it has no "
+                         "posterior mean of the same meaning; fix guidance.grad_at=x_t or sampler.name=ddpm")
 
 
 @dataclass(frozen=True)
 class GuidanceSetting:
     """One point's guidance. method (cguide.guidance.METHODS) forms the base eps; with a classifier method
-    eps_hat = base - s * c_t * g on original steps t with t_lo <= t / T <= t_hi. scale is the method's own
-    (s for classifier methods, gamma for cfg, w for cfg_w, unused by cond).
+    eps_hat = base - s * w(t) * f * c_t * g on original steps t with t_lo <= t / T <= t_hi (and, with
+    sigma_interval, sigma_lo <= sigma_t <= sigma_hi). scale is the method's own (s for classifier methods,
+    gamma for cfg, w for cfg_w, unused by cond).
 
+    schedule: w(t) (cguide.guidance.SCHEDULES; 'constant' is w = 1).
+    sigma_interval: (sigma_lo, sigma_hi) on sigma_t = sqrt((1 - alphabar_t) / alphabar_t) at the ORIGINAL t
+        (Kynkaanniemi et al. 2024, "Applying Guidance in a Limited Interval ...", arXiv 2404.07724; they use
+        (lo, hi], here both ends are closed); sigma_hi may be inf. None: no sigma limit. Combines with
+        ``interval`` (both must hold).
+    entropy_scale, entropy_cap: f = min(cap, log C / H(p_phi(. | x_t))) per sample and step (ED-DPM;
+        ``entropy_factor``); f = 1 when off.
+    grad_at: where g is taken: 'x_t' (Dhariwal & Nichol) or 'posterior_mean' (g at mu_theta(x_t), DDPM only).
     nonfinite: what a NaN/inf classifier gradient becomes: 'zero' (that step goes unguided),
     'clamp' (to +-grad_limit) or 'raise'. source names the config section in error messages.
-    Settings without a classifier term keep no variant or interval (they would change nothing)."""
+    Settings without a classifier term keep none of the classifier term's options (they would change nothing)."""
 
     scale: float = 0.0
     variant: str = "score"
@@ -39,6 +77,11 @@ class GuidanceSetting:
     nonfinite: str = "zero"
     source: str = field(default="guidance", compare=False, repr=False)
     method: str = "classifier"
+    schedule: str = "constant"
+    sigma_interval: tuple[float, float] | None = None
+    entropy_scale: bool = False
+    entropy_cap: float = 10.0
+    grad_at: str = "x_t"
 
     def __post_init__(self):
         keys = KEYS[self.source]
@@ -57,21 +100,60 @@ class GuidanceSetting:
                              f"fix {keys['interval']}")
         if self.nonfinite not in NONFINITE_MODES:
             raise ValueError(f"unknown guidance.nonfinite {self.nonfinite!r}; known: {', '.join(NONFINITE_MODES)}")
+        check_schedule(self.schedule, _key(self.source, "schedule"))
+        sig = self.sigma_interval
+        if sig is not None:
+            sig = list(sig)
+            if len(sig) != 2 or not all(_number(v) for v in sig) or not (math.isfinite(sig[0])
+                                                                        and 0 <= sig[0] <= sig[1]):
+                key = _key(self.source, "sigma_interval")
+                raise ValueError(f"{key} needs [sigma_lo, sigma_hi] with 0 <= sigma_lo <= sigma_hi (sigma_hi may be "
+                                 f"inf), got {sig}; fix {key}, or null for no sigma limit")
+        if not isinstance(self.entropy_scale, bool):
+            raise ValueError(f"guidance.entropy_scale must be true or false, got {self.entropy_scale!r}; "
+                             f"fix {_key(self.source, 'entropy_scale')}")
+        cap = self.entropy_cap
+        if not (_number(cap) and math.isfinite(cap) and cap >= 1):
+            raise ValueError(f"guidance.entropy_cap must be finite and >= 1 (it caps the factor log C / H >= 1), "
+                             f"got {cap}; fix {_key(self.source, 'entropy_cap')}")
+        if self.grad_at not in GRAD_AT:
+            raise ValueError(f"unknown guidance.grad_at {self.grad_at!r}; known: {', '.join(GRAD_AT)}; "
+                             f"fix {_key(self.source, 'grad_at')}")
         object.__setattr__(self, "scale", float(s) if m.scale else 0.0)
         object.__setattr__(self, "interval", (float(iv[0]), float(iv[1])) if m.classifier else (0.0, 1.0))
+        object.__setattr__(self, "sigma_interval", (float(sig[0]), float(sig[1])) if sig and m.classifier else None)
+        on = self.entropy_scale and m.classifier
+        object.__setattr__(self, "entropy_scale", on)
+        object.__setattr__(self, "entropy_cap", float(cap) if on else 10.0)  # unused when off: one setting
         if not m.classifier:
             object.__setattr__(self, "variant", "score")
+            object.__setattr__(self, "schedule", "constant")
+            object.__setattr__(self, "grad_at", "x_t")
+
+    def check_against(self, schedule, sampler=None) -> None:
+        """What needs the schedule (a Schedule) or the sampler (a SamplerSpec): a sigma interval must hold
+        a step of the schedule; grad_at=posterior_mean needs DDPM. The runtime calls this before drawing."""
+        if self.sigma_interval is not None:
+            check_sigma_interval(*self.sigma_interval, schedule, _key(self.source, "sigma_interval"))
+        if sampler is not None:
+            check_grad_at(self.grad_at, sampler)
 
     @classmethod
     def from_config(cls, node, source: str = "guidance") -> "GuidanceSetting":
-        return cls(node.scale, node.variant, tuple(node.interval), node.nonfinite, source, node.method)
+        sig = getattr(node, "sigma_interval", None)
+        return cls(node.scale, node.variant, tuple(node.interval), node.nonfinite, source, node.method,
+                   getattr(node, "schedule", "constant"), tuple(sig) if sig is not None else None,
+                   getattr(node, "entropy_scale", False), getattr(node, "entropy_cap", 10.0),
+                   getattr(node, "grad_at", "x_t"))
 
 
 @dataclass(frozen=True, eq=False)
 class GuidanceSpec:
     """Guidance of a batch of B samples, one row each: target y [B] (int64), method (B names), the
     method's scale [B] (float64), variant (B names), interval bounds t_lo, t_hi [B] (float64, fractions of
-    T). One non-finite mode per batch. Rows come from GuidanceSettings, so nothing here is checked again."""
+    T), schedule (B names), sigma bounds sigma_lo, sigma_hi [B] (float64; 0 and inf: no sigma limit),
+    entropy [B] (bool) with entropy_cap [B] (float64), grad_at (B names). One non-finite mode per batch.
+    Rows come from GuidanceSettings, so nothing here is checked again; fields left None take the defaults."""
 
     y: torch.Tensor
     scale: torch.Tensor
@@ -81,6 +163,12 @@ class GuidanceSpec:
     nonfinite: str = "zero"
     grad_limit: float = 1e4  # |g| bound of nonfinite='clamp'
     method: tuple[str, ...] | None = None  # None: every row 'classifier'
+    schedule: tuple[str, ...] | None = None
+    sigma_lo: torch.Tensor | None = None
+    sigma_hi: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    entropy_cap: torch.Tensor | None = None
+    grad_at: tuple[str, ...] | None = None
 
     @classmethod
     def from_settings(cls, settings: Sequence[GuidanceSetting], y) -> "GuidanceSpec":
@@ -91,17 +179,25 @@ class GuidanceSpec:
         modes = {g.nonfinite for g in settings}
         if len(modes) > 1:
             raise ValueError(f"one batch mixes non-finite modes {sorted(modes)}; draw them separately")
-        f64 = dict(dtype=torch.float64)
-        return cls(y, torch.tensor([g.scale for g in settings], **f64), tuple(g.variant for g in settings),
-                   torch.tensor([g.interval[0] for g in settings], **f64),
-                   torch.tensor([g.interval[1] for g in settings], **f64), modes.pop() if modes else "zero",
-                   method=tuple(g.method for g in settings))
+
+        def f64(get):
+            return torch.tensor([get(g) for g in settings], dtype=torch.float64)
+        sig = [g.sigma_interval or (0.0, math.inf) for g in settings]
+        return cls(y, f64(lambda g: g.scale), tuple(g.variant for g in settings), f64(lambda g: g.interval[0]),
+                   f64(lambda g: g.interval[1]), modes.pop() if modes else "zero",
+                   method=tuple(g.method for g in settings), schedule=tuple(g.schedule for g in settings),
+                   sigma_lo=torch.tensor([v[0] for v in sig], dtype=torch.float64),
+                   sigma_hi=torch.tensor([v[1] for v in sig], dtype=torch.float64),
+                   entropy=torch.tensor([g.entropy_scale for g in settings], dtype=torch.bool),
+                   entropy_cap=f64(lambda g: g.entropy_cap), grad_at=tuple(g.grad_at for g in settings))
 
     @classmethod
     def of(cls, y, scale=1.0, variant: str | Sequence[str] = "score", interval=(0.0, 1.0),
-           nonfinite: str = "zero", n: int | None = None, method: str = "classifier") -> "GuidanceSpec":
+           nonfinite: str = "zero", n: int | None = None, method: str = "classifier", **options) -> "GuidanceSpec":
         """From per-sample values; scalars (y, scale, one variant name) broadcast to n samples, or to the
-        length of the per-sample ones. Each distinct setting is a GuidanceSetting (its checks)."""
+        length of the per-sample ones. options: the other GuidanceSetting fields (schedule, sigma_interval,
+        entropy_scale, entropy_cap, grad_at), one value for all rows. Each distinct setting is a
+        GuidanceSetting (its checks)."""
         y = torch.as_tensor(y, dtype=torch.long)
         s = torch.as_tensor(scale, dtype=torch.float64)
         lengths = {len(v) for v in (y, s) if v.ndim} | ({len(variant)} if not isinstance(variant, str) else set())
@@ -112,7 +208,8 @@ class GuidanceSpec:
         y, s = (v.expand(n) if v.ndim == 0 else v.reshape(-1) for v in (y, s))
         names = [variant] * n if isinstance(variant, str) else list(variant)
         made: dict[tuple, GuidanceSetting] = {}
-        rows = [made.setdefault((v, name), GuidanceSetting(v, name, tuple(interval), nonfinite, method=method))
+        rows = [made.setdefault((v, name), GuidanceSetting(v, name, tuple(interval), nonfinite, method=method,
+                                                           **options))
                 for v, name in zip(s.tolist(), names)]
         return cls.from_settings(rows, y)
 
@@ -120,18 +217,43 @@ class GuidanceSpec:
         return len(self.y)
 
     def __post_init__(self):
-        if self.method is None:
-            object.__setattr__(self, "method", ("classifier",) * len(self.y))
+        B = len(self.y)
+        defaults = {"method": ("classifier",) * B, "schedule": ("constant",) * B,
+                    "sigma_lo": torch.zeros(B, dtype=torch.float64),
+                    "sigma_hi": torch.full((B,), math.inf, dtype=torch.float64),
+                    "entropy": torch.zeros(B, dtype=torch.bool),
+                    "entropy_cap": torch.full((B,), 10.0, dtype=torch.float64),
+                    "grad_at": ("x_t",) * B}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
 
     def rows(self, sl: slice) -> "GuidanceSpec":
         """The spec of samples sl (a batch or a rank's share)."""
         return GuidanceSpec(self.y[sl], self.scale[sl], self.variant[sl], self.t_lo[sl], self.t_hi[sl],
-                            self.nonfinite, self.grad_limit, self.method[sl])
+                            self.nonfinite, self.grad_limit, self.method[sl], self.schedule[sl], self.sigma_lo[sl],
+                            self.sigma_hi[sl], self.entropy[sl], self.entropy_cap[sl], self.grad_at[sl])
+
+    def check_against(self, schedule, sampler=None) -> None:
+        """What needs the schedule (a Schedule) or the sampler (a SamplerSpec), for every row with a
+        classifier term: a sigma interval must hold a step of the schedule, grad_at=posterior_mean needs DDPM.
+        The runtime calls this before drawing (as GuidanceSetting.check_against for one setting)."""
+        rows = self.with_classifier
+        for lo, hi in dict.fromkeys(zip(self.sigma_lo[rows].tolist(), self.sigma_hi[rows].tolist())):
+            if (lo, hi) != (0.0, math.inf):
+                check_sigma_interval(lo, hi, schedule)
+        if sampler is not None:
+            for g in set(a for a, c in zip(self.grad_at, rows.tolist()) if c):
+                check_grad_at(g, sampler)
 
     @cached_property
     def with_classifier(self) -> torch.Tensor:
         """[B] bool: rows whose method adds the classifier term."""
         return torch.tensor([METHODS[m].classifier for m in self.method], dtype=torch.bool)
+
+    @cached_property
+    def has_sigma_interval(self) -> bool:
+        return bool(((self.sigma_lo > 0) | (self.sigma_hi < math.inf)).any())
 
     @property
     def guided(self) -> bool:
@@ -143,14 +265,21 @@ class GuidanceSpec:
         """The network evaluations of the rows' base eps ('u', 'c', 'null'; cguide.guidance.methods)."""
         return set().union(*(METHODS[m].needs for m in set(self.method)))
 
-    def active(self, t: torch.Tensor, T: int) -> torch.Tensor:
-        """[B] bool: rows with a classifier term at original steps t [B] (a classifier method, s != 0 and
-        t / T inside the row's interval)."""
+    def active(self, t: torch.Tensor, T: int, alphabar: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] bool: rows with a classifier term at original steps t [B] (a classifier method, s != 0,
+        t / T inside the row's interval and sigma_t inside its sigma interval). alphabar: the schedule's
+        [T] alphabar, needed when a row has a sigma interval."""
         dev = t.device
         frac = t.double() / T
-        return ((self.scale.to(dev) != 0) & self.with_classifier.to(dev) & (frac >= self.t_lo.to(dev))
-                & (frac <= self.t_hi.to(dev)))
+        on = ((self.scale.to(dev) != 0) & self.with_classifier.to(dev) & (frac >= self.t_lo.to(dev))
+              & (frac <= self.t_hi.to(dev)))
+        if self.has_sigma_interval:
+            if alphabar is None:
+                raise ValueError("a sigma interval needs the schedule's alphabar: pass alphabar to active()")
+            sig = sigma_of(alphabar.to(dev, torch.float64)[t])
+            on = on & (sig >= self.sigma_lo.to(dev)) & (sig <= self.sigma_hi.to(dev))
+        return on
 
-    def active_at(self, t: int, T: int) -> bool:
+    def active_at(self, t: int, T: int, alphabar: torch.Tensor | None = None) -> bool:
         """Host-side: does any row get guided at original step t? (lets a caller skip the classifier)"""
-        return bool(self.active(torch.full((len(self),), t, dtype=torch.long), T).any())
+        return bool(self.active(torch.full((len(self),), t, dtype=torch.long), T, alphabar).any())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -9,11 +10,20 @@ import time
 from pathlib import Path
 
 
-def check_writable(folder: str | os.PathLike, key: str) -> Path:
-    """Create ``folder`` if needed and prove a file can be written in it; one line naming ``key`` if not."""
+def check_not_a_file(folder: str | os.PathLike, key: str) -> Path:
+    """check_writable's refusals of a ``folder`` that is a file or lies under one, creating nothing."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"output folder {folder} is a file, not a folder; choose another {key}")
+    above = next((p for p in folder.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"output folder {folder} is not writable ({os.strerror(errno.ENOTDIR)}); choose another {key}")
+    return folder
+
+
+def check_writable(folder: str | os.PathLike, key: str) -> Path:
+    """Create ``folder`` if needed and prove a file can be written in it; one line naming ``key`` if not."""
+    folder = check_not_a_file(folder, key)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

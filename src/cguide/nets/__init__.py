@@ -2,9 +2,12 @@
 
 Build them by preset name with ``build_unet`` / ``build_encoder`` / ``build_judge`` (sizes.py),
 or from a config dataclass; ``cfg.to_dict()`` / ``Config.from_dict(d)`` round-trip through
-checkpoints as plain containers.
+checkpoints as plain containers. ``load_adm_unet`` / ``load_adm_classifier`` (adm.py) import
+guided-diffusion's released checkpoints by preset name (ADM_PRESETS) or by its flags.
 """
 
+from .adm import PRESETS as ADM_PRESETS
+from .adm import adm_encoder_config, adm_unet_config, load_adm_classifier, load_adm_unet
 from .encoder import AttentionPool2d, EncoderClassifier, EncoderConfig
 from .judge import JudgeConfig, JudgeNet
 from .layers import timestep_embedding
@@ -13,7 +16,8 @@ from .sizes import (SIZES, build_encoder, build_judge, build_unet, encoder_confi
 from .unet import UNet, UNetConfig
 
 __all__ = [
-    "SIZES", "AttentionPool2d", "EncoderClassifier", "EncoderConfig", "JudgeConfig", "JudgeNet", "UNet",
-    "UNetConfig", "build_encoder", "build_judge", "build_unet", "encoder_config", "judge_config", "preset",
-    "timestep_embedding", "unet_config",
+    "ADM_PRESETS", "SIZES", "AttentionPool2d", "EncoderClassifier", "EncoderConfig", "JudgeConfig", "JudgeNet", "UNet",
+    "UNetConfig", "adm_encoder_config", "adm_unet_config", "build_encoder", "build_judge", "build_unet",
+    "encoder_config", "judge_config", "load_adm_classifier", "load_adm_unet", "preset", "timestep_embedding",
+    "unet_config",
 ]

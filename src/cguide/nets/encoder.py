@@ -7,15 +7,17 @@ the same code the UNet uses.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from .layers import (ConfigDict, MiddleBlock, TimeEmbedding, build_down_path, check_input, check_trunk,
-                     expand_t, heads_for, int_tuple, normalization)
+from .layers import (ConfigDict, MiddleBlock, TimeEmbedding, build_down_path, check_input, check_options,
+                     check_trunk, expand_t, heads_for, int_tuple, mult_tuple, normalization)
 
-POOLS = ("attention", "avg")
+POOLS = ("attention", "avg", "spatial", "spatial_v2")
+POOL_ALIASES = {"adaptive": "avg"}  # guided-diffusion's name for the global-average pool
+SPATIAL_HIDDEN = 2048  # the hidden width of guided-diffusion's spatial pools
 
 
 @dataclass
@@ -23,7 +25,13 @@ class EncoderConfig(ConfigDict):
     """Classifier hyperparameters (plain fields). num_classes has no default on purpose.
 
     pool="attention": ADM's AttentionPool2d (learned positional embedding, the mean token
-    attends to all pixels); pool="avg": global average + linear.
+    attends to all pixels); pool="avg" (ADM's "adaptive", accepted as an alias): global average +
+    linear; pool="spatial" / "spatial_v2" (ADM): the spatial means of every down-path block and of
+    the middle block, concatenated, through Linear-ReLU-Linear / Linear-GroupNorm-SiLU-Linear
+    (hidden width 2048), without the final norm the other pools have.
+
+    attention_order, norm_groups, stem_channels and fractional channel_mult: as in UNetConfig
+    (the options that express guided-diffusion's EncoderUNetModel; see nets/adm.py).
     """
 
     image_size: int
@@ -39,16 +47,23 @@ class EncoderConfig(ConfigDict):
     use_scale_shift_norm: bool = True
     resblock_updown: bool = False
     pool: str = "attention"
+    attention_order: str = "new"
+    norm_groups: Optional[int] = None
+    stem_channels: Optional[int] = None
 
     def __post_init__(self):
-        self.channel_mult = int_tuple(self.channel_mult)
+        self.channel_mult = mult_tuple(self.channel_mult)
         self.attention_resolutions = int_tuple(self.attention_resolutions)
+        self.pool = POOL_ALIASES.get(self.pool, self.pool)
         if self.pool not in POOLS:
-            raise ValueError(f"EncoderConfig: pool={self.pool!r}; expected one of {POOLS}")
+            raise ValueError(f"EncoderConfig: pool={self.pool!r}; expected one of {POOLS} "
+                             f"(or ADM's name 'adaptive' = 'avg')")
         if self.num_classes < 2:
             raise ValueError(f"EncoderConfig: num_classes={self.num_classes}; need at least 2")
+        check_options("EncoderConfig", self.attention_order, self.norm_groups, self.stem_channels)
         check_trunk("EncoderConfig", self.image_size, self.channel_mult, self.attention_resolutions,
-                    self.model_channels, self.num_heads, self.num_head_channels)
+                    self.model_channels, self.num_heads, self.num_head_channels, norm_groups=self.norm_groups,
+                    stem_channels=self.stem_channels)
 
 
 class AttentionPool2d(nn.Module):
@@ -73,6 +88,14 @@ class AttentionPool2d(nn.Module):
         return self.c_proj(h.reshape(b, c))
 
 
+def spatial_pool(kind: str, features: int, num_classes: int, norm_groups: Optional[int] = None) -> nn.Sequential:
+    """ADM's spatial pool heads on the concatenated spatial means (module indices as in ADM's ``out``)."""
+    if kind == "spatial":
+        return nn.Sequential(nn.Linear(features, SPATIAL_HIDDEN), nn.ReLU(), nn.Linear(SPATIAL_HIDDEN, num_classes))
+    return nn.Sequential(nn.Linear(features, SPATIAL_HIDDEN), normalization(SPATIAL_HIDDEN, norm_groups), nn.SiLU(),
+                         nn.Linear(SPATIAL_HIDDEN, num_classes))
+
+
 class EncoderClassifier(nn.Module):
     """forward(x [B,C,H,W], t int64 [B]) -> logits [B, num_classes]."""
 
@@ -82,16 +105,23 @@ class EncoderClassifier(nn.Module):
         mc = cfg.model_channels
         emb_ch = 4 * mc
         self.time_embed = TimeEmbedding(mc, emb_ch)
-        attn = dict(num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels)
+        heads = dict(num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels)
+        attn = dict(**heads, attention_order=cfg.attention_order)
         block = dict(dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm)
-        self.input_blocks, _, ch = build_down_path(
+        self.input_blocks, widths, ch = build_down_path(
             cfg.in_channels, mc, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions,
-            cfg.image_size, emb_ch, **block, **attn, resblock_updown=cfg.resblock_updown)
-        self.middle_block = MiddleBlock(ch, emb_ch, **block, **attn)
-        self.out_norm = nn.Sequential(normalization(ch), nn.SiLU())
+            cfg.image_size, emb_ch, **block, **attn, resblock_updown=cfg.resblock_updown,
+            norm_groups=cfg.norm_groups, stem_channels=cfg.stem_channels)
+        self.middle_block = MiddleBlock(ch, emb_ch, **block, **attn, norm_groups=cfg.norm_groups)
+        self.spatial = cfg.pool.startswith("spatial")
+        if self.spatial:
+            self.out_norm = nn.Identity()
+            self.pool = spatial_pool(cfg.pool, sum(widths) + ch, cfg.num_classes, cfg.norm_groups)
+            return
+        self.out_norm = nn.Sequential(normalization(ch, cfg.norm_groups), nn.SiLU())
         if cfg.pool == "attention":
             spatial = cfg.image_size // 2 ** (len(cfg.channel_mult) - 1)
-            self.pool = AttentionPool2d(spatial, ch, heads_for(ch, **attn), cfg.num_classes)
+            self.pool = AttentionPool2d(spatial, ch, heads_for(ch, **heads), cfg.num_classes)
         else:
             self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, cfg.num_classes))
 
@@ -99,7 +129,12 @@ class EncoderClassifier(nn.Module):
         check_input("EncoderClassifier", x, self.cfg.image_size, self.cfg.in_channels)
         emb = self.time_embed(expand_t(t, x.shape[0]).to(x.device))
         h = x
+        means = []
         for blk in self.input_blocks:
             h = blk(h, emb)
+            if self.spatial:
+                means.append(h.mean(dim=(2, 3)))
         h = self.middle_block(h, emb)
+        if self.spatial:
+            return self.pool(torch.cat([*means, h.mean(dim=(2, 3))], dim=-1))
         return self.pool(self.out_norm(h))

@@ -48,10 +48,44 @@ def int_tuple(v: Sequence[int] | None) -> tuple[int, ...]:
     return tuple(int(x) for x in (v or ()))
 
 
-def check_trunk(name: str, image_size: int, channel_mult: Sequence[int],
+def mult_tuple(v: Sequence[float] | None) -> tuple[int | float, ...]:
+    """channel_mult: ints stay ints; a fractional multiplier (ADM 512x512: 0.5) stays a float."""
+    return tuple(int(x) if float(x).is_integer() else float(x) for x in (v or ()))
+
+
+def level_channels(model_channels: int, mult: float) -> int:
+    """Width of a level: model_channels * mult, which must be a whole number (as ADM's int(mult * mc))."""
+    return int(mult * model_channels)
+
+
+ATTENTION_ORDERS = ("new", "legacy")
+
+
+def check_options(name: str, attention_order: str, norm_groups: int | None, stem_channels: int | None) -> None:
+    """Validation of the ADM-compatibility options shared by UNetConfig and EncoderConfig."""
+    if attention_order not in ATTENTION_ORDERS:
+        raise ValueError(f"{name}: attention_order={attention_order!r}; expected one of {ATTENTION_ORDERS} "
+                         "('new' = ADM's QKVAttention, 'legacy' = QKVAttentionLegacy)")
+    if norm_groups is not None and norm_groups < 1:
+        raise ValueError(f"{name}: norm_groups={norm_groups}; use a positive group count (ADM: 32) or None "
+                         "(the project's rule, norm_groups(channels))")
+    if stem_channels is not None and stem_channels < 1:
+        raise ValueError(f"{name}: stem_channels={stem_channels}; use a positive width or None (= model_channels)")
+
+
+def check_trunk(name: str, image_size: int, channel_mult: Sequence[float],
                 attention_resolutions: Sequence[int], model_channels: int,
-                num_heads: int, num_head_channels: int) -> None:
-    """Validation shared by UNetConfig and EncoderConfig: one-line messages that name the fix."""
+                num_heads: int, num_head_channels: int, *, num_heads_upsample: int | None = None,
+                norm_groups: int | None = None, stem_channels: int | None = None) -> None:
+    """Validation shared by UNetConfig and EncoderConfig: one-line messages that name the fix.
+
+    num_heads_upsample (UNet only): the heads of the decoder's attention (checked where it has some).
+    norm_groups: a fixed GroupNorm group count must divide every width.
+    """
+    bad = [m for m in channel_mult if m <= 0 or not float(m * model_channels).is_integer()]
+    if not channel_mult or bad:
+        raise ValueError(f"{name}: channel_mult={list(channel_mult)} with model_channels={model_channels}: every "
+                         f"level needs a positive whole width model_channels * mult (bad: {bad or 'no levels'})")
     factor = 2 ** (len(channel_mult) - 1)
     if image_size % factor:
         raise ValueError(
@@ -66,11 +100,19 @@ def check_trunk(name: str, image_size: int, channel_mult: Sequence[int],
                          f"this net are {resolutions} (pixels)")
     # Levels with attention, and the lowest one (middle block, attention pool), need whole heads.
     for level, m in enumerate(channel_mult):
+        ch = level_channels(model_channels, m)
         if resolutions[level] in attention_resolutions or level == len(channel_mult) - 1:
             try:
-                heads_for(model_channels * m, num_heads, num_head_channels)
+                heads_for(ch, num_heads, num_head_channels)
+                if num_heads_upsample is not None and resolutions[level] in attention_resolutions:
+                    heads_for(ch, num_heads if num_heads_upsample == -1 else num_heads_upsample, num_head_channels)
             except ValueError as e:
                 raise ValueError(f"{name}: at resolution {resolutions[level]}: {e}") from None
+        if norm_groups is not None and ch % norm_groups:
+            raise ValueError(f"{name}: norm_groups={norm_groups} does not divide the {ch} channels at resolution "
+                             f"{resolutions[level]}; use a group count that divides every width, or None")
+    if norm_groups is not None and stem_channels is not None and stem_channels % norm_groups:
+        raise ValueError(f"{name}: norm_groups={norm_groups} does not divide stem_channels={stem_channels}")
 
 
 def heads_for(channels: int, num_heads: int, num_head_channels: int) -> int:
@@ -124,8 +166,10 @@ def norm_groups(channels: int) -> int:
     return math.gcd(32, channels // 2) if channels >= 2 else 1
 
 
-def normalization(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(norm_groups(channels), channels)
+def normalization(channels: int, groups: int | None = None) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups, or the project's rule ``norm_groups(channels)`` when None
+    (ADM always uses 32: pass groups=32 for its nets)."""
+    return nn.GroupNorm(norm_groups(channels) if groups is None else groups, channels)
 
 
 def zero_module(m: nn.Module) -> nn.Module:
@@ -171,7 +215,8 @@ class ResBlock(EmbedBlock):
     """
 
     def __init__(self, in_channels: int, emb_channels: int, out_channels: int | None = None,
-                 dropout: float = 0.0, use_scale_shift_norm: bool = True, updown: str | None = None):
+                 dropout: float = 0.0, use_scale_shift_norm: bool = True, updown: str | None = None,
+                 norm_groups: int | None = None):
         super().__init__()
         out_channels = out_channels or in_channels
         self.use_scale_shift_norm = use_scale_shift_norm
@@ -180,11 +225,11 @@ class ResBlock(EmbedBlock):
         if updown not in resamplers:
             raise ValueError(f"ResBlock: updown={updown!r}; expected None, 'up' or 'down'")
         self.resample = resamplers[updown]()
-        self.in_norm = nn.Sequential(normalization(in_channels), nn.SiLU())
+        self.in_norm = nn.Sequential(normalization(in_channels, norm_groups), nn.SiLU())
         self.in_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_layers = nn.Sequential(
             nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
-        self.out_norm = normalization(out_channels)
+        self.out_norm = normalization(out_channels, norm_groups)
         self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout),
                                         zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
         self.skip = (nn.Identity() if in_channels == out_channels
@@ -203,19 +248,33 @@ class ResBlock(EmbedBlock):
 
 
 class AttentionBlock(nn.Module):
-    """Multi-head self-attention over the pixels, residual, zero-initialised output projection."""
+    """Multi-head self-attention over the pixels, residual, zero-initialised output projection.
 
-    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1):
+    attention_order says how the 3C channels of the qkv conv split: 'new' (ADM's QKVAttention,
+    use_new_attention_order=True) = [q | k | v], heads contiguous inside each; 'legacy' (ADM's
+    QKVAttentionLegacy, its default) = one [q | k | v] block per head, heads outermost.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1,
+                 attention_order: str = "new", norm_groups: int | None = None):
         super().__init__()
+        if attention_order not in ATTENTION_ORDERS:
+            raise ValueError(f"AttentionBlock: attention_order={attention_order!r}; expected one of {ATTENTION_ORDERS}")
         self.num_heads = heads_for(channels, num_heads, num_head_channels)
-        self.norm = normalization(channels)
+        self.legacy_order = attention_order == "legacy"
+        self.norm = normalization(channels, norm_groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, hgt * wid)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, HW, head_dim]
+        hd = c // self.num_heads
+        qkv = self.qkv(self.norm(x))
+        if self.legacy_order:
+            q, k, v = qkv.reshape(b, self.num_heads, 3, hd, hgt * wid).transpose(-1, -2).unbind(2)
+        else:
+            q, k, v = qkv.reshape(b, 3, self.num_heads, hd, hgt * wid).transpose(-1, -2).unbind(1)
+        # each [B, heads, HW, head_dim]
         h = F.scaled_dot_product_attention(q, k, v)
         h = h.transpose(-1, -2).reshape(b, c, hgt, wid)
         return x + self.proj(h)
@@ -244,10 +303,11 @@ class Upsample(nn.Module):
 
 
 def resample_block(kind: str, channels: int, emb_channels: int, dropout: float, use_scale_shift_norm: bool,
-                   resblock_updown: bool) -> nn.Module:
+                   resblock_updown: bool, norm_groups: int | None = None) -> nn.Module:
     """The x2 up/down step between levels: a resampling ResBlock (ADM) or a plain conv layer."""
     if resblock_updown:
-        return ResBlock(channels, emb_channels, channels, dropout, use_scale_shift_norm, updown=kind)
+        return ResBlock(channels, emb_channels, channels, dropout, use_scale_shift_norm, updown=kind,
+                        norm_groups=norm_groups)
     return Downsample(channels) if kind == "down" else Upsample(channels)
 
 
@@ -255,39 +315,45 @@ class MiddleBlock(EmbedSequential):
     """Bottleneck: ResBlock, attention, ResBlock (attention always on at the lowest resolution)."""
 
     def __init__(self, channels: int, emb_channels: int, dropout: float, use_scale_shift_norm: bool,
-                 num_heads: int, num_head_channels: int):
+                 num_heads: int, num_head_channels: int, attention_order: str = "new",
+                 norm_groups: int | None = None):
         super().__init__(
-            ResBlock(channels, emb_channels, channels, dropout, use_scale_shift_norm),
-            AttentionBlock(channels, num_heads, num_head_channels),
-            ResBlock(channels, emb_channels, channels, dropout, use_scale_shift_norm),
+            ResBlock(channels, emb_channels, channels, dropout, use_scale_shift_norm, norm_groups=norm_groups),
+            AttentionBlock(channels, num_heads, num_head_channels, attention_order, norm_groups),
+            ResBlock(channels, emb_channels, channels, dropout, use_scale_shift_norm, norm_groups=norm_groups),
         )
 
 
-def build_down_path(in_channels: int, model_channels: int, channel_mult: Sequence[int],
+def build_down_path(in_channels: int, model_channels: int, channel_mult: Sequence[float],
                     num_res_blocks: int, attention_resolutions: Sequence[int], image_size: int,
                     emb_channels: int, dropout: float, use_scale_shift_norm: bool,
                     num_heads: int, num_head_channels: int,
-                    resblock_updown: bool = False) -> tuple[nn.ModuleList, list[int], int]:
+                    resblock_updown: bool = False, attention_order: str = "new",
+                    norm_groups: int | None = None,
+                    stem_channels: int | None = None) -> tuple[nn.ModuleList, list[int], int]:
     """The encoder half of the UNet: conv_in, then per level ResBlocks(+attention) and a Downsample.
 
+    stem_channels: conv_in's width (None = model_channels; ADM uses channel_mult[0] * model_channels).
     Returns (blocks, skip_channels, out_channels): every block's output is a UNet skip
     connection and skip_channels lists their widths in order.
     """
-    blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
-    skips = [model_channels]
-    ch, res = model_channels, image_size
+    stem = stem_channels or model_channels
+    blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, stem, 3, padding=1))])
+    skips = [stem]
+    ch, res = stem, image_size
     for level, mult in enumerate(channel_mult):
         for _ in range(num_res_blocks):
-            layers: list[nn.Module] = [ResBlock(ch, emb_channels, model_channels * mult, dropout,
-                                                use_scale_shift_norm)]
-            ch = model_channels * mult
+            out = level_channels(model_channels, mult)
+            layers: list[nn.Module] = [ResBlock(ch, emb_channels, out, dropout, use_scale_shift_norm,
+                                                norm_groups=norm_groups)]
+            ch = out
             if res in attention_resolutions:
-                layers.append(AttentionBlock(ch, num_heads, num_head_channels))
+                layers.append(AttentionBlock(ch, num_heads, num_head_channels, attention_order, norm_groups))
             blocks.append(EmbedSequential(*layers))
             skips.append(ch)
         if level != len(channel_mult) - 1:
             blocks.append(EmbedSequential(resample_block("down", ch, emb_channels, dropout,
-                                                         use_scale_shift_norm, resblock_updown)))
+                                                         use_scale_shift_norm, resblock_updown, norm_groups)))
             skips.append(ch)
             res //= 2
     return blocks, skips, ch

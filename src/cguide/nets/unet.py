@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from .layers import (AttentionBlock, ConfigDict, EmbedSequential, MiddleBlock, ResBlock, TimeEmbedding,
-                     build_down_path, check_input, check_trunk, expand_t, int_tuple,
-                     normalization, resample_block, zero_module)
+                     build_down_path, check_input, check_options, check_trunk, expand_t, int_tuple,
+                     level_channels, mult_tuple, normalization, resample_block, zero_module)
 
 
 @dataclass
@@ -23,6 +23,14 @@ class UNetConfig(ConfigDict):
     ResBlocks (ADM) instead of a stride-2 conv / nearest+conv. null_class=True adds one label row,
     index num_classes = the null (unconditional) label, so one net also gives the eps of
     classifier-free guidance (Ho & Salimans 2022).
+
+    Options for guided-diffusion (ADM) layouts (nets/adm.py sets them; the defaults keep this
+    project's own layout): channel_mult may hold fractions (ADM 512: 0.5) as long as every width
+    is whole; num_heads_upsample (-1 = num_heads) sets the decoder's heads when
+    num_head_channels == -1; attention_order 'new' (QKVAttention) or 'legacy'
+    (QKVAttentionLegacy); norm_groups: a fixed GroupNorm group count (ADM: 32; None = the project's
+    rule); stem_channels: conv_in's width (None = model_channels; ADM: channel_mult[0] * model_channels).
+    ADM's label embedding has no null row: null_class=False.
     """
 
     image_size: int
@@ -39,16 +47,23 @@ class UNetConfig(ConfigDict):
     use_scale_shift_norm: bool = True
     resblock_updown: bool = False
     null_class: bool = False
+    num_heads_upsample: int = -1
+    attention_order: str = "new"
+    norm_groups: Optional[int] = None
+    stem_channels: Optional[int] = None
 
     def __post_init__(self):
-        self.channel_mult = int_tuple(self.channel_mult)
+        self.channel_mult = mult_tuple(self.channel_mult)
         self.attention_resolutions = int_tuple(self.attention_resolutions)
         if self.out_channels is None:
             self.out_channels = self.in_channels
         if self.null_class and self.num_classes is None:
             raise ValueError("UNetConfig: null_class=True needs num_classes (the null label is index num_classes)")
+        check_options("UNetConfig", self.attention_order, self.norm_groups, self.stem_channels)
         check_trunk("UNetConfig", self.image_size, self.channel_mult, self.attention_resolutions,
-                    self.model_channels, self.num_heads, self.num_head_channels)
+                    self.model_channels, self.num_heads, self.num_head_channels,
+                    num_heads_upsample=self.num_heads_upsample, norm_groups=self.norm_groups,
+                    stem_channels=self.stem_channels)
 
 
 class UNet(nn.Module):
@@ -65,28 +80,33 @@ class UNet(nn.Module):
         self.time_embed = TimeEmbedding(mc, emb_ch)
         self.label_emb = (nn.Embedding(cfg.num_classes + int(cfg.null_class), emb_ch)
                           if cfg.num_classes is not None else None)
-        attn = dict(num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels)
+        groups = cfg.norm_groups
+        attn = dict(num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels,
+                    attention_order=cfg.attention_order)
+        up_attn = {**attn, "num_heads": cfg.num_heads if cfg.num_heads_upsample == -1 else cfg.num_heads_upsample}
         block = dict(dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm)
 
         self.input_blocks, skips, ch = build_down_path(
             cfg.in_channels, mc, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions,
-            cfg.image_size, emb_ch, **block, **attn, resblock_updown=cfg.resblock_updown)
-        self.middle_block = MiddleBlock(ch, emb_ch, **block, **attn)
+            cfg.image_size, emb_ch, **block, **attn, resblock_updown=cfg.resblock_updown, norm_groups=groups,
+            stem_channels=cfg.stem_channels)
+        self.middle_block = MiddleBlock(ch, emb_ch, **block, **attn, norm_groups=groups)
 
         self.output_blocks = nn.ModuleList()
         res = cfg.image_size // 2 ** (len(cfg.channel_mult) - 1)
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
-                layers: list[nn.Module] = [ResBlock(ch + skips.pop(), emb_ch, mc * mult, **block)]
-                ch = mc * mult
+                out = level_channels(mc, mult)
+                layers: list[nn.Module] = [ResBlock(ch + skips.pop(), emb_ch, out, **block, norm_groups=groups)]
+                ch = out
                 if res in cfg.attention_resolutions:
-                    layers.append(AttentionBlock(ch, **attn))
+                    layers.append(AttentionBlock(ch, **up_attn, norm_groups=groups))
                 if level and i == cfg.num_res_blocks:
                     layers.append(resample_block("up", ch, emb_ch, **block,
-                                                 resblock_updown=cfg.resblock_updown))
+                                                 resblock_updown=cfg.resblock_updown, norm_groups=groups))
                     res *= 2
                 self.output_blocks.append(EmbedSequential(*layers))
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
+        self.out = nn.Sequential(normalization(ch, groups), nn.SiLU(),
                                  zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     @property

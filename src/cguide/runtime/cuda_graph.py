@@ -19,8 +19,8 @@ from ..guidance import ClassifierGuidance
 
 def sample_static(eps_fn: Callable, guide: ClassifierGuidance | None, shape: Sequence[int], plan: Plan,
                   seeds: Sequence[int], *, sampler: str = "ddim", eta: float = 0.0, var_type: str = "fixed_small",
-                  clip_x0: bool = False, device=None, dtype=torch.float32, capture: bool = True,
-                  warmup: int = 2) -> torch.Tensor:
+                  clip_x0: bool = False, dynamic_threshold: float | None = None, device=None, dtype=torch.float32,
+                  capture: bool = True, warmup: int = 2) -> torch.Tensor:
     """Like ``diffusion.sample(guide or eps_fn, ...)``. Two step bodies are captured, guided and plain;
     a step where no row is guided (s = 0, outside the interval) replays the plain one, so the classifier
     is still skipped there. guide must be built with static=True."""
@@ -46,7 +46,8 @@ def sample_static(eps_fn: Callable, guide: ClassifierGuidance | None, shape: Seq
             eps = fn(x, t_buf)
             # at the last step the update multiplies the noise by 0, as diffusion.sample's zeros give
             z = seeded_normal(seeds, draw, shape, device, dtype) if stochastic else torch.zeros_like(x)
-            new, _ = step(sampler, x, eps, a_t, a_p, z, eta=eta, var_type=var_type, clip_x0=clip_x0)
+            new, _ = step(sampler, x, eps, a_t, a_p, z, eta=eta, var_type=var_type, clip_x0=clip_x0,
+                          dynamic_threshold=dynamic_threshold)
             x.copy_(new)
 
     def set_step(i: int) -> None:

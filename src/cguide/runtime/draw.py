@@ -130,7 +130,9 @@ def draw(models: Models, guidance: GuidanceSpec, sampler: SamplerSpec, seeds: Se
     opts = run.speed
     opts.check(device)
     base = models.base
-    plan = sampler.plan(make_schedule(**base.schedule))
+    schedule = make_schedule(**base.schedule)
+    guidance.check_against(schedule, sampler)
+    plan = sampler.plan(schedule)
     uncond = fast_net(models.eps.net.eval(), opts, device) if "u" in guidance.needs else None
     cond = fast_net(models.cond.net.eval(), opts, device) if guidance.needs & {"c", "null"} else None
     guide = fast_net(models.classifier.net, opts, device) if guidance.guided else None

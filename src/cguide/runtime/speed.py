@@ -42,6 +42,14 @@ class SpeedOptions:
         return "+".join(on) or "eager"
 
 
+def check_num_threads(n) -> None:
+    """torch's intra-op thread count on CPU: >= 1, or None for torch's default."""
+    if n is not None and n < 1:
+        raise ValueError(f"num_threads must be >= 1 or null (torch's default), got {n}")
+    if n is not None and n > 2**31 - 1:  # torch's own refusal would be "Overflow when unpacking long"
+        raise ValueError(f"num_threads={n} is more than torch takes (2**31 - 1); use about the number of CPU cores")
+
+
 class FastNet(nn.Module):
     """net(x, t) under the layout and autocast options; returns x's dtype (fp32 eps and logits).
 
