@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-COLUMNS = [("scale", "s", "{:g}"), ("variant", "variant", "{}"), ("fid", "FID", "{:.2f}"),
+COLUMNS = [("method", "method", "{}"), ("scale", "scale", "{:g}"), ("variant", "variant", "{}"), ("fid", "FID", "{:.2f}"),
            ("kid_mean", "KID", "{:.3f}"), ("is_mean", "IS", "{:.2f}"), ("accuracy", "accuracy", "{:.3f}"),
            ("guide_confidence", "guide_conf", "{:.3f}"), ("precision", "precision", "{:.3f}"),
            ("recall", "recall", "{:.3f}"), ("classwise_fid", "class-wise FID", "{:.1f}"),
@@ -20,7 +20,7 @@ COLUMNS = [("scale", "s", "{:g}"), ("variant", "variant", "{}"), ("fid", "FID", 
 
 
 def cell(row: dict, key: str, fmt: str) -> str:
-    v = row.get(key, "")
+    v = row.get(key, "") if key != "method" else row.get(key) or "classifier"
     try:
         return fmt.format(float(v)) if fmt != "{}" else str(v)
     except ValueError:
@@ -28,7 +28,7 @@ def cell(row: dict, key: str, fmt: str) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    rows = sorted(rows, key=lambda r: (r["variant"], float(r["scale"])))
+    rows = sorted(rows, key=lambda r: (r.get("method") or "classifier", r["variant"], float(r["scale"])))
     lines = ["| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
     return "\n".join(lines)
