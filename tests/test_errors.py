@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from helpers.config import TINY, compose_cfg
+from helpers.files import snapshot
 from helpers.nets import nan_classifier
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -227,16 +228,6 @@ def _args(base: dict, ckpts: dict, out: Path, over: dict, names: dict | None = N
             "tmp": out.parent,
             **(names or {})}
     return [f"{k}={str(v).format(**fill)}" for k, v in kv.items() if v is not None]
-
-
-def snapshot(*roots: Path) -> dict[str, bytes]:
-    """Every file under roots (Hydra's own run logs aside), with its bytes."""
-    files = {}
-    for root in roots:
-        for p in sorted(root.rglob("*") if root.is_dir() else [root]):
-            if p.is_file() and not {"outputs", "hydra", ".hydra"} & set(p.relative_to(root.parent).parts):
-                files[str(p)] = p.read_bytes()
-    return files
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from helpers.config import TINY
+from helpers.files import snapshot
 
 # ---------------------------------------------------------------- the grammar
 
@@ -253,16 +254,6 @@ def materialise(work: Path, ckpts: dict) -> dict:
     (work / "a_folder" / "inside.txt").write_text("a file in a folder")
     (work / "a_file").write_text("a file where a folder is expected")
     return {"work": work, "eps": ckpts["eps_model"], "clf": ckpts["noisy_classifier"], "judge": ckpts["judge"]}
-
-
-def snapshot(*roots: Path) -> dict[str, bytes]:
-    """Every file under roots with its bytes; Hydra's own run logs (outputs/, hydra/, .hydra/) aside."""
-    files = {}
-    for root in roots:
-        for p in sorted(root.rglob("*") if root.is_dir() else [root]):
-            if p.is_file() and not {"outputs", "hydra", ".hydra"} & set(p.relative_to(root.parent).parts):
-                files[str(p)] = p.read_bytes()
-    return files
 
 
 @dataclass
