@@ -202,7 +202,11 @@ def test_samplers_use_the_thresholded_x0_and_ddim_re_derives_eps():
         got, _ = ddpm_step(x, eps, ab, abp, z, clip_x0=clip, threshold=0.8)
         mean, var = posterior(x0, x, ab, abp)
         torch.testing.assert_close(got, mean + var.sqrt() * z, rtol=1e-12, atol=1e-12)
-    assert SamplerSpec("ddpm", dynamic_threshold=0.99).options["dynamic_threshold"] == 0.99
+    late = SamplerSpec("ddpm", dynamic_threshold=0.99, clip_order="guide_then_clip")
+    assert late.options["dynamic_threshold"] == 0.99 and late.base_eps(eps_model, None) is eps_model
+    first = SamplerSpec("ddpm", dynamic_threshold=0.99)  # clip_then_guide: thresholded in the base eps
+    assert "dynamic_threshold" not in first.options and not first.options["clip_x0"]
+    assert first.base_eps(eps_model, make_schedule("linear", 1000)).threshold == 0.99
     assert "dynamic_threshold" not in SamplerSpec("ddpm").options  # the old keyword set, unchanged
 
 

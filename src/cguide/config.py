@@ -146,6 +146,7 @@ class SamplerConfig:
     var_type: str = "fixed_small"  # DDPM variance: fixed_small | fixed_large; ignored by DDIM
     clip_x0: bool = True  # clamp the predicted x_0 to [-1, 1] at each step (guided-diffusion's default)
     dynamic_threshold: Optional[float] = None  # Imagen's dynamic thresholding at percentile p in (0, 1]; replaces clip_x0
+    clip_order: str = "clip_then_guide"  # clip_then_guide (guided-diffusion's) | guide_then_clip: see SamplerSpec
     spacing: str = "uniform"  # uniform | leading
 
 

@@ -20,6 +20,9 @@ from .schedule import Schedule
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SAMPLERS = ("ddpm", "ddim")
 VAR_TYPES = ("fixed_small", "fixed_large")
+# clip_then_guide: guided-diffusion's order (p_mean_variance clips x0_hat, then condition_score /
+# condition_mean guide from the clipped prediction); guide_then_clip: clip the x0_hat of the guided eps.
+CLIP_ORDERS = ("clip_then_guide", "guide_then_clip")
 
 
 def threshold_x0(x0: torch.Tensor, p: float) -> torch.Tensor:
@@ -77,6 +80,27 @@ def step(sampler: str, x_t, eps, alphabar_t, alphabar_prev, noise, *, eta=0.0, v
     return ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise, eta, clip_x0, dynamic_threshold)
 
 
+class ClippedEps:
+    """eps_fn whose output is re-derived from the clipped (or dynamically thresholded) x0_hat:
+    eps_c = (x_t - sqrt(ab_t) clip(x0_hat)) / sqrt(1 - ab_t). Guiding eps_c and stepping without a second
+    clip is guided-diffusion's order: condition_score subtracts sqrt(1 - ab_t) g from eps_c, and
+    condition_mean's mu + s Sigma g is the posterior mean of eps_c minus the mean_shift c_t s g
+    (the posterior mean is linear in x0_hat). Graph-safe: alphabar is a device table indexed by t."""
+
+    def __init__(self, eps_fn: EpsFn, schedule: Schedule, clip_x0: bool, threshold: float | None):
+        self.eps_fn, self.clip_x0, self.threshold = eps_fn, clip_x0, threshold
+        self._ab = schedule.alphabar
+        self._tables: dict = {}
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = self.eps_fn(x, t)
+        key = (x.device, x.dtype)
+        if key not in self._tables:
+            self._tables[key] = self._ab.to(x.device, x.dtype)
+        a_t = self._tables[key][t].view((-1,) + (1,) * (x.ndim - 1))
+        return eps_from_x0(x, predict_x0(x, eps, a_t, self.clip_x0, self.threshold), a_t)
+
+
 # the config keys named in the fix of each message, by where the setting came from
 KEYS = {"sampler": {"name": "sampler.name", "steps": "sampler.steps"},
         "sweep": {"name": "sweep.samplers", "steps": "sweep.steps"}}
@@ -86,7 +110,9 @@ KEYS = {"sampler": {"name": "sampler.name", "steps": "sampler.steps"},
 class SamplerSpec:
     """How x_T becomes x_0, checked once where it is made from config: sampler name, respaced steps
     (None = all T), spacing, DDIM eta, DDPM variance, x0 clipping, dynamic thresholding (a percentile p in
-    (0, 1], or None; when set it supersedes clip_x0: see ``threshold_x0``). source names the config section."""
+    (0, 1], or None; when set it supersedes clip_x0: see ``threshold_x0``), and where the clip acts when
+    guidance is on (CLIP_ORDERS; clip_then_guide, guided-diffusion's, moves it into the base eps: ``base_eps``).
+    source names the config section."""
 
     name: str = "ddim"
     steps: int | None = None
@@ -96,6 +122,7 @@ class SamplerSpec:
     clip_x0: bool = False
     source: str = field(default="sampler", compare=False, repr=False)
     dynamic_threshold: float | None = None
+    clip_order: str = "clip_then_guide"
 
     def __post_init__(self):
         keys = KEYS[self.source]
@@ -116,20 +143,36 @@ class SamplerSpec:
                 raise ValueError(f"sampler.dynamic_threshold must be a percentile p in (0, 1] (or null for none), "
                                  f"got {p}; fix sampler.dynamic_threshold")
             object.__setattr__(self, "dynamic_threshold", float(p))
+        if self.clip_order not in CLIP_ORDERS:
+            raise ValueError(f"unknown sampler.clip_order {self.clip_order!r}; known: {', '.join(CLIP_ORDERS)}")
 
     @classmethod
     def from_config(cls, node, name: str | None = None, steps: int | None | str = "config",
                     source: str = "sampler") -> "SamplerSpec":
         """From a sampler/ config node; a sweep passes its point's name and steps."""
         return cls(name or node.name, node.steps if steps == "config" else steps, node.spacing, float(node.eta),
-                   node.var_type, bool(node.clip_x0), source, getattr(node, "dynamic_threshold", None))
+                   node.var_type, bool(node.clip_x0), source, getattr(node, "dynamic_threshold", None),
+                   getattr(node, "clip_order", "clip_then_guide"))
 
     def plan(self, schedule: Schedule) -> Plan:
         return make_plan(schedule, self.steps, self.spacing)
 
     @property
+    def clips_first(self) -> bool:
+        """Is x0_hat clipped (or thresholded) before guidance, in the base eps (``ClippedEps``)?"""
+        return self.clip_order == "clip_then_guide" and (self.clip_x0 or self.dynamic_threshold is not None)
+
+    def base_eps(self, eps_fn: EpsFn, schedule: Schedule) -> EpsFn:
+        """The eps function guidance wraps: clipped first under clip_then_guide, else eps_fn itself.
+        Unguided rows go through it too, so a row at s = 0 stays bit for bit an unguided draw."""
+        return ClippedEps(eps_fn, schedule, self.clip_x0, self.dynamic_threshold) if self.clips_first else eps_fn
+
+    @property
     def options(self) -> dict:
-        """The keyword arguments of ``sample`` / ``step`` (dynamic_threshold only when set)."""
+        """The keyword arguments of ``sample`` / ``step`` for an eps from ``base_eps`` (dynamic_threshold
+        only when set; no clip in the step when the base eps was clipped already)."""
+        if self.clips_first:
+            return {"sampler": self.name, "eta": self.eta, "var_type": self.var_type, "clip_x0": False}
         out = {"sampler": self.name, "eta": self.eta, "var_type": self.var_type, "clip_x0": self.clip_x0}
         return out | ({"dynamic_threshold": self.dynamic_threshold} if self.dynamic_threshold is not None else {})
 

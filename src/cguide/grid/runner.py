@@ -58,7 +58,8 @@ def manifest(cfg: DictConfig, models: Models, judge: Loaded, names: tuple[str, .
         "judge_ckpt": file_identity(judge.path), "n_per_point": cfg.sweep.n_per_point, "seed": cfg.sweep.seed,
         "sampler": {"eta": smp.eta, "var_type": smp.var_type, "clip_x0": smp.clip_x0, "spacing": smp.spacing,
                     # only when set, so folders written before the option existed still resume
-                    **({"dynamic_threshold": smp.dynamic_threshold} if smp.dynamic_threshold is not None else {})},
+                    **({"dynamic_threshold": smp.dynamic_threshold} if smp.dynamic_threshold is not None else {}),
+                    "clip_order": smp.clip_order},
         "nonfinite": cfg.guidance.nonfinite, "data": data,
         "metrics": {"names": sorted(names), "extractor": m.extractor, "n_real": m.n_real,
                     "inception_weights": file_identity(m.inception_weights) if m.extractor == "inception"

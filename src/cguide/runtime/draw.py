@@ -144,6 +144,7 @@ def draw(models: Models, guidance: GuidanceSpec, sampler: SamplerSpec, seeds: Se
             eps_fn = lambda x, t: uncond(x, t)  # noqa: E731
         else:
             eps_fn = MethodEps(uncond, cond, spec, null=models.cond.net.null_label if cond is not None else None)
+        eps_fn = sampler.base_eps(eps_fn, schedule)
         fn, nonfinite_steps = None, torch.zeros(len(seeds[sl]), dtype=torch.long)
         if guide is not None and spec.guided:  # a batch without a classifier term stays exactly unguided
             fn = ClassifierGuidance(eps_fn, guide, plan, spec, static=opts.cuda_graph)
