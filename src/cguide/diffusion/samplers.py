@@ -1,7 +1,14 @@
 """DDPM and DDIM steps and the one sampling loop that every sampler and guidance variant share.
 
 All samplers take an ``eps_fn(x_t, t) -> eps`` with t the ORIGINAL timestep index (int64 [B]);
-classifier guidance is a wrapper around that function (``cguide.guidance``), never a branch here."""
+classifier guidance is a wrapper around that function (``cguide.guidance``), never a branch here.
+
+Learned variances (var_type='learned', a learn_sigma network such as guided-diffusion's): the eps function
+returns 2C channels [eps, v] instead of C, and every wrapper (``ClippedEps``, ``ClassifierGuidance``,
+``MethodEps``) acts on the eps half and passes v through (the guidance's ``mean_shift`` reads v: Alg. 1 with the
+learned Sigma). The rule is one-to-one: 2C channels if and only if var_type is 'learned', checked at every step
+(``split_eps``: one clear error either way). DDPM's variance is then the learned one on the respaced schedule
+(``cguide.diffusion.learned_variance``); DDIM ignores v."""
 
 from __future__ import annotations
 
@@ -14,12 +21,13 @@ from tqdm.auto import tqdm
 
 from .process import posterior, x0_from_eps, eps_from_x0
 from .noise import seeded_normal
+from .learned_variance import LEARNED, learned_log_var, learned_log_var_range, split_eps
 from .respace import SPACINGS, Plan, make_plan
 from .schedule import Schedule
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SAMPLERS = ("ddpm", "ddim")
-VAR_TYPES = ("fixed_small", "fixed_large")
+VAR_TYPES = ("fixed_small", "fixed_large", LEARNED)
 # clip_then_guide: guided-diffusion's order (p_mean_variance clips x0_hat, then condition_score /
 # condition_mean guide from the clipped prediction); guide_then_clip: clip the x0_hat of the guided eps.
 CLIP_ORDERS = ("clip_then_guide", "guide_then_clip")
@@ -46,14 +54,22 @@ def predict_x0(x_t, eps, alphabar_t, clip_x0: bool, threshold: float | None = No
     return x0.clamp(-1, 1) if clip_x0 else x0
 
 
-def ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type="fixed_small", clip_x0=False, threshold=None):
+def ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type="fixed_small", clip_x0=False, threshold=None,
+              log_var_range=None):
     """Ancestral step x_{t-1} ~ N(mu(x_t, x0_hat), var); no noise on the final step (alphabar_prev = 1).
-    fixed_small: var = posterior variance beta_t (1 - alphabar_{t-1}) / (1 - alphabar_t); fixed_large: var = beta_t."""
+    fixed_small: var = posterior variance beta_t (1 - alphabar_{t-1}) / (1 - alphabar_t); fixed_large: var = beta_t;
+    learned: eps is [eps, v] and log var = ``learned_log_var(v, *log_var_range)``, log_var_range the step's
+    (min_log, max_log) from ``learned_log_var_range(plan)``, broadcastable to x_t."""
+    eps, v = split_eps(eps, x_t, var_type)
     x0 = predict_x0(x_t, eps, alphabar_t, clip_x0, threshold)
     mean, var = posterior(x0, x_t, alphabar_t, alphabar_prev)
     if var_type == "fixed_large":
         var = 1 - alphabar_t / alphabar_prev
     last = (alphabar_prev >= 1).to(x_t.dtype)
+    if var_type == LEARNED:
+        if log_var_range is None:
+            raise ValueError("var_type='learned' needs the step's log_var_range (from learned_log_var_range(plan))")
+        return mean + (1 - last) * (0.5 * learned_log_var(v, *log_var_range)).exp() * noise, x0
     return mean + (1 - last) * var.sqrt() * noise, x0
 
 
@@ -72,11 +88,13 @@ def ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise=None, eta=0.0, clip_x0=
 
 
 def step(sampler: str, x_t, eps, alphabar_t, alphabar_prev, noise, *, eta=0.0, var_type="fixed_small",
-         clip_x0=False, dynamic_threshold=None):
+         clip_x0=False, dynamic_threshold=None, log_var_range=None):
     """One step of ``sampler`` from x_t to x_prev: the DDPM/DDIM branch, written once for the eager loop
-    and the CUDA-graph step. Returns (x_prev, x0_hat)."""
+    and the CUDA-graph step. eps is [eps, v] when var_type is 'learned' (DDIM drops v). Returns (x_prev, x0_hat)."""
     if sampler == "ddpm":
-        return ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type, clip_x0, dynamic_threshold)
+        return ddpm_step(x_t, eps, alphabar_t, alphabar_prev, noise, var_type, clip_x0, dynamic_threshold,
+                         log_var_range)
+    eps, _ = split_eps(eps, x_t, var_type)
     return ddim_step(x_t, eps, alphabar_t, alphabar_prev, noise, eta, clip_x0, dynamic_threshold)
 
 
@@ -85,7 +103,8 @@ class ClippedEps:
     eps_c = (x_t - sqrt(ab_t) clip(x0_hat)) / sqrt(1 - ab_t). Guiding eps_c and stepping without a second
     clip is guided-diffusion's order: condition_score subtracts sqrt(1 - ab_t) g from eps_c, and
     condition_mean's mu + s Sigma g is the posterior mean of eps_c minus the mean_shift c_t s g
-    (the posterior mean is linear in x0_hat). Graph-safe: alphabar is a device table indexed by t."""
+    (the posterior mean is linear in x0_hat). Graph-safe: alphabar is a device table indexed by t.
+    An [eps, v] output (learned variance) keeps its v."""
 
     def __init__(self, eps_fn: EpsFn, schedule: Schedule, clip_x0: bool, threshold: float | None):
         self.eps_fn, self.clip_x0, self.threshold = eps_fn, clip_x0, threshold
@@ -93,12 +112,13 @@ class ClippedEps:
         self._tables: dict = {}
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps = self.eps_fn(x, t)
+        eps, v = split_eps(self.eps_fn(x, t), x)
         key = (x.device, x.dtype)
         if key not in self._tables:
             self._tables[key] = self._ab.to(x.device, x.dtype)
         a_t = self._tables[key][t].view((-1,) + (1,) * (x.ndim - 1))
-        return eps_from_x0(x, predict_x0(x, eps, a_t, self.clip_x0, self.threshold), a_t)
+        eps = eps_from_x0(x, predict_x0(x, eps, a_t, self.clip_x0, self.threshold), a_t)
+        return eps if v is None else torch.cat([eps, v], 1)
 
 
 # the config keys named in the fix of each message, by where the setting came from
@@ -110,7 +130,8 @@ KEYS = {"sampler": {"name": "sampler.name", "steps": "sampler.steps"},
 class SamplerSpec:
     """How x_T becomes x_0, checked once where it is made from config: sampler name, respaced steps
     (None = all T), spacing, DDIM eta, DDPM variance, x0 clipping, dynamic thresholding (a percentile p in
-    (0, 1], or None; when set it supersedes clip_x0: see ``threshold_x0``), and where the clip acts when
+    (0, 1], or None; when set it supersedes clip_x0: see ``threshold_x0``; 'learned' needs an eps function
+    returning [eps, v], see the module docstring), and where the clip acts when
     guidance is on (CLIP_ORDERS; clip_then_guide, guided-diffusion's, moves it into the base eps: ``base_eps``).
     source names the config section."""
 
@@ -191,6 +212,7 @@ def sample(eps_fn: EpsFn, shape: Sequence[int], plan: Plan, seeds: Sequence[int]
     B = x.shape[0]
     coef_shape = (B,) + (1,) * (x.ndim - 1)
     ab, ab_prev = plan.alphabar, plan.alphabar_prev
+    lv = learned_log_var_range(plan) if var_type == LEARNED else None
     stochastic = sampler == "ddpm" or eta > 0
     for i in tqdm(range(plan.K - 1, -1, -1), desc=desc, disable=not progress, leave=False):
         t = torch.full((B,), int(plan.timesteps[i]), dtype=torch.long, device=x.device)
@@ -199,6 +221,8 @@ def sample(eps_fn: EpsFn, shape: Sequence[int], plan: Plan, seeds: Sequence[int]
         with torch.no_grad():
             eps = eps_fn(x, t)
             z = seeded_normal(seeds, i + 1, shape, device, dtype) if stochastic and i > 0 else torch.zeros_like(x)
+            rng = None if lv is None else tuple(torch.full(coef_shape, float(b[i]), dtype=dtype, device=x.device)
+                                                for b in lv)
             x, _ = step(sampler, x, eps, a_t, a_p, z, eta=eta, var_type=var_type, clip_x0=clip_x0,
-                        dynamic_threshold=dynamic_threshold)
+                        dynamic_threshold=dynamic_threshold, log_var_range=rng)
     return x

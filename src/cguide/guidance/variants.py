@@ -37,7 +37,8 @@ def seed_literal(ab, ab_prev):
 @register_variant("mean_shift")
 def mean_shift(ab, ab_prev):
     """c_t = sqrt(alpha_t) (1 - alphabar_{t-1}) / sqrt(1 - alphabar_t): the eps-form of Alg. 1
-    (mu + s * Sigma * g, Sigma the posterior variance), equal to it in DDPM when x_0 is not clipped."""
+    (mu + s * Sigma * g, Sigma the posterior variance), equal to it in DDPM when x_0 is not clipped. With a
+    learned variance (an eps function giving [eps, v]) ClassifierGuidance uses ``mean_shift_of_variance`` instead."""
     alpha = ab / ab_prev
     return alpha.sqrt() * (1 - ab_prev) / (1 - ab).sqrt()
 
@@ -46,6 +47,15 @@ def mean_shift(ab, ab_prev):
 def mean_shift_large(ab, ab_prev):
     """c_t = sqrt(alpha_t) sqrt(1 - alphabar_t): Alg. 1 with Sigma = beta_t (fixed_large variance)."""
     return (ab / ab_prev).sqrt() * (1 - ab).sqrt()
+
+
+def mean_shift_of_variance(var, ab, ab_prev):
+    """c_t of Alg. 1 for any variance Sigma (e.g. a learned one, per pixel): c_t = Sigma sqrt(alpha_t)
+    sqrt(1 - alphabar_t) / beta_t, since d mu / d eps = -beta_t / (sqrt(alpha_t) sqrt(1 - alphabar_t)), so
+    mu(x0_hat(eps - s c_t g)) = mu(x0_hat(eps)) + s Sigma g. Sigma = the posterior variance gives `mean_shift`,
+    Sigma = beta_t `mean_shift_large`."""
+    alpha = ab / ab_prev
+    return var * alpha.sqrt() * (1 - ab).sqrt() / (1 - alpha)
 
 
 @register_variant("unit")

@@ -154,7 +154,8 @@ class TimeEmbedding(nn.Module):
                                  nn.Linear(emb_channels, emb_channels))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_embedding(t, self.model_channels))
+        # the features are float32; a float64 net (the guided-diffusion parity tests) takes them in its dtype
+        return self.mlp(timestep_embedding(t, self.model_channels).to(self.mlp[0].weight.dtype))
 
 
 def norm_groups(channels: int) -> int:

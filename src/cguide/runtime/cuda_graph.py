@@ -1,8 +1,8 @@
 """The sampling loop with the whole (guided) step captured as a CUDA graph and replayed at every step.
 
 The step's shapes never change, so one capture serves all steps: the step's inputs (t, alphabar_t,
-alphabar_prev, the noise draw index) live in static device tensors that are refilled before each
-replay, and the noise is ``seeded_normal`` (pure tensor ops, capturable). The result is the same
+alphabar_prev, the noise draw index, a learned variance's log range) live in static device tensors that are
+refilled before each replay, and the noise is ``seeded_normal`` (pure tensor ops, capturable). The result is the same
 computation as ``cguide.diffusion.sample`` with a static-mode ``ClassifierGuidance``; with
 ``capture=False`` the same step body runs eagerly (how the CPU tests check it)."""
 
@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..diffusion import seeded_normal, step
+from ..diffusion import learned_log_var_range, seeded_normal, step
 from ..diffusion.respace import Plan
 from ..guidance import ClassifierGuidance
 
@@ -36,6 +36,9 @@ def sample_static(eps_fn: Callable, guide: ClassifierGuidance | None, shape: Seq
     t_buf = torch.zeros(B, dtype=torch.long, device=device)
     a_t, a_p = torch.ones(coef_shape, dtype=dtype, device=device), torch.ones(coef_shape, dtype=dtype, device=device)
     draw = torch.zeros(1, dtype=torch.long, device=device)
+    # a learned variance's (min_log, max_log) of the step, refilled like alphabar
+    lv = learned_log_var_range(plan) if var_type == "learned" else None
+    lv_buf = None if lv is None else tuple(torch.zeros(coef_shape, dtype=dtype, device=device) for _ in lv)
     stochastic = sampler == "ddpm" or eta > 0
     steps = list(range(plan.K - 1, -1, -1))
     guided_at = {i: guide is not None and guide.active_at(int(plan.timesteps[i])) for i in steps}
@@ -47,7 +50,7 @@ def sample_static(eps_fn: Callable, guide: ClassifierGuidance | None, shape: Seq
             # at the last step the update multiplies the noise by 0, as diffusion.sample's zeros give
             z = seeded_normal(seeds, draw, shape, device, dtype) if stochastic else torch.zeros_like(x)
             new, _ = step(sampler, x, eps, a_t, a_p, z, eta=eta, var_type=var_type, clip_x0=clip_x0,
-                          dynamic_threshold=dynamic_threshold)
+                          dynamic_threshold=dynamic_threshold, log_var_range=lv_buf)
             x.copy_(new)
 
     def set_step(i: int) -> None:
@@ -55,6 +58,8 @@ def sample_static(eps_fn: Callable, guide: ClassifierGuidance | None, shape: Seq
         a_t.fill_(float(plan.alphabar[i]))
         a_p.fill_(float(plan.alphabar_prev[i]))
         draw.fill_(i + 1)
+        for buf, b in zip(lv_buf or (), lv or ()):
+            buf.fill_(float(b[i]))
 
     graphs: dict[bool, torch.cuda.CUDAGraph] = {}
     if capture:
