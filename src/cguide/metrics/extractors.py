@@ -29,8 +29,9 @@ EXTRACTOR_NAMES = ("judge", "inception")
 
 
 def to_uint8_rgb(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float [N, C, H, W] -> uint8 [N, 3, H, W], the input format torch-fidelity extractors expect."""
-    u8 = ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    """[-1, 1] float [N, C, H, W] -> uint8 [N, 3, H, W], the input format torch-fidelity extractors expect;
+    uint8 images (a reference batch's) pass as they are."""
+    u8 = x if x.dtype == torch.uint8 else ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return u8.expand(-1, 3, -1, -1).contiguous() if u8.shape[1] == 1 else u8
 
 

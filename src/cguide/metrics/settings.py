@@ -12,7 +12,9 @@ from .extractors import EXTRACTOR_NAMES, inception_weights_path
 METRIC_NAMES = ("fid", "kid", "is", "prc", "accuracy", "guide_confidence", "classwise_fid", "nonfinite")
 FEATURE_METRICS = ("fid", "kid", "is", "prc", "classwise_fid")
 _POSITIVE = ("batch_size", "kid_subset_size", "isc_splits", "prc_neighborhood")
-_NOT_METRIC_KNOBS = ("n_real",)  # config keys that belong to the real split, not the suite
+_NOT_METRIC_KNOBS = ("n_real", "reference_npz")  # config keys that belong to the real split, not the suite
+NO_JUDGE = ("metrics accuracy and the judge extractor need a judge classifier: set judge_ckpt=<path> (train one "
+            "with cguide.train task=judge), or drop accuracy from metrics.names and use metrics.extractor=inception")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ class MetricSettings:
             value = getattr(self, key)
             if value < 1:
                 raise ValueError(f"metrics.{key} must be >= 1, got {value}; set metrics.{key} to a positive integer")
+
+    @property
+    def needs_judge(self) -> bool:
+        """Whether these metrics need the judge: accuracy, or features from the judge extractor."""
+        return "accuracy" in self.names or (self.extractor == "judge" and self.feature_metrics_wanted)
 
     @property
     def feature_metrics_wanted(self) -> bool:

@@ -26,7 +26,8 @@ from torch_fidelity.utils import get_featuresdict_from_dataset
 from . import feature_metrics as fm
 from .extractors import build_extractor, eval_mode, extractor_id, module_device, to_uint8_rgb
 from .real_stats import content_id, load_or_compute
-from .settings import FEATURE_METRICS, METRIC_NAMES, MetricSettings  # noqa: F401 (METRIC_NAMES re-exported)
+from .settings import (FEATURE_METRICS, METRIC_NAMES, NO_JUDGE,  # noqa: F401 (METRIC_NAMES re-exported)
+                       MetricSettings)
 
 NAN = float("nan")
 
@@ -85,18 +86,23 @@ def compute_metrics(
     targets: torch.Tensor,
     real: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
     *,
-    judge: nn.Module,
+    judge: nn.Module | None,
     guide: nn.Module | None = None,
     settings: MetricSettings = MetricSettings(),
     real_labels: torch.Tensor | None = None,
     real_id: str | None = None,
     device: torch.device | str | None = None,
+    real_fid_stats: dict | None = None,
 ) -> dict[str, float]:
     """Sample-quality metrics of `samples` [N,C,H,W] in [-1,1] with target labels `targets` [N].
 
-    real: held-out real images [M,C,H,W] in [-1,1], or (images, labels); labels (also `real_labels`)
-        are needed for classwise_fid.
-    judge: clean classifier (forward -> logits, features -> [N,D]); accuracy always uses it.
+    real: held-out real images [M,C,H,W] in [-1,1] (or uint8 [M,3,H,W], as in a reference batch), or
+        (images, labels); labels (also `real_labels`) are needed for classwise_fid.
+    judge: clean classifier (forward -> logits, features -> [N,D]); accuracy always uses it, and the
+        'judge' extractor. None: neither can be asked for.
+    real_fid_stats: {'mu', 'sigma'} of the real side for FID instead of the real images' own (a reference
+        batch's whole-dataset statistics, as guided-diffusion's evaluator uses them); KID, PRC and
+        class-wise FID still use the real images.
     guide: noisy classifier forward(x, t); guide_confidence = mean p(y | x, t=0), NaN without a guide.
     settings: which metrics (settings.names) and how; checked when built (settings.py). Its knobs:
       extractor: 'judge' (offline default) or 'inception' (local weights: `inception_weights` or hub cache).
@@ -116,7 +122,10 @@ def compute_metrics(
         raise ValueError("classwise_fid needs the real images' labels: real=(images, labels) or real_labels=")
     if samples.shape[0] != targets.shape[0]:
         raise ValueError(f"samples ({samples.shape[0]}) and targets ({targets.shape[0]}) differ in length")
-    device = torch.device(device) if device is not None else module_device(judge)
+    if judge is None and s.needs_judge:
+        raise ValueError(NO_JUDGE)
+    device = torch.device(device) if device is not None else module_device(judge) if judge is not None else \
+        torch.device("cpu")
     feat_ext = None
     if want & set(FEATURE_METRICS):  # build early: weights gone since settings were checked fail before any work
         feat_ext = build_extractor(s.extractor, judge, s.inception_weights, in_channels=samples.shape[1]).to(device)
@@ -143,12 +152,13 @@ def compute_metrics(
 
     if feat_ext is not None:
         out.update(_feature_metrics(feat_ext, want, x, y, real, real_labels, s, device=device,
-                                    dataset_id=real_id, ext_id=extractor_id(s.extractor, judge)))
+                                    dataset_id=real_id, ext_id=extractor_id(s.extractor, judge),
+                                    fid_stats=real_fid_stats))
     return {k: float(v) for k, v in out.items()}
 
 
 def _feature_metrics(feat_ext, want, x, y, real, real_labels, s: MetricSettings, *, device, dataset_id,
-                     ext_id) -> dict[str, float]:
+                     ext_id, fid_stats=None) -> dict[str, float]:
     keys = {"fid": ["fid"], "kid": ["kid_mean", "kid_std"], "is": ["is_mean", "is_std"],
             "prc": ["precision", "recall"], "classwise_fid": ["classwise_fid"]}
     if x.shape[0] == 0:
@@ -169,7 +179,11 @@ def _feature_metrics(feat_ext, want, x, y, real, real_labels, s: MetricSettings,
                          extractor_id=ext_id, layer=layer)
     f_gen = gen[layer]
     if "fid" in want:
-        out["fid"] = fm.frechet_distance(fm.feature_stats(f_gen), rs.stats)
+        if fid_stats is not None and fid_stats["mu"].shape != (f_gen.shape[1],):
+            raise ValueError(f"the real side's FID statistics are {fid_stats['mu'].shape[0]}-d, the extractor's "
+                             f"features {f_gen.shape[1]}-d; a reference batch's statistics need metrics.extractor="
+                             "inception")
+        out["fid"] = fm.frechet_distance(fm.feature_stats(f_gen), fid_stats or rs.stats)
     if "kid" in want:
         out["kid_mean"], out["kid_std"] = fm.kernel_inception_distance(f_gen, rs.features, s.kid_subsets,
                                                                        s.kid_subset_size, s.seed)

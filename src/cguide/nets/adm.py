@@ -274,6 +274,10 @@ def adm_key_map(net: nn.Module) -> dict[str, tuple[str, tuple[int, ...], str]]:
 
 
 Source = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
+
+
+class AdmKindError(ValueError):
+    """A classifier file given where a UNet is loaded, or the reverse (callers may name their own fix)."""
 Preset = Union[str, Mapping[str, Any]]
 
 
@@ -323,10 +327,10 @@ def _fit(state: Mapping[str, Any], net: nn.Module, src: str, where: str, kind: s
     keys = list(state)
     if kind == "unet" and not any(k.startswith("output_blocks.") for k in keys) and any(k.startswith("out.")
                                                                                          for k in keys):
-        raise ValueError(f"ADM checkpoint {src} holds an ADM classifier (EncoderUNetModel keys: out.*), not a UNet; "
+        raise AdmKindError(f"ADM checkpoint {src} holds an ADM classifier (EncoderUNetModel keys: out.*), not a UNet; "
                          f"use load_adm_classifier / a classifier preset ({', '.join(CLASSIFIER_PRESETS)})")
     if kind == "classifier" and any(k.startswith("output_blocks.") for k in keys):
-        raise ValueError(f"ADM checkpoint {src} holds an ADM UNet (UNetModel keys: output_blocks.*), not a classifier; "
+        raise AdmKindError(f"ADM checkpoint {src} holds an ADM UNet (UNetModel keys: output_blocks.*), not a classifier; "
                          f"use load_adm_unet / a diffusion preset ({', '.join(UNET_PRESETS)})")
     own_shapes = {k: v.shape for k, v in net.state_dict().items()}
     expected = {adm: (own, shape, change) for own, (adm, shape, change) in adm_key_map(net).items()}
