@@ -1,5 +1,5 @@
 """Shared fixtures: the real Hydra configs, composed (train / sweep / pipeline), and tiny trained
-checkpoints of all three nets. Helpers live in tests/helpers/."""
+checkpoints of the nets. Helpers live in tests/helpers/."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def tiny_cond_ckpt(tmp_path_factory) -> Path:
     cfg = compose_cfg("train", ["task=diffusion", "model.cond=true", "model.p_uncond=0.2", *TINY],
                       tmp_path_factory.mktemp("tiny_cond"))
     return train(cfg).checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_guide_ckpt(tmp_path_factory) -> Path:
+    """A tiny clean guide classifier (task=guide: the judge's architecture, its own seed), for x0-space guidance."""
+    from cguide.train import train
+
+    return train(compose_cfg("train", ["task=guide", *TINY], tmp_path_factory.mktemp("tiny_guide"))).checkpoint
 
 
 @pytest.fixture

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 
+from helpers.adm import COND_FLAGS, write_classifier, write_unet
 from helpers.config import TINY, compose_cfg
 from helpers.files import snapshot
 from helpers.nets import nan_classifier
@@ -66,6 +68,11 @@ def _image_folder(root: Path, classes: dict[str, int], empty: str | None = None)
     if empty:
         (root / empty).write_bytes(b"")
     return root
+
+
+def _npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
 
 
 def _copied(src: Path, dst: Path) -> Path:
@@ -209,6 +216,10 @@ CASES = {
     "sigma-interval-outside": Case("sweep", {"guidance.sigma_interval": "[500,600]", "sweep.scales": "[1]"}),
     "bad-threshold": Case("sample-cli", {"sampler.dynamic_threshold": "1.5"}),
     "posterior-mean-ddim": Case("sample", {"guidance.grad_at": "posterior_mean"}),
+    "no-guide": Case("sample", {"guidance.grad_space": "x0"}),
+    "judge-as-guide": Case("sample", {"guidance.grad_space": "x0", "guide_ckpt": "{judge}"}),
+    "guide-as-judge": Case("sweep", {"judge_ckpt": "{guide}"}),
+    "x0-posterior-mean": Case("sample", {"guidance.grad_space": "x0", "guidance.grad_at": "posterior_mean"}),
     "int-overflow": Case("sample-cli", {"seed": "9223372036854775808"}),
     "classes-not-indices": Case("sample", {"classes": "[[1]]"}),
     "unsupported-precision": Case("train", {"trainer.precision": "64-true"}),
@@ -216,6 +227,29 @@ CASES = {
     "zero-grid-steps": Case("train", {"callbacks.sample_grid.steps": "0"}),
     "trainer-refused": Case("train", {"trainer.devices": "0"}),
     "too-many-threads": Case("sweep", {"num_threads": "2147483648"}),
+    "adm-file-missing": Case("sample", {"eps_ckpt": "{tmp}/models/256x256_diffusion_uncond.pt",
+                                        "eps_preset": "adm256_uncond"}, error=FileNotFoundError),
+    "adm-file-without-preset": Case("sample", {"eps_ckpt": "{adm}"}, lambda c, t: {"adm": write_unet(
+        t / "models" / "256x256_diffusion_uncond.pt")}),
+    "adm-classifier-as-eps": Case("sample", {"eps_ckpt": "{adm}", "eps_preset": "adm256_uncond"}, lambda c, t: {
+        "adm": write_classifier(t / "models" / "256x256_classifier.pt")}),
+    "adm-eps-as-classifier": Case("sample", {"classifier_ckpt": "{adm}", "classifier_preset": "adm256_classifier"},
+                                  lambda c, t: {"adm": write_unet(t / "models" / "256x256_diffusion_uncond.pt")}),
+    "adm-preset-mismatch": Case("sample", {"eps_ckpt": "{adm}", "eps_preset": "adm256_uncond"}, lambda c, t: {
+        "adm": write_unet(t / "models" / "64x64_stand_in.pt")}),
+    "unknown-adm-preset": Case("sample", {"eps_ckpt": "{adm}", "eps_preset": "adm256"}, lambda c, t: {
+        "adm": write_unet(t / "models" / "256x256_diffusion_uncond.pt")}),
+    "adm-conditional-as-eps": Case("sample", {"eps_ckpt": "{tmp}/models/256x256_diffusion.pt",
+                                              "eps_preset": "adm256_cond"}),
+    "cfg-adm-conditional": Case("sample", {"guidance.method": "cfg", "cond_ckpt": "{adm}",
+                                           "cond_preset": f"'{COND_FLAGS}'"}, lambda c, t: {
+        "adm": write_unet(t / "models" / "cond.pt", COND_FLAGS)}),
+    "reference-not-found": Case("sweep", {"metrics.reference_npz": "{tmp}/models/VIRTUAL_imagenet256_labeled.npz"},
+                                error=FileNotFoundError),
+    "malformed-reference": Case("sweep", {"metrics.reference_npz": "{ref}"}, lambda c, t: {
+        "ref": _npz(t / "ref.npz", images=np.zeros((2, 8, 8, 3), np.uint8))}),
+    "fp16-on-cpu": Case("sample", {"speed.fp16": "true", "device": "cpu"}),
+    "no-judge": Case("sweep", {"judge_ckpt": "null"}),
     "nonfinite-raise": Case("sample", {"classifier_ckpt": "{bad}", "guidance.nonfinite": "raise"},
                             lambda c, t: {"bad": nan_classifier(c["clf"], t / "clf.ckpt")},
                             error=FloatingPointError),
@@ -224,16 +258,17 @@ CASES = {
 
 def _args(base: dict, ckpts: dict, out: Path, over: dict, names: dict | None = None) -> list[str]:
     kv = {**base, **over}
-    fill = {"eps": ckpts["eps"], "clf": ckpts["clf"], "judge": ckpts["judge"], "cond": ckpts["cond"], "out": out,
+    fill = {"eps": ckpts["eps"], "clf": ckpts["clf"], "judge": ckpts["judge"], "cond": ckpts["cond"],
+            "guide": ckpts["guide"], "out": out,
             "tmp": out.parent,
             **(names or {})}
     return [f"{k}={str(v).format(**fill)}" for k, v in kv.items() if v is not None]
 
 
 @pytest.fixture(scope="module")
-def ckpts(tiny_ckpts, tiny_cond_ckpt):
+def ckpts(tiny_ckpts, tiny_cond_ckpt, tiny_guide_ckpt):
     return {"eps": tiny_ckpts["eps_model"], "clf": tiny_ckpts["noisy_classifier"], "judge": tiny_ckpts["judge"],
-            "cond": tiny_cond_ckpt}
+            "cond": tiny_cond_ckpt, "guide": tiny_guide_ckpt}
 
 
 def test_readme_table_and_cases_agree():

@@ -9,7 +9,7 @@ from cguide.io.checkpoints import load_net, read_checkpoint
 from helpers.config import TINY, compose_cfg
 
 
-@pytest.mark.parametrize("task", ["diffusion", "classifier", "judge"])
+@pytest.mark.parametrize("task", ["diffusion", "classifier", "judge", "guide"])
 def test_fast_dev_run_each_task(task, cfg_train, tmp_path):
     from cguide.train import train
 

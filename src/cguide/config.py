@@ -35,7 +35,7 @@ class ScheduleConfig:
 
 @dataclass
 class NetConfig:
-    """One network and how to train it (groups model/ = eps-model UNet, classifier/, judge/)."""
+    """One network and how to train it (groups model/ = eps-model UNet, classifier/, judge/, guide/)."""
     size: str = "small"
     overrides: Dict[str, Any] = field(default_factory=dict)  # any field of the net's config dataclass
     lr: float = 2e-4
@@ -43,9 +43,11 @@ class NetConfig:
     warmup_steps: int = 200
     max_steps: int = 2000
     ema_decay: float = 0.999  # eps-model only
+    lr_decay: str = "constant"  # eps-model and noisy classifier: constant | cosine (to 0 at max_steps); the judge: cosine
     cond: bool = False  # eps-model only: class-conditional, with label dropout (one net for cond/uncond/CFG)
     p_uncond: float = 0.1  # with cond: P(a training label becomes the null label); 1 = unconditional model
     batch_size: Optional[int] = None  # None: data.batch_size
+    seed_offset: int = 0  # added to seed for this net's training (guide/: 1, so the guide is not the judge's twin)
 
 
 @dataclass
@@ -68,6 +70,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     fast_dev_run: bool = False
     deterministic: bool = False
+    profiler: Optional[str] = None  # simple | advanced | pytorch: Lightning's timing table of the fit (printed at its end)
 
 
 @dataclass
@@ -107,11 +110,12 @@ class CallbacksConfig:
 class PathsConfig:
     output_dir: str = "${hydra:runtime.output_dir}"
     ckpt_dir: str = "${paths.output_dir}/checkpoints"
+    adm_dir: str = "models"  # guided-diffusion's released files (the experiment=adm* sweeps read them from here)
 
 
 @dataclass
 class TrainingParts:
-    """The sections that define the three networks and how they train (shared by train and pipeline)."""
+    """The sections that define the networks and how they train (shared by train and pipeline)."""
     seed: int = 0
     tags: List[str] = field(default_factory=list)  # W&B tags of every run
     num_threads: Optional[int] = None  # torch intra-op threads on CPU; None: torch's default
@@ -120,6 +124,7 @@ class TrainingParts:
     model: NetConfig = field(default_factory=NetConfig)
     classifier: NetConfig = field(default_factory=NetConfig)
     judge: NetConfig = field(default_factory=NetConfig)
+    guide: NetConfig = field(default_factory=NetConfig)  # the clean guide of x0-space guidance (judge architecture)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
@@ -128,7 +133,7 @@ class TrainingParts:
 
 @dataclass
 class TrainConfig(TrainingParts):
-    task: str = "diffusion"  # diffusion | classifier | judge
+    task: str = "diffusion"  # diffusion | classifier | judge | guide
     resume: bool = False  # continue from ckpt_dir/last.ckpt when it exists
     ckpt_path: Optional[str] = None  # or from this checkpoint
     overwrite: bool = False  # train afresh into a folder that holds a run (the old one is moved aside, not deleted)
@@ -143,7 +148,7 @@ class SamplerConfig:
     name: str = "ddim"  # ddim | ddpm
     steps: Optional[int] = 50  # respaced steps; null = all T training steps
     eta: float = 0.0  # DDIM noise (0 = deterministic); ignored by DDPM
-    var_type: str = "fixed_small"  # DDPM variance: fixed_small | fixed_large; ignored by DDIM
+    var_type: str = "fixed_small"  # DDPM variance: fixed_small | fixed_large | learned (learn_sigma nets); DDIM: none
     clip_x0: bool = True  # clamp the predicted x_0 to [-1, 1] at each step (guided-diffusion's default)
     dynamic_threshold: Optional[float] = None  # Imagen's dynamic thresholding at percentile p in (0, 1]; replaces clip_x0
     clip_order: str = "clip_then_guide"  # clip_then_guide (guided-diffusion's) | guide_then_clip: see SamplerSpec
@@ -163,12 +168,16 @@ class GuidanceConfig:
     entropy_scale: bool = False  # ED-DPM: s times min(entropy_cap, log C / H(p(. | x_t)))
     entropy_cap: float = 10.0
     grad_at: str = "x_t"  # x_t | posterior_mean (DDPM only)
+    # x_t: g from the noisy classifier | x0: g = grad_{x_t} log p_psi(y | x0_hat(x_t)) from the clean guide
+    # (guide_ckpt), through the eps-model: one more eps forward + backward per guided step
+    grad_space: str = "x_t"
 
 
 @dataclass
 class SpeedConfig:
     """speed: options of the guided sampling step (cguide.runtime.speed); all off = eager fp32."""
     bf16: bool = False  # bf16 autocast of both networks (moves samples beyond fp32 rounding; recorded in sweep.json)
+    fp16: bool = False  # fp16 autocast, CUDA only (guided-diffusion's use_fp16; recorded in sweep.json)
     channels_last: bool = False  # NHWC convolutions
     compile: bool = False  # torch.compile both networks
     cuda_graph: bool = False  # capture the whole guided step as a CUDA graph (CUDA only)
@@ -194,6 +203,9 @@ class MetricsConfig:
     kid_subset_size: int = 1000
     seed: int = 2020  # KID subsets, IS splits, PRC subset
     real_stats_cache: Optional[str] = "${out_dir}/real_stats"  # null = no disk cache
+    # guided-diffusion's reference batch (.npz, arr_0 = uint8 NHWC images, arr_1 = labels if present) as the
+    # real side of FID/KID/IS/PRC instead of data's test split; null = the test split
+    reference_npz: Optional[str] = None
 
 
 @dataclass
@@ -202,6 +214,12 @@ class SampleConfig:
     eps_ckpt: Optional[str] = None  # the unconditional eps-model (method classifier)
     cond_ckpt: Optional[str] = None  # the class-conditional eps-model (methods cond, cfg, cfg_w, cond_classifier)
     classifier_ckpt: Optional[str] = None  # needed when a classifier method has scale > 0
+    # guided-diffusion (ADM) files: the preset of each (nets/adm.py PRESETS, or its flags as one string); null = a
+    # cguide checkpoint. e.g. eps_preset=adm256_uncond cond_preset=adm256_cond classifier_preset=adm256_classifier
+    eps_preset: Optional[str] = None
+    cond_preset: Optional[str] = None
+    classifier_preset: Optional[str] = None
+    guide_ckpt: Optional[str] = None  # the clean guide classifier: needed by guidance.grad_space=x0 at scale > 0
     classes: Optional[List[int]] = None  # null = every class
     n_per_class: int = 8
     seed: int = 0  # sample i gets seed + i
@@ -226,6 +244,10 @@ class GridConfig:
     scales: List[float] = field(default_factory=lambda: ["${guidance.scale}"])
     # a method's own scale list (e.g. cfg: [1, 1.5, 3]); methods without one use `scales`
     method_scales: Dict[str, Any] = field(default_factory=dict)  # method -> list of scales
+    # named option sets, each crossed with the axes above: name -> {scales: [...] (else method_scales / scales),
+    # and any of schedule, sigma_interval, entropy_scale, entropy_cap, grad_at, grad_space (else from guidance)};
+    # empty: one set, the guidance node's options
+    settings: Dict[str, Any] = field(default_factory=dict)
     variants: List[str] = field(default_factory=lambda: ["${guidance.variant}"])
     samplers: List[str] = field(default_factory=lambda: ["${sampler.name}"])
     steps: List[Optional[int]] = field(default_factory=lambda: ["${sampler.steps}"])
@@ -237,6 +259,8 @@ class GridConfig:
     # results land when a call's points are drawn, so smaller calls lose less to a crash. null = all.
     points_per_call: Optional[int] = None
     grid_per_class: int = 8  # samples per class (row) in each point's grid
+    grid_classes: Optional[int] = None  # rows of each point's grid: the first N classes; null = every class
+    save_npz: bool = False  # each point's samples as samples/<point>.npz (guided-diffusion's format: arr_0, arr_1)
 
 
 @dataclass
@@ -253,7 +277,13 @@ class SweepConfig:
     eps_ckpt: Optional[str] = None  # the unconditional eps-model (method classifier)
     cond_ckpt: Optional[str] = None  # the class-conditional eps-model (methods cond, cfg, cfg_w, cond_classifier)
     classifier_ckpt: Optional[str] = None  # needed when a classifier method has scale > 0
-    judge_ckpt: str = MISSING
+    # guided-diffusion (ADM) files: the preset of each (nets/adm.py PRESETS, or its flags as one string); null = a
+    # cguide checkpoint. e.g. eps_preset=adm256_uncond cond_preset=adm256_cond classifier_preset=adm256_classifier
+    eps_preset: Optional[str] = None
+    cond_preset: Optional[str] = None
+    classifier_preset: Optional[str] = None
+    guide_ckpt: Optional[str] = None  # the clean guide classifier: needed by guidance.grad_space=x0 at scale > 0
+    judge_ckpt: Optional[str] = MISSING  # null: no judge (no accuracy; FID/IS/PRC on Inception features)
     out_dir: str = "${paths.output_dir}"
     device: str = "auto"
     num_threads: Optional[int] = None  # torch intra-op threads on CPU; null: torch's default

@@ -1,5 +1,5 @@
 """Hydra entry point: the whole experiment in one command -- train the eps-model, the noisy classifier
-and the judge, then sweep guidance settings and report.
+and the judge (and the clean guide when a point guides in x0 space), then sweep guidance settings and report.
 
     python -m cguide.pipeline experiment=mnist5k_quick   # = make run: mnist5k, 2 CPU cores
     python -m cguide.pipeline experiment=mnist5k_full    # one GPU, bigger models, 2,000 samples per point
@@ -20,24 +20,30 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cli import CONF_DIR, print_config_tree, run_or_exit
 from .config import SweepConfig, TrainConfig, plain, register_configs
+from .grid.points import build_grid
 from .guidance import METHODS, check_method
 from .io.atomic import atomic_write_text
 from .io.folders import check_writable, move_aside
 
 # stage -> (training task, its config section, trained on the schedule); cond_diffusion is the class-conditional
-# eps-model (model.cond=true: same size and step budget as the unconditional one), trained when a method needs it
+# eps-model (model.cond=true: same size and step budget as the unconditional one), trained when a method needs it;
+# guide is the clean guide classifier, trained when a sweep point guides in x0 space (guidance.grad_space=x0)
 STAGES = {"diffusion": ("diffusion", "model", True), "cond_diffusion": ("diffusion", "model", True),
-          "classifier": ("classifier", "classifier", True), "judge": ("judge", "judge", False)}
+          "classifier": ("classifier", "classifier", True), "judge": ("judge", "judge", False),
+          "guide": ("guide", "guide", False)}
 TABLE = [("method", "method"), ("scale", "scale"), ("variant", "variant"), ("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"),
          ("accuracy", "accuracy"), ("guide_confidence", "guide_conf"), ("precision", "precision"),
          ("recall", "recall")]
 
 
 def stages(cfg: DictConfig) -> list[str]:
-    """The stages the sweep's methods need (the classifier always: it also measures guide_confidence)."""
+    """The stages the sweep's methods need (the classifier always: it also measures guide_confidence), and the
+    guide when a point of the grid guides in x0 space."""
     needs = set().union(*(METHODS[check_method(m).name].needs for m in cfg.sweep.methods))
+    x0 = any(p.guidance.grad_space == "x0" and p.guidance.scale > 0 and p.method.classifier
+             for p in build_grid(cfg.sweep, cfg.sampler, cfg.guidance))
     return [s for s in STAGES if (s != "diffusion" or "u" in needs)
-            and (s != "cond_diffusion" or needs & {"c", "null"})]
+            and (s != "cond_diffusion" or needs & {"c", "null"}) and (s != "guide" or x0)]
 
 
 def _net(cfg: DictConfig, stage: str) -> dict:
@@ -46,7 +52,10 @@ def _net(cfg: DictConfig, stage: str) -> dict:
     net = plain(cfg[STAGES[stage][1]])
     if stage == "cond_diffusion":
         return {**net, "cond": True}
-    return {k: v for k, v in net.items() if k not in ("cond", "p_uncond")}
+    # seed_offset only where set (the guide), so the other stages keep the keys they had before it existed
+    # likewise lr_decay only when not constant
+    return {k: v for k, v in net.items() if k not in ("cond", "p_uncond") and not (k == "seed_offset" and v == 0)
+            and not (k == "lr_decay" and v == "constant")}
 
 
 def stage_key(cfg: DictConfig, stage: str) -> dict:
@@ -65,7 +74,7 @@ def _digest(obj) -> str:
 
 def stage_config(cfg: DictConfig, stage: str, folder: Path) -> DictConfig:
     parts = {k: plain(cfg[k]) for k in ("seed", "tags", "num_threads", "data", "diffusion", "model", "classifier",
-                                        "judge", "trainer", "logger", "callbacks")}
+                                        "judge", "guide", "trainer", "logger", "callbacks")}
     parts["model"]["cond"] = stage == "cond_diffusion"
     parts.update(task=STAGES[stage][0], resume=True,
                  paths={"output_dir": str(folder), "ckpt_dir": str(folder / "checkpoints")})
@@ -120,12 +129,14 @@ def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConf
     grid = dict(parts["sweep"])
     if grid["methods"] == ["classifier"] and not grid["method_scales"]:  # as before methods: old digests hold
         del grid["methods"], grid["method_scales"]
+    if not grid.get("settings", True):  # likewise before named option sets
+        del grid["settings"]
     defines = {"ckpts": {k: file_identity(p) for k, p in ckpts.items()}, "sweep": grid, "sampler": parts["sampler"]}
-    if parts["speed"]["bf16"]:  # bf16 defines results (cguide.sweep.runner.manifest); only when on: old digests hold
-        defines["speed"] = {"bf16": True}
+    if parts["speed"]["bf16"] or parts["speed"].get("fp16"):  # they define results (cguide.grid.runner.manifest);
+        defines["speed"] = {k: True for k in ("bf16", "fp16") if parts["speed"].get(k)}  # only when on: old digests
     sweep_dir = out / "sweep" / _digest(defines)
     parts.update(eps_ckpt=ids.get("diffusion"), cond_ckpt=ids.get("cond_diffusion"), classifier_ckpt=ids["classifier"],
-                 judge_ckpt=ids["judge"],
+                 judge_ckpt=ids["judge"], guide_ckpt=ids.get("guide"),
                  out_dir=str(sweep_dir), paths={"output_dir": str(sweep_dir)})
     parts["metrics"]["real_stats_cache"] = str(out / "real_stats")
     parts["logger"]["group"] = parts["logger"]["group"] or f"pipeline-{cfg.name}"
@@ -136,6 +147,18 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _options(r: dict) -> str:
+    """A row's classifier-term options that differ from their defaults (as its point key names them)."""
+    parts = [r["schedule"]] if r.get("schedule", "constant") != "constant" else []
+    if r.get("sigma_lo") is not None:
+        hi = r.get("sigma_hi")
+        parts.append(f"sigma [{r['sigma_lo']:g}, {'inf' if hi is None else f'{hi:g}'}]")
+    if r.get("entropy_cap") is not None:
+        parts.append(f"entropy (cap {r['entropy_cap']:g})")
+    parts += [v for k in ("grad_at", "grad_space") if (v := r.get(k, "x_t")) != "x_t"]
+    return ", ".join(parts) or "-"
+
+
 def print_report(sweep_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -143,12 +166,15 @@ def print_report(sweep_dir: Path) -> None:
     from .grid.results import ResultsFolder
 
     rows = sorted(ResultsFolder(sweep_dir).rows(),
-                  key=lambda r: (r.get("method", "classifier"), r["variant"], float(r["scale"])))
+                  key=lambda r: (r.get("method", "classifier"), r["variant"], _options(r), float(r["scale"])))
+    columns = list(TABLE)
+    if any(_options(r) != "-" for r in rows):  # option sets: say which row is which
+        columns.insert(3, ("options", "options"))
     table = Table(title=f"guidance sweep ({len(rows)} points)")
-    for _, title in TABLE:
+    for _, title in columns:
         table.add_column(title, justify="right")
     for r in rows:
-        table.add_row(*[_fmt(r.get(k)) for k, _ in TABLE])
+        table.add_row(*[_options(r) if k == "options" else _fmt(r.get(k)) for k, _ in columns])
     console = Console()
     console.print(table)
     console.print(f"results: {sweep_dir / 'results.csv'}  {sweep_dir / 'results.jsonl'}")

@@ -3,6 +3,7 @@
     python -m cguide.sample eps_ckpt=E.ckpt classifier_ckpt=C.ckpt classes=[3,7] n_per_class=16 \\
         guidance.scale=2 guidance.variant=seed_literal sampler=ddpm sampler.steps=250
     python -m cguide.sample eps_ckpt=E.ckpt guidance=unguided      # s = 0: no classifier needed
+    python -m cguide.sample eps_ckpt=E.ckpt guide_ckpt=G.ckpt guidance.grad_space=x0 guidance.scale=4   # x0-space
 
 samples.npz holds samples [N,C,H,W] (float32, [-1,1]), targets [N], seeds [N], nonfinite_steps [N]
 and settings (a JSON string: np.load(...)["settings"].item())."""
@@ -40,9 +41,12 @@ def run_sample(cfg: DictConfig) -> Path:
     setting = GuidanceSetting.from_config(cfg.guidance)
     sampler = SamplerSpec.from_config(cfg.sampler)
     run = RunOptions(cfg.batch_size, check_device(cfg.device), cfg.progress, cfg.speed)
+    run.speed.check(run.device)  # e.g. speed.fp16 on a CPU: refused before anything is read or written
     apply_num_threads(cfg.num_threads)
     out = check_writable(cfg.out_dir, "out_dir")
-    models = load_models(cfg.eps_ckpt, cfg.cond_ckpt, cfg.classifier_ckpt, GuidanceSpec.from_settings([setting], [0]))
+    models = load_models(cfg.eps_ckpt, cfg.cond_ckpt, cfg.classifier_ckpt, GuidanceSpec.from_settings([setting], [0]),
+                         presets={k: cfg.get(f"{k}_preset") for k in ("eps", "cond", "classifier")},
+                         guide_ckpt=cfg.guide_ckpt)
     base = models.base
     classes = list(range(base.num_classes)) if cfg.classes is None else list(cfg.classes)
     if not all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
@@ -58,7 +62,9 @@ def run_sample(cfg: DictConfig) -> Path:
         save_grid(x[y == c], out / f"grid_class{c}.png")
     settings = {
         **{k: str(m.path) if m else None for k, m in (("eps_ckpt", models.eps), ("cond_ckpt", models.cond),
-                                                       ("classifier_ckpt", models.classifier))},
+                                                       ("classifier_ckpt", models.classifier),
+                                                       ("guide_ckpt", models.guide))},
+        **{f"{k}_preset": cfg.get(f"{k}_preset") for k in ("eps", "cond", "classifier") if cfg.get(f"{k}_preset")},
         "classes": classes, "n_per_class": cfg.n_per_class, "seed": cfg.seed,
         "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
         "guidance": OmegaConf.to_container(cfg.guidance, resolve=True),

@@ -1,8 +1,9 @@
-"""Hydra entry point: train the eps-model, the noisy classifier or the judge.
+"""Hydra entry point: train the eps-model, the noisy classifier, the judge or the clean guide.
 
     python -m cguide.train task=diffusion model=small data=mnist5k
     python -m cguide.train task=classifier classifier=small
     python -m cguide.train task=judge resume=true      # continue from checkpoints/last.ckpt
+    python -m cguide.train task=guide                  # the clean guide of x0-space guidance (guide/)
     python -m cguide.train debug=default               # a few steps on CPU, no logger
 """
 
@@ -160,11 +161,12 @@ def build_callbacks(cfg: DictConfig, out: Path, ckpt_dir: Path, final: Path) -> 
 
 
 def train(cfg: DictConfig) -> TrainResult:
-    """Fit (and for the judge, test) one network into ckpt_dir/<task>.ckpt."""
+    """Fit (and for the judge and the guide, test) one network into ckpt_dir/<task>.ckpt."""
     check_train(cfg)
     apply_num_threads(cfg.num_threads)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     net_cfg = plain(cfg[TASKS[cfg.task][0]])
+    # the net's own offset: the guide (judge architecture) never starts from the judge's draws
+    L.seed_everything(cfg.seed + net_cfg.get("seed_offset", 0), workers=True, verbose=False)
     data = plain(cfg.data)
     if net_cfg["batch_size"]:
         data["batch_size"] = net_cfg["batch_size"]
@@ -188,7 +190,7 @@ def train(cfg: DictConfig) -> TrainResult:
             # Lightning skips a fit loop that is done on arrival, on_train_end included: the checkpoint
             # resumed from is the final state
             atomic_write(final, lambda tmp: shutil.copyfile(ckpt_path, tmp))
-        if cfg.task == "judge":
+        if cfg.task in ("judge", "guide"):
             trainer.test(module, dm, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     finally:

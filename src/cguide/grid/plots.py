@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..io.atomic import atomic_write  # noqa: E402
 
 SERIES_AXES = ("method", "variant", "sampler", "steps", "t_lo", "t_hi", "schedule", "sigma_lo", "sigma_hi",
-               "entropy_cap", "grad_at")
+               "entropy_cap", "grad_at", "grad_space")
 # file stem -> (title, [(row key, legend suffix)]); a plot is skipped when none of its keys was measured
 VS_SCALE = {
     "fid_vs_scale": ("FID", [("fid", "")]),
@@ -30,7 +30,7 @@ def num(v) -> float:
 
 
 # what a row written before an axis existed had (so old and new rows of one folder join one series)
-AXIS_DEFAULTS = {"method": "classifier", "schedule": "constant", "grad_at": "x_t"}
+AXIS_DEFAULTS = {"method": "classifier", "schedule": "constant", "grad_at": "x_t", "grad_space": "x_t"}
 
 
 def _axis(r: dict, a: str):

@@ -14,6 +14,8 @@ from ..guidance import METHODS, GuidanceSetting
 
 AXES = {"methods": "method", "scales": "scale", "variants": "variant", "samplers": "sampler", "steps": "steps",
         "intervals": "interval"}
+# what a named option set (sweep.settings.<name>) may set besides its scales: the classifier term's options
+SET_OPTIONS = ("schedule", "sigma_interval", "entropy_scale", "entropy_cap", "grad_at", "grad_space")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class Point:
         return {"point": self.key, "method": g.method, "sampler": self.sampler.name, "steps": self.sampler.steps,
                 "t_lo": g.interval[0], "t_hi": g.interval[1], "variant": g.variant, "scale": g.scale,
                 "schedule": g.schedule, "sigma_lo": sig[0], "sigma_hi": sig[1],
-                "entropy_cap": g.entropy_cap if g.entropy_scale else None, "grad_at": g.grad_at}
+                "entropy_cap": g.entropy_cap if g.entropy_scale else None, "grad_at": g.grad_at,
+                "grad_space": g.grad_space}
 
 
 def options_suffix(g: GuidanceSetting) -> str:
@@ -72,6 +75,8 @@ def options_suffix(g: GuidanceSetting) -> str:
         parts.append(f"ent{g.entropy_cap:g}")
     if g.grad_at != "x_t":
         parts.append(g.grad_at)
+    if g.grad_space != "x_t":
+        parts.append(g.grad_space)
     return "".join(f"-{p}" for p in parts)
 
 
@@ -79,7 +84,9 @@ def build_grid(sweep, sampler, guidance) -> list[Point]:
     """Cartesian product of the sweep's axes (sweep.methods, .scales or a method's own .method_scales,
     .variants, .samplers, .steps, .intervals) in a fixed order, duplicates dropped (settings without a
     classifier term ignore variant and interval); each value becomes a SamplerSpec / GuidanceSetting, with
-    the rest of guidance (nonfinite, schedule, sigma_interval, entropy, grad_at) from the guidance node."""
+    the rest of guidance (nonfinite, schedule, sigma_interval, entropy, grad_at, grad_space) from the guidance
+    node. sweep.settings, when given, names option sets: the grid is the union over them of that product, each
+    set's options (SET_OPTIONS) over the guidance node's and its own `scales` (if given) for every method."""
     axes = {name: list(sweep[name]) for name in AXES}
     for name, values in axes.items():
         if len(values) == 0:
@@ -94,11 +101,33 @@ def build_grid(sweep, sampler, guidance) -> list[Point]:
                 for smp, k in itertools.product(axes["samplers"], axes["steps"])]
     rest = dict(nonfinite=guidance.nonfinite, schedule=guidance.schedule, entropy_scale=guidance.entropy_scale,
                 entropy_cap=guidance.entropy_cap, grad_at=guidance.grad_at,
-                sigma_interval=None if guidance.sigma_interval is None else tuple(guidance.sigma_interval))
-    settings = [GuidanceSetting(s, v, tuple(iv), source="sweep", method=m, **rest)
-                for m in axes["methods"]
-                for iv, v, s in itertools.product(axes["intervals"], axes["variants"], list(own.get(m, axes["scales"])))]
+                grad_space=getattr(guidance, "grad_space", "x_t"), sigma_interval=guidance.sigma_interval)
+    settings = []
+    for name, opts in option_sets(sweep).items():
+        scales = opts.pop("scales", None)
+        opts = {**rest, **opts}
+        sig = opts["sigma_interval"]
+        opts["sigma_interval"] = None if sig is None else tuple(sig)
+        settings += [GuidanceSetting(s, v, tuple(iv), source="sweep", method=m, **opts)
+                     for m in axes["methods"]
+                     for iv, v, s in itertools.product(axes["intervals"], axes["variants"],
+                                                       list(own.get(m, axes["scales"]) if scales is None else scales))]
     return list(dict.fromkeys(Point(smp, g) for smp, g in itertools.product(samplers, settings)))
+
+
+def option_sets(sweep) -> dict[str, dict]:
+    """sweep.settings as plain dicts (name -> {scales, options}), checked; {'': {}} when none are named."""
+    sets = {str(k): dict(v or {}) for k, v in dict(sweep.get("settings") or {}).items()}
+    for name, opts in sets.items():
+        unknown = sorted(set(opts) - {"scales", *SET_OPTIONS})
+        if unknown:
+            raise ValueError(f"sweep.settings.{name} sets unknown key(s) {unknown}; known: scales, "
+                             f"{', '.join(SET_OPTIONS)}")
+        if "scales" in opts and (isinstance(opts["scales"], (str, bytes)) or not hasattr(opts["scales"], "__len__")
+                                 or len(opts["scales"]) == 0):
+            raise ValueError(f"sweep.settings.{name}.scales must be a non-empty list of scales, got "
+                             f"{opts['scales']!r}; fix it or drop it (then sweep.scales is used)")
+    return sets or {"": {}}
 
 
 def pack(points: Sequence[Point], points_per_call: int) -> list[list[Point]]:

@@ -11,22 +11,26 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..data import as_data_config, build_datamodule
-from ..guidance import GuidanceSpec
+from ..data import as_data_config
+from ..diffusion import make_schedule
+from ..guidance import GuidanceSpec, network_evals
 from ..io.checkpoints import Loaded, load_net
 from ..io.images import save_grid
+from ..io.npz_batches import write_sample_batch
 from ..io.loggers import finish_wandb
 from ..metrics import MetricSettings, compute_metrics
+from ..metrics.settings import NO_JUDGE
 from ..io.atomic import remove_stale_temps
 from ..io.folders import check_writable
 from ..runtime.distributed import is_main, main_then_share
-from ..runtime.draw import Models, RunOptions, check_device, draw_sharded, load_models
+from ..runtime.draw import Models, RunOptions, check_device, check_speed, draw_sharded, load_models
 from ..runtime.speed import check_num_threads
 from . import wandb_log
-from .checks import check_real, check_same_images, check_sampling, check_sweep_numbers
+from .checks import check_same_images, check_sampling, check_sweep_numbers
 from .claims import PointClaims, claimed_calls
 from .plots import write_plots
 from .points import Point, balanced_targets, build_grid
+from .real_side import RealSide, real_side
 from .results import ResultsFolder
 
 
@@ -41,26 +45,33 @@ def file_identity(path: str | Path | None) -> dict | None:
     return {"sha256": h.hexdigest()[:16], "size": Path(path).stat().st_size}
 
 
-def manifest(cfg: DictConfig, models: Models, judge: Loaded, names: tuple[str, ...]) -> dict:
+def manifest(cfg: DictConfig, models: Models, judge: Loaded | None, names: tuple[str, ...],
+             real: RealSide | None = None) -> dict:
     """Everything a row's numbers depend on except the grid axes (those are in the row itself)."""
     data = {k: v for k, v in vars(as_data_config(OmegaConf.to_container(cfg.data, resolve=True))).items()
             if k not in ("root", "batch_size", "num_workers", "download")}
     m, smp = cfg.metrics, cfg.sampler
     # bf16 moves samples beyond fp32 rounding, so it defines results (the other speed options are fp32 rounding only);
     # recorded only when on, so folders written before the option existed still resume
-    speed = {"speed": {"bf16": True}} if cfg.speed.bf16 else {}
+    halves = {k: True for k in ("bf16", "fp16") if cfg.speed.get(k)}  # fp16 alike
+    speed = {"speed": halves} if halves else {}
+    # a reference batch replaces the data's test split, and ADM presets name the nets: only when used
+    reference = {"reference": real.identity} if real is not None and real.identity else {}
+    presets = {f"{k}_preset": cfg.get(f"{k}_preset") for k in ("eps", "cond", "classifier") if cfg.get(f"{k}_preset")}
     # the conditional model only when used, for the same reason
     cond = {"cond_ckpt": file_identity(models.cond.path)} if models.cond else {}
+    guide = {"guide_ckpt": file_identity(models.guide.path)} if models.guide else {}  # x0-space guidance only
     eps, clf = models.eps, models.classifier
-    return {**speed, **cond,
+    return {**speed, **cond, **guide, **reference, **presets,
         "eps_ckpt": file_identity(eps.path if eps else None),
         "classifier_ckpt": file_identity(clf.path if clf else None),
-        "judge_ckpt": file_identity(judge.path), "n_per_point": cfg.sweep.n_per_point, "seed": cfg.sweep.seed,
+        "judge_ckpt": file_identity(judge.path if judge else None), "n_per_point": cfg.sweep.n_per_point,
+        "seed": cfg.sweep.seed,
         "sampler": {"eta": smp.eta, "var_type": smp.var_type, "clip_x0": smp.clip_x0, "spacing": smp.spacing,
                     # only when set, so folders written before the option existed still resume
                     **({"dynamic_threshold": smp.dynamic_threshold} if smp.dynamic_threshold is not None else {}),
                     "clip_order": smp.clip_order},
-        "nonfinite": cfg.guidance.nonfinite, "data": data,
+        "nonfinite": cfg.guidance.nonfinite, **({} if reference else {"data": data}),
         "metrics": {"names": sorted(names), "extractor": m.extractor, "n_real": m.n_real,
                     "inception_weights": file_identity(m.inception_weights) if m.extractor == "inception"
                     and m.inception_weights else None, "kid_subset_size": m.kid_subset_size, "seed": m.seed},
@@ -72,9 +83,9 @@ def sweep_group(name: str, defines: dict) -> str:
     return f"{name}-{hashlib.sha1(json.dumps(defines, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
-def class_grid(x: torch.Tensor, y: torch.Tensor, per_class: int, path: Path) -> Path:
-    """One row per class: the first per_class samples of each target class."""
-    rows = [x[y == c][:per_class] for c in torch.unique(y).tolist()]
+def class_grid(x: torch.Tensor, y: torch.Tensor, per_class: int, path: Path, classes: int | None = None) -> Path:
+    """One row per class (the first ``classes`` of them; None: all): the first per_class samples of each."""
+    rows = [x[y == c][:per_class] for c in torch.unique(y).tolist()[:classes]]
     k = min(len(r) for r in rows)
     return save_grid(torch.cat([r[:k] for r in rows]), path, nrow=k)
 
@@ -95,26 +106,31 @@ def run_sweep(cfg: DictConfig) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     spec = GuidanceSpec.from_settings([p.guidance for p in points], torch.zeros(len(points), dtype=torch.long))
-    models = load_models(cfg.eps_ckpt, cfg.cond_ckpt, cfg.classifier_ckpt, spec)
+    check_speed(spec, run.speed)
+    if settings.needs_judge and not cfg.judge_ckpt:
+        raise ValueError(NO_JUDGE)
+    presets = {k: cfg.get(f"{k}_preset") for k in ("eps", "cond", "classifier")}
+    models = load_models(cfg.eps_ckpt, cfg.cond_ckpt, cfg.classifier_ckpt, spec, presets=presets,
+                         guide_ckpt=cfg.get("guide_ckpt"))
     eps = models.base
-    judge = load_net(cfg.judge_ckpt, "judge")
-    check_same_images(eps, f"judge {judge.path}", judge.image_shape, judge.num_classes)
+    judge = load_net(cfg.judge_ckpt, "judge") if cfg.judge_ckpt else None
+    if judge is not None:
+        check_same_images(eps, f"judge {judge.path}", judge.image_shape, judge.num_classes)
     check_sampling(eps, points)
     y = balanced_targets(sw.n_per_point, eps.num_classes)
-    dm = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
-    check_same_images(eps, f"data '{cfg.data.name}'", dm.image_shape, dm.num_classes)
-    real, real_y = dm.test_images(cfg.metrics.n_real)
-    check_real(settings, len(real), cfg.data.name)
+    real = real_side(cfg, settings, eps)
 
     out = Path(cfg.out_dir)
     folder = ResultsFolder(out)
-    defines = manifest(cfg, models, judge, names)
+    defines = manifest(cfg, models, judge, names, real)
 
     def claim() -> set:
         check_writable(out, "out_dir")
-        remove_stale_temps([out, out / "grids", out / "plots"])
+        remove_stale_temps([out, out / "grids", out / "plots", out / "samples"])
         folder.claim(defines, {"eps_ckpt": cfg.eps_ckpt, "cond_ckpt": cfg.cond_ckpt,
-                               "classifier_ckpt": cfg.classifier_ckpt, "judge_ckpt": str(judge.path)})
+                               "classifier_ckpt": cfg.classifier_ckpt,
+                               "judge_ckpt": str(judge.path) if judge else None,
+                               **({"guide_ckpt": str(models.guide.path)} if models.guide else {})})
         return folder.done()
 
     done = main_then_share(claim)  # distributed: rank 0 claims and reads, every rank gets the same to-do list
@@ -122,7 +138,8 @@ def run_sweep(cfg: DictConfig) -> Path:
     if is_main():
         print(f"sweep {out}: {len(points)} point(s), {len(points) - len(todo)} done already, {len(todo)} to run")
 
-    judge.net.to(device)
+    if judge is not None:
+        judge.net.to(device)
     seeds = (sw.seed + torch.arange(sw.n_per_point)).tolist()
     group = sweep_group(sw.name, defines)
     wb = wandb_log.start_run(cfg.logger, out, group, name=f"{group}-{time.strftime('%H%M%S')}",
@@ -131,7 +148,7 @@ def run_sweep(cfg: DictConfig) -> Path:
     try:
         step = 0
         for call in claimed_calls(todo, sw.points_per_call, claims, out):
-            for point, row, grid in _run_call(cfg, call, run, models, judge, y, seeds, real, real_y, settings, out):
+            for point, row, grid in _run_call(cfg, call, run, models, judge, y, seeds, real, settings, out, device):
                 if folder.append(row):  # False: a parallel job finished this point first
                     wandb_log.log_point(wb, row, grid, step)
                     step += 1
@@ -147,8 +164,8 @@ def run_sweep(cfg: DictConfig) -> Path:
     return out
 
 
-def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judge, y, seeds, real, real_y,
-              settings: MetricSettings, out):
+def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judge, y, seeds, real: RealSide,
+              settings: MetricSettings, out, device=None):
     """Draw the points of one call in shared batches, then measure them one by one (yields per point).
     Points at s = 0 are the same unguided samples whatever their variant: drawn once, measured per point."""
     n = len(seeds)
@@ -160,14 +177,21 @@ def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judge, y,
     if not is_main():  # rank 0 measures the gathered samples
         return
     draw_s = (time.perf_counter() - t0) / len(call)  # shared batches: each point gets an equal share
+    plan = call[0].sampler.plan(make_schedule(**models.base.schedule))
     for point in call:
         j = draws.index(point.draw_key)
         t1 = time.perf_counter()
         xs, bad = x[j * n:(j + 1) * n], nonfinite[j * n:(j + 1) * n]
         clf = models.classifier
-        metrics = compute_metrics(xs, y, (real, real_y), judge=judge.net, guide=clf.net if clf else None,
-                                  settings=settings)
-        grid = class_grid(xs, y, cfg.sweep.grid_per_class, out / "grids" / f"{point.key}.png")
+        metrics = compute_metrics(xs, y, (real.images, real.labels), judge=judge.net if judge else None,
+                                  guide=clf.net if clf else None, settings=settings, device=device,
+                                  **real.metric_kwargs)
+        if cfg.sweep.get("save_npz"):  # before its row: a point in results.jsonl has its file
+            write_sample_batch(out / "samples" / f"{point.key}.npz", xs, y)
+        grid = class_grid(xs, y, cfg.sweep.grid_per_class, out / "grids" / f"{point.key}.png",
+                          cfg.sweep.get("grid_classes"))
+        # network evaluations per sample (x0-space guidance's eps-model backward passes included)
+        cost = network_evals(GuidanceSpec.from_settings([point.guidance], [0]), plan)
         row = {**point.settings(), "n": n, **metrics, "grad_nonfinite_share": (bad > 0).double().mean().item(),
-               "wall_s": draw_s + time.perf_counter() - t1}
+               **{k: int(v[0]) for k, v in cost.items()}, "wall_s": draw_s + time.perf_counter() - t1}
         yield point, row, grid

@@ -48,7 +48,8 @@ def entropy_factor(logits: torch.Tensor, cap) -> torch.Tensor:
     return torch.minimum(f.clamp(min=1.0), cap)
 
 
-def x0_space_grad(eps_fn, clean_classifier, x_t: torch.Tensor, t: torch.Tensor, alphabar_t, y: torch.Tensor):
+def x0_space_grad(eps_fn, clean_classifier, x_t: torch.Tensor, t: torch.Tensor, alphabar_t, y: torch.Tensor,
+                  return_logits: bool = False):
     """x0-space guidance: g = grad_{x_t} log p_psi(y | x0_hat(x_t)), with
     x0_hat = (x_t - sqrt(1 - alphabar_t) eps_theta(x_t, t)) / sqrt(alphabar_t)
     and the gradient taken THROUGH eps_theta (so g = J^T grad_{x0} log p_psi, J = d x0_hat / d x_t), as in
@@ -56,7 +57,8 @@ def x0_space_grad(eps_fn, clean_classifier, x_t: torch.Tensor, t: torch.Tensor, 
     Guidance", arXiv 2302.07121, forward guidance). clean_classifier(x0) -> logits sees clean images only.
 
     alphabar_t: [B] or broadcastable to x_t. Only input gradients are taken (autograd.grad on x_t), so no
-    parameter's .grad is touched. Returns (g, log p_psi(y | x0_hat)), both detached."""
+    parameter's .grad is touched. Returns (g, log p_psi(y | x0_hat)), both detached, and with
+    ``return_logits`` also p_psi's logits (detached, at least fp32), as ``classifier_log_prob_grad``."""
     x = x_t.detach().requires_grad_(True)
     ab = torch.as_tensor(alphabar_t, dtype=x.dtype, device=x.device)
     if ab.ndim == 1:
@@ -68,4 +70,4 @@ def x0_space_grad(eps_fn, clean_classifier, x_t: torch.Tensor, t: torch.Tensor, 
             logits = logits.float()
         logp = F.log_softmax(logits, dim=-1).gather(1, y.view(-1, 1)).squeeze(1)
         (g,) = torch.autograd.grad(logp.sum(), x)
-    return g, logp.detach()
+    return (g, logp.detach(), logits.detach()) if return_logits else (g, logp.detach())

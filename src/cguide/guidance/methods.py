@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from ..diffusion.learned_variance import split_eps
+
 Evals = dict[str, torch.Tensor]  # 'u' / 'c' / 'null' -> eps [B, ...]
 
 
@@ -80,21 +82,36 @@ def check_method(name: str) -> Method:
     return METHODS[name]
 
 
+def split_evals(e: Evals, x: torch.Tensor) -> tuple[Evals, Evals | None]:
+    """Evaluations of learn_sigma networks ([eps, v], 2C channels) split into their eps and their v;
+    (e, None) when every evaluation is eps alone."""
+    parts = {k: split_eps(o, x) for k, o in e.items()}
+    learned = {k for k, (_, v) in parts.items() if v is not None}
+    if not learned:
+        return e, None
+    if learned != set(e):
+        raise ValueError(f"the eps-models disagree: {', '.join(sorted(learned))} return [eps, v] (learned variance), "
+                         f"{', '.join(sorted(set(e) - learned))} eps alone; use networks of one kind")
+    return {k: p[0] for k, p in parts.items()}, {k: p[1] for k, p in parts.items()}
+
+
 class MethodEps:
     """The base eps of every row (before any classifier term), as an ``eps_fn(x_t, t)``.
 
     uncond(x, t) and cond(x, t, y) are the networks; null is the conditional model's null label.
     Each network evaluation a row's method needs runs once per call on the whole batch, and rows
     take their method's result by torch.where (graph-safe: no data-dependent shapes). A batch of one
-    method costs exactly its own evaluations."""
+    method costs exactly its own evaluations. Networks returning [eps, v] (learned variance): the method acts
+    on eps, and v is the conditional evaluation's where the method has one (as GLIDE's CFG), else the
+    unconditional one's."""
 
     def __init__(self, uncond: Callable | None, cond: Callable | None, spec, null: int | None = None):
         self.uncond, self.cond, self.spec, self.null = uncond, cond, spec, null
         self.methods = list(dict.fromkeys(spec.method))
         self._masks: dict = {}
 
-    def _evals(self, needs: set[str], x, t) -> Evals:
-        y = self.spec.y.to(x.device)
+    def _evals(self, needs: set[str], x, t, y=None) -> Evals:
+        y = (self.spec.y if y is None else y).to(x.device)
         e: Evals = {}
         if "u" in needs:
             e["u"] = self.uncond(x, t)
@@ -108,13 +125,32 @@ class MethodEps:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         needs = set().union(*(METHODS[m].needs for m in self.methods))
         with torch.no_grad():
-            e = self._evals(needs, x.detach(), t)
+            e, v = split_evals(self._evals(needs, x.detach(), t), x)
             shape = (-1,) + (1,) * (x.ndim - 1)
             scale = self.spec.scale.to(x.device, x.dtype).view(shape)
             out = None
             for name in self.methods:
                 base = METHODS[name].base(e, scale)
+                if v is not None:
+                    base = torch.cat([base, v["c" if "c" in METHODS[name].needs else "u"]], 1)
                 out = base if out is None else torch.where(self._mask(name, x.device).view(shape), base, out)
+        return out
+
+    def rows_eps(self, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The base eps of batch rows ``rows`` ([k] indices) at x [k], t [k], with autograd ON: x0-space
+        guidance takes its gradient through it (ClassifierGuidance's eps_grad). Only the networks those
+        rows' methods need run, on those rows only."""
+        idx = rows.tolist()
+        methods = [self.spec.method[i] for i in idx]
+        names = list(dict.fromkeys(methods))
+        e = self._evals(set().union(*(METHODS[m].needs for m in names)), x, t, self.spec.y[rows.cpu()])
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        scale = self.spec.scale[rows.cpu()].to(x.device, x.dtype).view(shape)
+        out = None
+        for name in names:
+            base = METHODS[name].base(e, scale)
+            mask = torch.tensor([m == name for m in methods], device=x.device).view(shape)
+            out = base if out is None else torch.where(mask, base, out)
         return out
 
     def _mask(self, name: str, device) -> torch.Tensor:

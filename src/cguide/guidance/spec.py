@@ -1,8 +1,8 @@
 """What defines guidance, made and checked once where it comes from config.
 
 ``GuidanceSetting`` is one point's setting (method, scale, sigma_t variant, scale schedule, intervals in t and
-in sigma, entropy-aware factor, gradient location, non-finite mode), validated in its constructor: the only
-place a guidance setting is checked. What needs the schedule or the sampler is checked by ``check_against``,
+in sigma, entropy-aware factor, gradient location and space, non-finite mode), validated in its constructor:
+the only place a guidance setting is checked. What needs the schedule or the sampler is checked by ``check_against``,
 which the runtime calls before drawing. ``GuidanceSpec`` is a batch: one row per sample built from valid
 settings, passed whole from the entry point to the guided-eps wrapper."""
 
@@ -22,6 +22,7 @@ from .variants import check_variant
 
 NONFINITE_MODES = ("zero", "clamp", "raise")
 GRAD_AT = ("x_t", "posterior_mean")
+GRAD_SPACES = ("x_t", "x0")  # g from the noisy classifier at x_t, or from the clean guide at x0_hat(x_t)
 # the config keys named in the fix of each message, by where the setting came from (else guidance.<field>)
 KEYS = {"guidance": {"scale": "guidance.scale", "interval": "guidance.interval"},
         "sweep": {"scale": "sweep.scales", "interval": "sweep.intervals"}}
@@ -67,6 +68,12 @@ class GuidanceSetting:
     entropy_scale, entropy_cap: f = min(cap, log C / H(p_phi(. | x_t))) per sample and step (ED-DPM;
         ``entropy_factor``); f = 1 when off.
     grad_at: where g is taken: 'x_t' (Dhariwal & Nichol) or 'posterior_mean' (g at mu_theta(x_t), DDPM only).
+    grad_space: which classifier gives g: 'x_t', the noisy p_phi(y | x_t, t); or 'x0', x0-space guidance:
+        g = grad_{x_t} log p_psi(y | x0_hat(x_t)) of a classifier p_psi of CLEAN images (the guide, never the
+        judge), x0_hat = (x_t - sqrt(1 - ab_t) eps(x_t, t)) / sqrt(ab_t), the gradient taken through the
+        eps-model of the row's base eps (``gradient.x0_space_grad``; Bansal et al. 2023, arXiv 2302.07121,
+        forward guidance; EluCD, Ma et al. 2023, arXiv 2310.11311). It costs one more eps-model forward and
+        backward per guided step; with 'x0' grad_at must be 'x_t' (g goes through x0_hat(x_t) itself).
     nonfinite: what a NaN/inf classifier gradient becomes: 'zero' (that step goes unguided),
     'clamp' (to +-grad_limit) or 'raise'. source names the config section in error messages.
     Settings without a classifier term keep none of the classifier term's options (they would change nothing)."""
@@ -82,6 +89,7 @@ class GuidanceSetting:
     entropy_scale: bool = False
     entropy_cap: float = 10.0
     grad_at: str = "x_t"
+    grad_space: str = "x_t"
 
     def __post_init__(self):
         keys = KEYS[self.source]
@@ -119,6 +127,12 @@ class GuidanceSetting:
         if self.grad_at not in GRAD_AT:
             raise ValueError(f"unknown guidance.grad_at {self.grad_at!r}; known: {', '.join(GRAD_AT)}; "
                              f"fix {_key(self.source, 'grad_at')}")
+        if self.grad_space not in GRAD_SPACES:
+            raise ValueError(f"unknown guidance.grad_space {self.grad_space!r}; known: {', '.join(GRAD_SPACES)}; "
+                             f"fix {_key(self.source, 'grad_space')}")
+        if self.grad_space == "x0" and self.grad_at != "x_t" and m.classifier:
+            raise ValueError("guidance.grad_space=x0 takes g through x0_hat(x_t), so it does not combine with "
+                             f"guidance.grad_at={self.grad_at}; fix guidance.grad_at=x_t or guidance.grad_space=x_t")
         object.__setattr__(self, "scale", float(s) if m.scale else 0.0)
         object.__setattr__(self, "interval", (float(iv[0]), float(iv[1])) if m.classifier else (0.0, 1.0))
         object.__setattr__(self, "sigma_interval", (float(sig[0]), float(sig[1])) if sig and m.classifier else None)
@@ -129,6 +143,7 @@ class GuidanceSetting:
             object.__setattr__(self, "variant", "score")
             object.__setattr__(self, "schedule", "constant")
             object.__setattr__(self, "grad_at", "x_t")
+            object.__setattr__(self, "grad_space", "x_t")
 
     def check_against(self, schedule, sampler=None) -> None:
         """What needs the schedule (a Schedule) or the sampler (a SamplerSpec): a sigma interval must hold
@@ -144,7 +159,7 @@ class GuidanceSetting:
         return cls(node.scale, node.variant, tuple(node.interval), node.nonfinite, source, node.method,
                    getattr(node, "schedule", "constant"), tuple(sig) if sig is not None else None,
                    getattr(node, "entropy_scale", False), getattr(node, "entropy_cap", 10.0),
-                   getattr(node, "grad_at", "x_t"))
+                   getattr(node, "grad_at", "x_t"), getattr(node, "grad_space", "x_t"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,7 +167,8 @@ class GuidanceSpec:
     """Guidance of a batch of B samples, one row each: target y [B] (int64), method (B names), the
     method's scale [B] (float64), variant (B names), interval bounds t_lo, t_hi [B] (float64, fractions of
     T), schedule (B names), sigma bounds sigma_lo, sigma_hi [B] (float64; 0 and inf: no sigma limit),
-    entropy [B] (bool) with entropy_cap [B] (float64), grad_at (B names). One non-finite mode per batch.
+    entropy [B] (bool) with entropy_cap [B] (float64), grad_at (B names), grad_space (B names: 'x_t' or
+    'x0'). One non-finite mode per batch.
     Rows come from GuidanceSettings, so nothing here is checked again; fields left None take the defaults."""
 
     y: torch.Tensor
@@ -169,6 +185,7 @@ class GuidanceSpec:
     entropy: torch.Tensor | None = None
     entropy_cap: torch.Tensor | None = None
     grad_at: tuple[str, ...] | None = None
+    grad_space: tuple[str, ...] | None = None
 
     @classmethod
     def from_settings(cls, settings: Sequence[GuidanceSetting], y) -> "GuidanceSpec":
@@ -189,14 +206,15 @@ class GuidanceSpec:
                    sigma_lo=torch.tensor([v[0] for v in sig], dtype=torch.float64),
                    sigma_hi=torch.tensor([v[1] for v in sig], dtype=torch.float64),
                    entropy=torch.tensor([g.entropy_scale for g in settings], dtype=torch.bool),
-                   entropy_cap=f64(lambda g: g.entropy_cap), grad_at=tuple(g.grad_at for g in settings))
+                   entropy_cap=f64(lambda g: g.entropy_cap), grad_at=tuple(g.grad_at for g in settings),
+                   grad_space=tuple(g.grad_space for g in settings))
 
     @classmethod
     def of(cls, y, scale=1.0, variant: str | Sequence[str] = "score", interval=(0.0, 1.0),
            nonfinite: str = "zero", n: int | None = None, method: str = "classifier", **options) -> "GuidanceSpec":
         """From per-sample values; scalars (y, scale, one variant name) broadcast to n samples, or to the
         length of the per-sample ones. options: the other GuidanceSetting fields (schedule, sigma_interval,
-        entropy_scale, entropy_cap, grad_at), one value for all rows. Each distinct setting is a
+        entropy_scale, entropy_cap, grad_at, grad_space), one value for all rows. Each distinct setting is a
         GuidanceSetting (its checks)."""
         y = torch.as_tensor(y, dtype=torch.long)
         s = torch.as_tensor(scale, dtype=torch.float64)
@@ -223,7 +241,7 @@ class GuidanceSpec:
                     "sigma_hi": torch.full((B,), math.inf, dtype=torch.float64),
                     "entropy": torch.zeros(B, dtype=torch.bool),
                     "entropy_cap": torch.full((B,), 10.0, dtype=torch.float64),
-                    "grad_at": ("x_t",) * B}
+                    "grad_at": ("x_t",) * B, "grad_space": ("x_t",) * B}
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
@@ -232,7 +250,8 @@ class GuidanceSpec:
         """The spec of samples sl (a batch or a rank's share)."""
         return GuidanceSpec(self.y[sl], self.scale[sl], self.variant[sl], self.t_lo[sl], self.t_hi[sl],
                             self.nonfinite, self.grad_limit, self.method[sl], self.schedule[sl], self.sigma_lo[sl],
-                            self.sigma_hi[sl], self.entropy[sl], self.entropy_cap[sl], self.grad_at[sl])
+                            self.sigma_hi[sl], self.entropy[sl], self.entropy_cap[sl], self.grad_at[sl],
+                            self.grad_space[sl])
 
     def check_against(self, schedule, sampler=None) -> None:
         """What needs the schedule (a Schedule) or the sampler (a SamplerSpec), for every row with a
@@ -252,6 +271,11 @@ class GuidanceSpec:
         return torch.tensor([METHODS[m].classifier for m in self.method], dtype=torch.bool)
 
     @cached_property
+    def x0_space(self) -> torch.Tensor:
+        """[B] bool: rows whose g comes from the clean guide at x0_hat(x_t) (grad_space='x0')."""
+        return torch.tensor([s == "x0" for s in self.grad_space], dtype=torch.bool)
+
+    @cached_property
     def has_sigma_interval(self) -> bool:
         return bool(((self.sigma_lo > 0) | (self.sigma_hi < math.inf)).any())
 
@@ -259,6 +283,16 @@ class GuidanceSpec:
     def guided(self) -> bool:
         """Does any row get a classifier term (a classifier method with s > 0)? If not, no classifier is needed."""
         return bool(((self.scale > 0) & self.with_classifier).any())
+
+    @property
+    def guided_x_t(self) -> bool:
+        """Does any row get g from the noisy classifier (then a classifier_ckpt is needed)?"""
+        return bool(((self.scale > 0) & self.with_classifier & ~self.x0_space).any())
+
+    @property
+    def guided_x0(self) -> bool:
+        """Does any row get g from the clean guide at x0_hat (then a guide_ckpt is needed)?"""
+        return bool(((self.scale > 0) & self.with_classifier & self.x0_space).any())
 
     @property
     def needs(self) -> set[str]:

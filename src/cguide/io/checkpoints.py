@@ -1,9 +1,9 @@
-"""Checkpoint I/O without Lightning: loading any of the three trained networks
+"""Checkpoint I/O without Lightning: loading any of the four trained networks
 by kind with checks that name the file and the fix.
 
 Every LightningModule of this project stores a plain ``cguide`` dict in its checkpoints:
 {kind, net_config, weights_prefix, image_shape, num_classes, schedule (config), fingerprint, extra}
-(extra: the eps-model's {cond, p_uncond}, the judge's {test_acc}),
+(extra: the eps-model's {cond, p_uncond}, the judge's and the guide's {test_acc}),
 so ``torch.load(..., weights_only=True)`` is all it takes to rebuild a net."""
 
 from __future__ import annotations
@@ -16,12 +16,17 @@ import torch
 from torch import nn
 
 from ..nets import EncoderClassifier, EncoderConfig, JudgeConfig, JudgeNet, UNet, UNetConfig
+from ..nets.adm import RELEASED_FILES
 
 KINDS = {
     "eps_model": (UNet, UNetConfig, "an eps-model (task=diffusion)"),
     "noisy_classifier": (EncoderClassifier, EncoderConfig, "a noisy classifier (task=classifier)"),
     "judge": (JudgeNet, JudgeConfig, "a judge classifier (task=judge)"),
+    # the judge's architecture, trained apart (its own config and seed): x0-space guidance only, never judging
+    "guide_classifier": (JudgeNet, JudgeConfig, "a clean guide classifier (task=guide)"),
 }
+# what each kind's place is called on the command line, for the judge <-> guide refusal
+_JUDGE_GUIDE = {"judge": ("judge_ckpt", "judge"), "guide_classifier": ("guide_ckpt", "guide")}
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -78,7 +83,7 @@ def checkpoint_meta(kind: str, weights_prefix: str, net_config: dict, image_shap
 
 def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.device = "cpu",
              conditional: bool | None = None) -> Loaded:
-    """Rebuild the network of ``kind`` ('eps_model', 'noisy_classifier', 'judge') from ``path``.
+    """Rebuild the network of ``kind`` ('eps_model', 'noisy_classifier', 'judge', 'guide_classifier') from ``path``.
     conditional (eps-model only): True/False = the place it is used needs a class-conditional /
     unconditional eps-model, and a file holding the other one is refused; None accepts either."""
     if kind not in KINDS:
@@ -86,7 +91,8 @@ def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.devic
     ckpt = read_checkpoint(path)
     meta = ckpt.get("cguide")
     if not isinstance(meta, dict):
-        raise ValueError(f"checkpoint {path} has no 'cguide' metadata: it was not written by this project")
+        raise ValueError(f"checkpoint {path} has no 'cguide' metadata: it was not written by this project"
+                         + _adm_hint(path, ckpt, kind, conditional))
     missing = [k for k in ("kind", "net_config", "weights_prefix", "image_shape", "num_classes") if k not in meta]
     if missing or not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"checkpoint {path} is incomplete (no {', '.join(missing) or 'state_dict'} in it); "
@@ -94,6 +100,11 @@ def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.devic
     if meta["kind"] not in KINDS:
         raise ValueError(f"checkpoint {path} holds an unknown kind {meta['kind']!r} (known: {', '.join(KINDS)}); "
                          "it was written by another version of cguide")
+    if {meta["kind"], kind} == set(_JUDGE_GUIDE):
+        key, task = _JUDGE_GUIDE[kind]
+        raise ValueError(f"checkpoint {path} holds {KINDS[meta['kind']][2]}, but {KINDS[kind][2]} is expected here "
+                         f"({key}); the judge that measures the samples must not guide them: pass a checkpoint of "
+                         f"task={task} as {key}=<path> (train one with cguide.train task={task})")
     if meta["kind"] != kind:
         raise ValueError(f"checkpoint {path} holds {KINDS[meta['kind']][2]}, but {KINDS[kind][2]} is expected "
                          f"here; swap the paths")
@@ -115,6 +126,16 @@ def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.devic
                   meta.get("fingerprint"), meta.get("schedule"), dict(meta.get("extra") or {}))
 
 
+def _adm_hint(path, ckpt: dict, kind: str, conditional: bool | None) -> str:
+    """For a plain state dict (how guided-diffusion saves its models): the preset key that loads it."""
+    if kind not in ("eps_model", "noisy_classifier") or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ""
+    key = "classifier_preset" if kind == "noisy_classifier" else "cond_preset" if conditional else "eps_preset"
+    example = RELEASED_FILES.get(Path(path).name, "adm256_classifier" if kind == "noisy_classifier" else
+                                 "adm256_cond" if conditional else "adm256_uncond")
+    return f"; a guided-diffusion (ADM) file needs its preset, e.g. {key}={example}"
+
+
 def _check_conditional(path, has: bool, wanted: bool) -> None:
     if has and not wanted:
         raise ValueError(f"checkpoint {path} holds a class-conditional eps-model (model.cond=true), but an "
@@ -126,9 +147,10 @@ def _check_conditional(path, has: bool, wanted: bool) -> None:
                          "cguide.train task=diffusion model.cond=true")
 
 
-def check_compatible(eps: Loaded, clf: Loaded) -> None:
-    """The guide must share the eps-model's schedule, image shape and (for y) class count."""
-    if eps.fingerprint != clf.fingerprint:
+def check_compatible(eps: Loaded, clf: Loaded, same_schedule: bool = True) -> None:
+    """The guide must share the eps-model's schedule (a noisy classifier; same_schedule=False for the clean
+    guide, which sees no x_t), image shape and (for y) class count."""
+    if same_schedule and eps.fingerprint != clf.fingerprint:
         raise ValueError(f"schedule mismatch: {eps.path} was trained with {eps.fingerprint}, {clf.path} with "
                          f"{clf.fingerprint}; train the classifier with the same diffusion config")
     if eps.image_shape != clf.image_shape:

@@ -1,7 +1,8 @@
-"""LightningModules: the eps-model, the noisy classifier and the judge (Lightning lives here, not in the core)."""
+"""LightningModules: the eps-model, the noisy classifier, the judge and the clean guide (Lightning lives here, not
+in the core)."""
 
 from .callbacks import SampleGrid
-from .classifier import JudgeModule, NoisyClassifierModule
+from .classifier import GuideModule, JudgeModule, NoisyClassifierModule
 from .diffusion import DiffusionModule
 
-__all__ = ["DiffusionModule", "NoisyClassifierModule", "JudgeModule", "SampleGrid"]
+__all__ = ["DiffusionModule", "NoisyClassifierModule", "JudgeModule", "GuideModule", "SampleGrid"]

@@ -1,5 +1,6 @@
 """Classifier LightningModules: the noisy classifier p_phi(y | x_t, t), trained on x_t from the SAME
-schedule as the eps-model, and the judge, an independent classifier of clean images."""
+schedule as the eps-model; the judge, an independent classifier of clean images; and the clean guide
+p_psi(y | x0), trained as the judge is but apart from it, for x0-space guidance."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..diffusion import make_schedule, q_sample
 from ..io.checkpoints import checkpoint_meta
 from ..nets import EncoderClassifier, EncoderConfig, JudgeConfig, JudgeNet
-from .common import CheckpointMeta, QuartileMeans, adamw_with_warmup
+from .common import CheckpointMeta, QuartileMeans, adamw_with_warmup, decay_steps
 
 
 class _ClassifierModule(CheckpointMeta):
@@ -27,7 +28,8 @@ class _ClassifierModule(CheckpointMeta):
 
     def configure_optimizers(self):
         h = self.hparams
-        return adamw_with_warmup(self.net.parameters(), h.lr, h.weight_decay, h.warmup_steps)
+        return adamw_with_warmup(self.net.parameters(), h.lr, h.weight_decay, h.warmup_steps,
+                                 decay_steps(self.trainer, h.get("lr_decay", "constant")))
 
     def _log(self, split: str, logits: torch.Tensor, y: torch.Tensor, t: Optional[torch.Tensor] = None):
         loss = F.cross_entropy(logits, y, reduction="none").mean()
@@ -48,7 +50,8 @@ class NoisyClassifierModule(_ClassifierModule):
     kind = "noisy_classifier"
 
     def __init__(self, net: dict, schedule: dict, image_shape: list, num_classes: int, lr: float = 3e-4,
-                 weight_decay: float = 0.05, warmup_steps: int = 100, data: Optional[dict] = None):
+                 weight_decay: float = 0.05, warmup_steps: int = 100, data: Optional[dict] = None,
+                 lr_decay: str = "constant"):
         super().__init__()
         self.save_hyperparameters()
         self.net = EncoderClassifier(EncoderConfig.from_dict(dict(net)))
@@ -92,8 +95,8 @@ class JudgeModule(_ClassifierModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
-        return adamw_with_warmup(self.net.parameters(), h.lr, h.weight_decay, h.warmup_steps, total)
+        return adamw_with_warmup(self.net.parameters(), h.lr, h.weight_decay, h.warmup_steps,
+                                 decay_steps(self.trainer, "cosine"))
 
     def _shift(self, x):
         s = self.hparams.shift
@@ -120,3 +123,11 @@ class JudgeModule(_ClassifierModule):
         h = self.hparams
         return checkpoint_meta(self.kind, self.weights_prefix, h.net, h.image_shape, h.num_classes,
                                extra={"test_acc": self.test_acc})
+
+
+class GuideModule(JudgeModule):
+    """The clean guide classifier p_psi(y | x0) of x0-space guidance (guidance.grad_space=x0): the judge's
+    architecture and training, its own config section (guide/) and seed offset, its own checkpoint kind, so
+    the judge never guides and the guide never judges."""
+
+    kind = "guide_classifier"

@@ -11,6 +11,11 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 
+def decay_steps(trainer, lr_decay: str) -> int | None:
+    """The total_steps of ``adamw_with_warmup``: max_steps under cosine decay (when bounded), else None."""
+    return trainer.max_steps if lr_decay == "cosine" and trainer.max_steps and trainer.max_steps > 0 else None
+
+
 def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int, total_steps: int | None = None):
     """Linear warm-up, then constant lr, or cosine decay to 0 at total_steps when given."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

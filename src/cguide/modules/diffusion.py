@@ -13,7 +13,7 @@ from torch.optim.swa_utils import AveragedModel
 from ..diffusion import make_schedule, q_sample
 from ..io.checkpoints import checkpoint_meta
 from ..nets import UNet, UNetConfig
-from .common import CheckpointMeta, QuartileMeans, adamw_with_warmup
+from .common import CheckpointMeta, QuartileMeans, adamw_with_warmup, decay_steps
 
 
 def ema_lerp_(ema: list[torch.Tensor], net: list[torch.Tensor], n_averaged: torch.Tensor, decay: float) -> None:
@@ -46,7 +46,7 @@ class DiffusionModule(CheckpointMeta):
 
     def __init__(self, net: dict, schedule: dict, image_shape: list, num_classes: int, lr: float = 2e-4,
                  weight_decay: float = 0.0, warmup_steps: int = 200, ema_decay: float = 0.999,
-                 data: Optional[dict] = None, cond: bool = False, p_uncond: float = 0.0):
+                 data: Optional[dict] = None, cond: bool = False, p_uncond: float = 0.0, lr_decay: str = "constant"):
         super().__init__()
         self.save_hyperparameters()
         self.net = UNet(UNetConfig.from_dict(dict(net)))
@@ -98,7 +98,8 @@ class DiffusionModule(CheckpointMeta):
 
     def configure_optimizers(self):
         h = self.hparams
-        return adamw_with_warmup(self.net.parameters(), h.lr, h.weight_decay, h.warmup_steps)
+        return adamw_with_warmup(self.net.parameters(), h.lr, h.weight_decay, h.warmup_steps,
+                                 decay_steps(self.trainer, h.get("lr_decay", "constant")))
 
     def cguide_meta(self) -> dict:
         h = self.hparams

@@ -11,12 +11,15 @@ import torch
 
 from ..io.checkpoints import KINDS
 from ..nets import encoder_config, judge_config, unet_config
-from .classifier import JudgeModule, NoisyClassifierModule
+from .classifier import GuideModule, JudgeModule, NoisyClassifierModule
 from .diffusion import DiffusionModule
 
 # task -> (its config section, the checkpoint kind it writes)
 TASKS = {"diffusion": ("model", "eps_model"), "classifier": ("classifier", "noisy_classifier"),
-         "judge": ("judge", "judge")}
+         "judge": ("judge", "judge"), "guide": ("guide", "guide_classifier")}
+
+
+LR_DECAYS = ("constant", "cosine")
 
 
 def check_task(task: str) -> None:
@@ -36,12 +39,13 @@ def build_module(task: str, net_cfg: dict, schedule: dict, dm) -> L.LightningMod
         labels = dict(num_classes=dm.num_classes, null_class=True) if cond else {}
         net = unet_config(net_cfg["size"], C, H, **{**labels, **over}).to_dict()
         return DiffusionModule(net, schedule, ema_decay=net_cfg["ema_decay"], cond=cond,
-                               p_uncond=float(net_cfg["p_uncond"]) if cond else 0.0, **common)
+                               p_uncond=float(net_cfg["p_uncond"]) if cond else 0.0,
+                               lr_decay=net_cfg.get("lr_decay", "constant"), **common)
     if task == "classifier":
         net = encoder_config(net_cfg["size"], C, H, dm.num_classes, **over).to_dict()
-        return NoisyClassifierModule(net, schedule, **common)
-    net = judge_config(net_cfg["size"], C, H, dm.num_classes, **over).to_dict()
-    return JudgeModule(net, **common)
+        return NoisyClassifierModule(net, schedule, lr_decay=net_cfg.get("lr_decay", "constant"), **common)
+    net = judge_config(net_cfg["size"], C, H, dm.num_classes, **over).to_dict()  # judge and guide: one architecture
+    return (GuideModule if task == "guide" else JudgeModule)(net, **common)
 
 
 def _finite(v) -> bool:
@@ -61,6 +65,8 @@ def check_training(task: str, net_cfg: dict, trainer: dict) -> None:
         raise ValueError(f"{key}.weight_decay must be a finite number >= 0, got {net_cfg['weight_decay']}")
     if net_cfg["warmup_steps"] < 0:
         raise ValueError(f"{key}.warmup_steps must be >= 0, got {net_cfg['warmup_steps']}")
+    if net_cfg.get("lr_decay", "constant") not in LR_DECAYS:
+        raise ValueError(f"unknown {key}.lr_decay {net_cfg['lr_decay']!r}; known: {', '.join(LR_DECAYS)}")
     if task == "diffusion" and not (_finite(net_cfg["ema_decay"]) and 0 <= net_cfg["ema_decay"] < 1):
         raise ValueError(f"{key}.ema_decay must be in [0, 1), got {net_cfg['ema_decay']}")
     p = net_cfg.get("p_uncond", 0.1)

@@ -13,9 +13,11 @@ from tqdm.auto import tqdm
 
 from ..diffusion import SamplerSpec, make_schedule, sample
 from ..guidance import ClassifierGuidance, GuidanceSpec, MethodEps
+from ..io.adm_checkpoints import adm_preset, load_adm
 from ..io.checkpoints import Loaded, check_compatible, load_net
 from .cuda_graph import sample_static
 from .distributed import gather_rows, rank_world, shard
+from .learned_sigma import eps_net
 from .speed import SpeedOptions, fast_net
 
 
@@ -62,12 +64,13 @@ class RunOptions:
 @dataclass(frozen=True)
 class Models:
     """The networks a draw may use: the unconditional eps-model, the class-conditional one (with a null
-    label when trained with label dropout), the noisy classifier. Which are needed follows from the
-    rows' methods (cguide.guidance.METHODS)."""
+    label when trained with label dropout), the noisy classifier, the clean guide (x0-space guidance).
+    Which are needed follows from the rows' methods (cguide.guidance.METHODS) and gradient spaces."""
 
     eps: Loaded | None = None
     cond: Loaded | None = None
     classifier: Loaded | None = None
+    guide: Loaded | None = None
 
     @property
     def base(self) -> Loaded:
@@ -76,14 +79,18 @@ class Models:
 
 
 def check_models(models: Models, guidance: GuidanceSpec) -> None:
-    """What the spec asks of the checkpoints: the networks its methods need, targets in their class
-    range, and every pair on the same schedule, image shape and classes."""
+    """What the spec asks of the checkpoints: the networks its methods and gradient spaces need, targets in
+    their class range, and every pair on the same schedule (the clean guide has none), image shape and classes."""
     needs = guidance.needs
     if "u" in needs and models.eps is None:
         raise ValueError("method classifier needs an unconditional eps-model: set eps_ckpt=<path>")
     if needs & {"c", "null"} and models.cond is None:
         raise ValueError("methods cond, cfg and cond_classifier need a class-conditional eps-model: set "
                          "cond_ckpt=<path> (train one with cguide.train task=diffusion model.cond=true)")
+    if "null" in needs and adm_preset(models.cond):
+        raise ValueError(f"cfg needs the null-label eps, but the ADM model {models.cond.path} "
+                         f"({adm_preset(models.cond)}) has no null label (guided-diffusion trained it without label "
+                         "dropout); use method cond or cond_classifier")
     if "null" in needs and not models.cond.p_uncond:
         raise ValueError(f"cfg needs the null-label eps, but {models.cond.path} was trained without label dropout "
                          "(model.p_uncond=0); retrain it with model.p_uncond > 0 (e.g. 0.1), or use method cond")
@@ -92,22 +99,44 @@ def check_models(models: Models, guidance: GuidanceSpec) -> None:
     if bool(((y < 0) | (y >= base.num_classes)).any()):
         raise ValueError(f"target class out of range: got {sorted(set(y.tolist()))}, the eps-model's data has "
                          f"classes 0..{base.num_classes - 1}")
-    if guidance.guided and models.classifier is None:
+    if guidance.guided_x_t and models.classifier is None:
         raise ValueError("guidance scale > 0 needs a noisy classifier: set classifier_ckpt=<path>, or use scale 0")
+    if guidance.guided_x0 and models.guide is None:
+        raise ValueError("guidance.grad_space=x0 with scale > 0 needs a clean guide classifier: set guide_ckpt=<path> "
+                         "(train one with cguide.train task=guide), or use guidance.grad_space=x_t")
     for other in (models.cond, models.classifier):
         if other is not None and other is not base:
             check_compatible(base, other)
+    if models.guide is not None:
+        check_compatible(base, models.guide, same_schedule=False)
+
+
+def check_speed(guidance: GuidanceSpec, opts: SpeedOptions) -> None:
+    """Speed options the spec cannot use: the CUDA-graph step does not capture x0-space guidance."""
+    if opts.cuda_graph and guidance.guided_x0:
+        raise ValueError("guidance.grad_space=x0 is not supported by the CUDA-graph step (speed.cuda_graph=true): "
+                         "its gradient through the eps-model is not captured; drop speed.cuda_graph, or use "
+                         "guidance.grad_space=x_t")
 
 
 def load_models(eps_ckpt: str | None, cond_ckpt: str | None, classifier_ckpt: str | None,
-                guidance: GuidanceSpec) -> Models:
+                guidance: GuidanceSpec, presets: dict | None = None, guide_ckpt: str | None = None) -> Models:
     """The checkpoints the spec's methods need (others are not read), each checked for its kind and
-    conditioning, then together (check_models)."""
-    needs = guidance.needs
-    eps = load_net(eps_ckpt, "eps_model", conditional=False) if "u" in needs and eps_ckpt else None
-    cond = load_net(cond_ckpt, "eps_model", conditional=True) if needs & {"c", "null"} and cond_ckpt else None
-    clf = load_net(classifier_ckpt, "noisy_classifier") if classifier_ckpt else None
-    models = Models(eps, cond, clf)
+    conditioning, then together (check_models). presets: {'eps' | 'cond' | 'classifier': ADM preset or
+    flags}; a file with a preset is a guided-diffusion (ADM) checkpoint (cguide.io.adm_checkpoints).
+    guide_ckpt: the clean guide classifier (task=guide), read only when a row guides in x0 space."""
+    needs, presets = guidance.needs, presets or {}
+
+    def load(path, role, kind, conditional=None):
+        if presets.get(role):
+            return load_adm(path, presets[role], role)
+        return load_net(path, kind, conditional=conditional)
+
+    eps = load(eps_ckpt, "eps", "eps_model", False) if "u" in needs and eps_ckpt else None
+    cond = load(cond_ckpt, "cond", "eps_model", True) if needs & {"c", "null"} and cond_ckpt else None
+    clf = load(classifier_ckpt, "classifier", "noisy_classifier") if classifier_ckpt else None
+    guide = load_net(guide_ckpt, "guide_classifier") if guidance.guided_x0 and guide_ckpt else None
+    models = Models(eps, cond, clf, guide)
     check_models(models, guidance)
     return models
 
@@ -117,8 +146,9 @@ def draw(models: Models, guidance: GuidanceSpec, sampler: SamplerSpec, seeds: Se
     """Draw len(seeds) samples, sample i guided by row i of ``guidance`` (its method, scale, target).
 
     Where no row has a classifier term no classifier is needed, and rows of method classifier at
-    s = 0 are exactly unguided sampling. Returns (x [N,C,H,W] on cpu, nonfinite_steps [N]: steps at
-    which a sample's classifier gradient was non-finite and contained)."""
+    s = 0 are exactly unguided sampling. Rows with grad_space='x0' take g from the clean guide through
+    the unclipped base eps of their method (MethodEps.rows_eps). Returns (x [N,C,H,W] on cpu,
+    nonfinite_steps [N]: steps at which a sample's classifier gradient was non-finite and contained)."""
     seeds = torch.as_tensor(list(seeds), dtype=torch.long)
     n = len(seeds)
     if n == 0:
@@ -129,25 +159,31 @@ def draw(models: Models, guidance: GuidanceSpec, sampler: SamplerSpec, seeds: Se
     device = resolve_device(run.device)
     opts = run.speed
     opts.check(device)
+    check_speed(guidance, opts)
     base = models.base
     schedule = make_schedule(**base.schedule)
     guidance.check_against(schedule, sampler)
     plan = sampler.plan(schedule)
-    uncond = fast_net(models.eps.net.eval(), opts, device) if "u" in guidance.needs else None
-    cond = fast_net(models.cond.net.eval(), opts, device) if guidance.needs & {"c", "null"} else None
-    guide = fast_net(models.classifier.net, opts, device) if guidance.guided else None
+    uncond = (eps_net(fast_net(models.eps.net.eval(), opts, device), models.eps.net, sampler.var_type)
+              if "u" in guidance.needs else None)
+    cond = (eps_net(fast_net(models.cond.net.eval(), opts, device), models.cond.net, sampler.var_type)
+            if guidance.needs & {"c", "null"} else None)
+    clf = fast_net(models.classifier.net, opts, device) if guidance.guided_x_t else None
+    guide = fast_net(models.guide.net, opts, device) if guidance.guided_x0 else None
     xs, bad = [], []
     for i in tqdm(range(0, n, run.batch_size), desc="drawing", unit="batch", disable=not run.progress, leave=False):
         sl = slice(i, i + run.batch_size)
         spec = guidance.rows(sl)
         if spec.needs == {"u"}:  # classifier guidance alone: the unconditional model, as it always ran
             eps_fn = lambda x, t: uncond(x, t)  # noqa: E731
+            eps_grad = lambda x, t, rows: uncond(x, t)  # noqa: E731
         else:
             eps_fn = MethodEps(uncond, cond, spec, null=models.cond.net.null_label if cond is not None else None)
-        eps_fn = sampler.base_eps(eps_fn, schedule)
+            eps_grad = eps_fn.rows_eps
+        eps_fn = sampler.base_eps(eps_fn, schedule)  # x0-space g goes through the unclipped eps_grad
         fn, nonfinite_steps = None, torch.zeros(len(seeds[sl]), dtype=torch.long)
-        if guide is not None and spec.guided:  # a batch without a classifier term stays exactly unguided
-            fn = ClassifierGuidance(eps_fn, guide, plan, spec, static=opts.cuda_graph)
+        if spec.guided:  # a batch without a classifier term stays exactly unguided
+            fn = ClassifierGuidance(eps_fn, clf, plan, spec, static=opts.cuda_graph, guide=guide, eps_grad=eps_grad)
         if opts.cuda_graph:
             x = sample_static(eps_fn, fn, base.image_shape, plan, seeds[sl].tolist(), device=device,
                               **sampler.options)
