@@ -129,15 +129,18 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # (sampler, respacing, class-conditional model (ADM-G) or not, clip_x0): DDPM on "25" / "100", DDIM on
 # "ddim25" / "100", each with clipping on and off and both model kinds among them
-CASES = [("ddpm", "25", False, True), ("ddpm", "25", True, False), ("ddpm", "100", True, True),
-         ("ddim", "ddim25", False, True), ("ddim", "ddim25", True, False), ("ddim", "100", False, True)]
+# the 100-step cases cost most of the file's time: they run in the slow suite (make test-slow)
+SLOW = pytest.mark.slow
+CASES = [("ddpm", "25", False, True), ("ddpm", "25", True, False), pytest.param("ddpm", "100", True, True, marks=SLOW),
+         ("ddim", "ddim25", False, True), ("ddim", "ddim25", True, False),
+         pytest.param("ddim", "100", False, True, marks=SLOW)]
 VARIANT = {"ddpm": "mean_shift", "ddim": "score"}  # condition_mean (Alg. 1) and condition_score (Alg. 2)
 SCALE = 10.0
 
 
 @pytest.mark.parametrize("sampler,respacing,cond,clip", CASES,
                          ids=[f"{s}-{r}-{'cond' if c else 'uncond'}-{'clip' if k else 'noclip'}"
-                              for s, r, c, k in CASES])
+                              for s, r, c, k in (getattr(p, "values", p) for p in CASES)])
 def test_guided_sampling_matches_guided_diffusion(nets, sampler, respacing, cond, clip):
     want, gd_steps = guided_diffusion_sample(nets, sampler, respacing, cond, clip, SCALE)
     got, steps = project_sample(nets, sampler, respacing, cond, clip, SCALE, VARIANT[sampler])
