@@ -7,10 +7,12 @@ sample grid; writes results.md (the table, every number straight from results.cs
 
 from __future__ import annotations
 
-import csv
+import json
 import shutil
 import sys
 from pathlib import Path
+
+from cguide.grid.results import options_label
 
 COLUMNS = [("method", "method", "{}"), ("scale", "scale", "{:g}"), ("variant", "variant", "{}"), ("fid", "FID", "{:.2f}"),
            ("kid_mean", "KID", "{:.3f}"), ("is_mean", "IS", "{:.2f}"), ("accuracy", "accuracy", "{:.3f}"),
@@ -19,18 +21,29 @@ COLUMNS = [("method", "method", "{}"), ("scale", "scale", "{:g}"), ("variant", "
            ("grad_nonfinite_share", "non-finite g", "{:.3f}"), ("wall_s", "wall s", "{:.0f}")]
 
 
+# shown only when a row has them: the classifier term's options and the network evaluations per sample
+OPTIONAL = [("options", "options", "{}"), ("eps_evals", "eps fwd", "{:.0f}"), ("eps_grads", "eps bwd", "{:.0f}"),
+            ("clf_grads", "clf fwd+bwd", "{:.0f}")]
+
+
 def cell(row: dict, key: str, fmt: str) -> str:
+    if key == "options":
+        return options_label(row)
     v = row.get(key, "") if key != "method" else row.get(key) or "classifier"
     try:
         return fmt.format(float(v)) if fmt != "{}" else str(v)
-    except ValueError:
-        return str(v)
+    except (TypeError, ValueError):
+        return "" if v is None else str(v)
 
 
 def table(rows: list[dict]) -> str:
-    rows = sorted(rows, key=lambda r: (r.get("method") or "classifier", r["variant"], float(r["scale"])))
-    lines = ["| " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in COLUMNS) + " |" for r in rows]
+    rows = sorted(rows, key=lambda r: (r.get("method") or "classifier", r["variant"], options_label(r),
+                                       float(r["scale"])))
+    opts = OPTIONAL[:1] if any(options_label(r) != "-" for r in rows) else []
+    cost = [c for c in OPTIONAL[1:] if any(c[0] in r for r in rows)]
+    columns = COLUMNS[:3] + opts + COLUMNS[3:] + cost
+    lines = ["| " + " | ".join(t for _, t, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -47,7 +60,7 @@ def main(run_dir: str, exp_dir: str) -> None:
     grids = sorted((run / "diffusion" / "samples").glob("step_*.png"))
     if grids:
         shutil.copy(grids[-1], exp / "eps_model_samples.png")
-    rows = list(csv.DictReader(open(sweep / "results.csv")))
+    rows = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines() if line.strip()]
     (exp / "results.md").write_text(table(rows) + "\n")
     print(f"exported {len(rows)} rows from {sweep} to {exp}")
 

@@ -209,8 +209,8 @@ class MetricsConfig:
 
 
 @dataclass
-class SampleConfig:
-    """conf/sample.yaml: draw n_per_class samples of each chosen class at one guidance setting."""
+class ModelFiles:
+    """The networks a draw may use, by file (sample and sweep take the same keys)."""
     eps_ckpt: Optional[str] = None  # the unconditional eps-model (method classifier)
     cond_ckpt: Optional[str] = None  # the class-conditional eps-model (methods cond, cfg, cfg_w, cond_classifier)
     classifier_ckpt: Optional[str] = None  # needed when a classifier method has scale > 0
@@ -220,6 +220,11 @@ class SampleConfig:
     cond_preset: Optional[str] = None
     classifier_preset: Optional[str] = None
     guide_ckpt: Optional[str] = None  # the clean guide classifier: needed by guidance.grad_space=x0 at scale > 0
+
+
+@dataclass
+class SampleConfig(ModelFiles):
+    """conf/sample.yaml: draw n_per_class samples of each chosen class at one guidance setting."""
     classes: Optional[List[int]] = None  # null = every class
     n_per_class: int = 8
     seed: int = 0  # sample i gets seed + i
@@ -272,17 +277,8 @@ class ObjectiveConfig:
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(ModelFiles):
     """conf/sweep.yaml: a grid of guidance settings, measured and logged point by point (resumable)."""
-    eps_ckpt: Optional[str] = None  # the unconditional eps-model (method classifier)
-    cond_ckpt: Optional[str] = None  # the class-conditional eps-model (methods cond, cfg, cfg_w, cond_classifier)
-    classifier_ckpt: Optional[str] = None  # needed when a classifier method has scale > 0
-    # guided-diffusion (ADM) files: the preset of each (nets/adm.py PRESETS, or its flags as one string); null = a
-    # cguide checkpoint. e.g. eps_preset=adm256_uncond cond_preset=adm256_cond classifier_preset=adm256_classifier
-    eps_preset: Optional[str] = None
-    cond_preset: Optional[str] = None
-    classifier_preset: Optional[str] = None
-    guide_ckpt: Optional[str] = None  # the clean guide classifier: needed by guidance.grad_space=x0 at scale > 0
     judge_ckpt: Optional[str] = MISSING  # null: no judge (no accuracy; FID/IS/PRC on Inception features)
     out_dir: str = "${paths.output_dir}"
     device: str = "auto"

@@ -147,34 +147,22 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def _options(r: dict) -> str:
-    """A row's classifier-term options that differ from their defaults (as its point key names them)."""
-    parts = [r["schedule"]] if r.get("schedule", "constant") != "constant" else []
-    if r.get("sigma_lo") is not None:
-        hi = r.get("sigma_hi")
-        parts.append(f"sigma [{r['sigma_lo']:g}, {'inf' if hi is None else f'{hi:g}'}]")
-    if r.get("entropy_cap") is not None:
-        parts.append(f"entropy (cap {r['entropy_cap']:g})")
-    parts += [v for k in ("grad_at", "grad_space") if (v := r.get(k, "x_t")) != "x_t"]
-    return ", ".join(parts) or "-"
-
-
 def print_report(sweep_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .grid.results import ResultsFolder
+    from .grid.results import ResultsFolder, options_label
 
     rows = sorted(ResultsFolder(sweep_dir).rows(),
-                  key=lambda r: (r.get("method", "classifier"), r["variant"], _options(r), float(r["scale"])))
+                  key=lambda r: (r.get("method", "classifier"), r["variant"], options_label(r), float(r["scale"])))
     columns = list(TABLE)
-    if any(_options(r) != "-" for r in rows):  # option sets: say which row is which
+    if any(options_label(r) != "-" for r in rows):  # option sets: say which row is which
         columns.insert(3, ("options", "options"))
     table = Table(title=f"guidance sweep ({len(rows)} points)")
     for _, title in columns:
         table.add_column(title, justify="right")
     for r in rows:
-        table.add_row(*[_options(r) if k == "options" else _fmt(r.get(k)) for k, _ in columns])
+        table.add_row(*[options_label(r) if k == "options" else _fmt(r.get(k)) for k, _ in columns])
     console = Console()
     console.print(table)
     console.print(f"results: {sweep_dir / 'results.csv'}  {sweep_dir / 'results.jsonl'}")

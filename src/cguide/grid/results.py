@@ -19,6 +19,18 @@ from pathlib import Path
 
 from ..io.atomic import atomic_write_text
 
+def options_label(r: dict) -> str:
+    """A result row's classifier-term options that differ from their defaults (as its point key names them)."""
+    parts = [r["schedule"]] if r.get("schedule", "constant") != "constant" else []
+    if r.get("sigma_lo") is not None:
+        hi = r.get("sigma_hi")
+        parts.append(f"sigma [{r['sigma_lo']:g}, {'inf' if hi is None else f'{hi:g}'}]")
+    if r.get("entropy_cap") is not None:
+        parts.append(f"entropy (cap {r['entropy_cap']:g})")
+    parts += [v for k in ("grad_at", "grad_space") if (v := r.get(k, "x_t")) != "x_t"]
+    return ", ".join(parts) or "-"
+
+
 MANIFEST, JSONL, CSV, LOCK = "sweep.json", "results.jsonl", "results.csv", ".sweep.lock"
 
 
