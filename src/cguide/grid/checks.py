@@ -15,6 +15,9 @@ def check_sweep_numbers(sw) -> None:
         if sw[key] < 1:
             raise ValueError(f"sweep.{key} must be >= 1 ({what}), got {sw[key]}; set sweep.{key} to a positive "
                              f"integer, e.g. {e_g}")
+    if sw.get("points_per_call") is not None and sw.points_per_call < 1:
+        raise ValueError(f"sweep.points_per_call must be >= 1 (points drawn together) or null for all, got "
+                         f"{sw.points_per_call}")
     if sw.get("grid_classes") is not None and sw.grid_classes < 1:
         raise ValueError(f"sweep.grid_classes must be >= 1 (classes shown in each point's grid) or null for every "
                          f"class, got {sw.grid_classes}")
