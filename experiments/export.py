@@ -1,6 +1,9 @@
 """Copy a pipeline run's artefacts into an experiment folder and write its measured table.
 
     python experiments/export.py outputs/pipeline/mnist5k_quick experiments/mnist5k_quick
+    python experiments/export.py outputs/pipeline/mnist5k_quick experiments/x outputs/pipeline/mnist5k_quick/sweep/<id>
+
+The sweep is the run's newest one unless named (several experiments may share a run folder).
 
 Copies: the resolved config, results.csv/.jsonl, plots, per-point grids, the eps-model's final
 sample grid; writes results.md (the table, every number straight from results.csv)."""
@@ -47,15 +50,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(run_dir: str, exp_dir: str) -> None:
+def main(run_dir: str, exp_dir: str, sweep_dir: str | None = None) -> None:
     run, exp = Path(run_dir), Path(exp_dir)
-    sweep = max((run / "sweep").glob("*/results.csv"), key=lambda p: p.stat().st_mtime).parent
+    sweep = Path(sweep_dir) if sweep_dir else max((run / "sweep").glob("*/results.csv"),
+                                                  key=lambda p: p.stat().st_mtime).parent
     exp.mkdir(parents=True, exist_ok=True)
     for name in ("results.csv", "results.jsonl", "sweep.json"):
         shutil.copy(sweep / name, exp / name)
     for sub in ("plots", "grids"):
         shutil.copytree(sweep / sub, exp / sub, dirs_exist_ok=True)
-    config = max(run.glob("hydra/*/.hydra/config.yaml"), key=lambda p: p.stat().st_mtime)
+    # the run that made this sweep: the newest config written before its sweep.json
+    made = (sweep / "sweep.json").stat().st_mtime
+    config = max((p for p in run.glob("hydra/*/.hydra/config.yaml") if p.stat().st_mtime <= made),
+                 key=lambda p: p.stat().st_mtime)
     shutil.copy(config, exp / "config.yaml")
     grids = sorted((run / "diffusion" / "samples").glob("step_*.png"))
     if grids:
@@ -66,4 +73,4 @@ def main(run_dir: str, exp_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
