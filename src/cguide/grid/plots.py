@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only: no display on servers and in multirun jobs
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..io.atomic import atomic_write  # noqa: E402
+from .results import options_label  # noqa: E402
 
 SERIES_AXES = ("method", "variant", "sampler", "steps", "t_lo", "t_hi", "schedule", "sigma_lo", "sigma_hi",
                "entropy_cap", "grad_at", "grad_space")
@@ -37,13 +38,22 @@ def _axis(r: dict, a: str):
     return r.get(a, AXIS_DEFAULTS.get(a))
 
 
+OPTION_AXES = ("schedule", "sigma_lo", "sigma_hi", "entropy_cap", "grad_at", "grad_space")
+
+
 def series(rows: list[dict]) -> dict[str, list[dict]]:
-    """Rows by line label, each sorted by scale; the label names only the axes that vary."""
+    """Rows by line label, each sorted by scale; the label names only the axes that vary (the classifier
+    term's options by their short label, as the report's options column)."""
     varying = [a for a in SERIES_AXES if len({str(_axis(r, a)) for r in rows}) > 1] or ["variant"]
+    options = any(a in OPTION_AXES for a in varying)
     out: dict[str, list[dict]] = {}
     for r in rows:
-        label = " ".join(f"{_axis(r, a)}" if a in ("variant", "method") else f"{a}={_axis(r, a)}" for a in varying)
-        out.setdefault(label, []).append(r)
+        parts = [f"{_axis(r, a)}" if a in ("variant", "method") else f"{a}={_axis(r, a)}"
+                 for a in varying if a not in OPTION_AXES]
+        if options:
+            label = options_label(r)
+            parts.append("constant" if label == "-" else label)
+        out.setdefault(" ".join(parts), []).append(r)
     return {k: sorted(v, key=lambda r: num(r["scale"])) for k, v in out.items()}
 
 
