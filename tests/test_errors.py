@@ -172,6 +172,7 @@ CASES = {
     "nan-eta": Case("sample", {"sampler.eta": "nan"}),
     "too-few-samples": Case("sweep", {"sweep.n_per_point": "5"}),
     "points-per-call-zero": Case("sweep", {"sweep.points_per_call": "0"}),
+    "learned-variance-eps-only": Case("sweep", {"sampler.var_type": "learned"}),
     "image-size-not-divisible": Case("train", {"data.image_size": "10", "model": "small"}),
     "image-folder-missing": Case("train", {"data": "image_folder", "data.root": "{tmp}/images"},
                                  error=FileNotFoundError),

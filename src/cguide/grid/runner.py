@@ -24,6 +24,7 @@ from ..io.atomic import remove_stale_temps
 from ..io.folders import check_writable
 from ..runtime.distributed import is_main, main_then_share
 from ..runtime.draw import Models, RunOptions, check_device, check_speed, draw_sharded, load_models
+from ..runtime.learned_sigma import check_learned_variance
 from ..runtime.speed import check_num_threads
 from . import wandb_log
 from .checks import check_same_images, check_sampling, check_sweep_numbers
@@ -117,6 +118,8 @@ def run_sweep(cfg: DictConfig) -> Path:
     if judge is not None:
         check_same_images(eps, f"judge {judge.path}", judge.image_shape, judge.num_classes)
     check_sampling(eps, points)
+    for var_type in {p.sampler.var_type for p in points}:
+        check_learned_variance((models.eps, models.cond), var_type)
     y = balanced_targets(sw.n_per_point, eps.num_classes)
     real = real_side(cfg, settings, eps)
 

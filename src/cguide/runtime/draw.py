@@ -17,7 +17,7 @@ from ..io.adm_checkpoints import adm_preset, load_adm
 from ..io.checkpoints import Loaded, check_compatible, load_net
 from .cuda_graph import sample_static
 from .distributed import gather_rows, rank_world, shard
-from .learned_sigma import eps_net
+from .learned_sigma import check_learned_variance, eps_net
 from .speed import SpeedOptions, fast_net
 
 
@@ -156,6 +156,7 @@ def draw(models: Models, guidance: GuidanceSpec, sampler: SamplerSpec, seeds: Se
     if len(guidance) != n:
         raise ValueError(f"the guidance spec has {len(guidance)} rows for {n} seeds; give one per seed")
     check_models(models, guidance)
+    check_learned_variance((models.eps, models.cond), sampler.var_type)
     device = resolve_device(run.device)
     opts = run.speed
     opts.check(device)

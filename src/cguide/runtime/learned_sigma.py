@@ -30,6 +30,18 @@ class EpsOnly(nn.Module):
         return self.net(x, t, *label)[:, : x.shape[1]]
 
 
+def check_learned_variance(nets, var_type: str | None) -> None:
+    """var_type 'learned' needs every eps-model of the draw to output [eps, v]: checked before anything is
+    drawn or written. nets: the draw's eps-models (Loaded), None entries skipped."""
+    if var_type != LEARNED:
+        return
+    for loaded in nets:
+        if loaded is not None and not learns_sigma(loaded.net):
+            raise ValueError(f"sampler.var_type=learned needs a learn_sigma eps-model (it outputs eps and the "
+                             f"variance v), but {loaded.path} predicts eps only; use a learn_sigma model (e.g. an "
+                             "ADM checkpoint) or set sampler.var_type=fixed_small")
+
+
 def eps_net(fast: nn.Module, net: nn.Module, var_type: str | None = None) -> nn.Module:
     """``fast`` (net on its device with the speed options) as the samplers take it: [eps, v] for a learn_sigma
     net under var_type 'learned', eps alone (its first C channels) otherwise. A net predicting eps alone is
