@@ -48,6 +48,7 @@ class NetConfig:
     p_uncond: float = 0.1  # with cond: P(a training label becomes the null label); 1 = unconditional model
     batch_size: Optional[int] = None  # None: data.batch_size
     seed_offset: int = 0  # added to seed for this net's training (guide/: 1, so the guide is not the judge's twin)
+    precision: Optional[str] = None  # None: trainer.precision; e.g. bf16-mixed for one net, the judge kept 32-true
 
 
 @dataclass
@@ -304,6 +305,9 @@ class PipelineConfig(TrainingParts):
     out_dir: str = "outputs/pipeline/${name}"
     device: str = "auto"
     progress: bool = True
+    # CPU processes the work is split over (cguide.workers): 2 trains the eps-model(s) here while a second
+    # process trains the other nets, and draws the sweep in 2 processes; each gets num_threads / workers threads
+    workers: int = 1
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     sweep: GridConfig = field(default_factory=GridConfig)

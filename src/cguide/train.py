@@ -15,6 +15,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import hydra
 import lightning as L
@@ -114,6 +115,13 @@ def check_train(cfg: DictConfig) -> None:
 PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16")
 
 
+def net_precision(cfg: DictConfig) -> tuple[str, str]:
+    """(the key that sets it, the precision) of the trained net: its section's precision, else trainer.precision."""
+    section = TASKS[cfg.task][0]
+    own = cfg[section].get("precision")
+    return (f"{section}.precision", own) if own is not None else ("trainer.precision", cfg.trainer.precision)
+
+
 @contextmanager
 def _lightning_quiet():
     """Lightning's info lines (GPU available, ...) once per run, not again for the trial build."""
@@ -130,15 +138,17 @@ def check_lightning(cfg: DictConfig) -> None:
     """The trainer and callback settings only Lightning reads, before any work: values it takes but fails on
     later, then the trainer and the checkpoint callback built once (Lightning's refusal as one line)."""
     tr, grid = cfg.trainer, cfg.callbacks.sample_grid
-    if str(tr.precision) not in PRECISIONS:
-        raise ValueError(f"trainer.precision={tr.precision} is not supported (the nets keep float32 parts); "
+    key, precision = net_precision(cfg)
+    if str(precision) not in PRECISIONS:
+        raise ValueError(f"{key}={precision} is not supported (the nets keep float32 parts); "
                          f"use one of {', '.join(PRECISIONS)}")
     if tr.check_val_every_n_epoch is not None and tr.check_val_every_n_epoch < 1:
         raise ValueError(f"trainer.check_val_every_n_epoch must be >= 1 or null, got {tr.check_val_every_n_epoch}")
     if cfg.task == "diffusion" and grid.n > 0 and grid.steps < 1:
         raise ValueError(f"callbacks.sample_grid.steps must be >= 1 (DDIM steps of the sample grid), got {grid.steps}; "
                          "or set callbacks.sample_grid.n=0 for no grid")
-    builds = {"trainer": lambda: instantiate(tr, max_steps=1, logger=False, enable_checkpointing=False)}
+    builds = {"trainer": lambda: instantiate(tr, max_steps=1, logger=False, enable_checkpointing=False,
+                                             precision=precision)}
     if not tr.fast_dev_run:
         builds["callbacks.model_checkpoint"] = lambda: instantiate(cfg.callbacks.model_checkpoint, filename="x-{step}")
     for key, build in builds.items():
@@ -160,7 +170,7 @@ def build_callbacks(cfg: DictConfig, out: Path, ckpt_dir: Path, final: Path) -> 
     return callbacks
 
 
-def train(cfg: DictConfig) -> TrainResult:
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> TrainResult:
     """Fit (and for the judge and the guide, test) one network into ckpt_dir/<task>.ckpt."""
     check_train(cfg)
     apply_num_threads(cfg.num_threads)
@@ -180,8 +190,9 @@ def train(cfg: DictConfig) -> TrainResult:
     logger = build_logger(cfg.logger, str(out), name=f"{cfg.task}-{out.name}", config=plain(cfg),
                           tags=list(cfg.tags))
     final = ckpt_dir / f"{cfg.task}.ckpt"
-    trainer = instantiate(cfg.trainer, max_steps=net_cfg["max_steps"], logger=logger,
-                          callbacks=build_callbacks(cfg, out, ckpt_dir, final), default_root_dir=str(out),
+    trainer = instantiate(cfg.trainer, max_steps=net_cfg["max_steps"], logger=logger, precision=net_precision(cfg)[1],
+                          callbacks=[*build_callbacks(cfg, out, ckpt_dir, final), *extra_callbacks],
+                          default_root_dir=str(out),
                           plugins=[AtomicCheckpointIO()])
     try:
         trainer.fit(module, dm, ckpt_path=ckpt_path)
