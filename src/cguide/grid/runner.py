@@ -91,9 +91,10 @@ def class_grid(x: torch.Tensor, y: torch.Tensor, per_class: int, path: Path, cla
     return save_grid(torch.cat([r[:k] for r in rows]), path, nrow=k)
 
 
-def run_sweep(cfg: DictConfig) -> Path:
+def run_sweep(cfg: DictConfig, log_done_points: bool = False) -> Path:
     """Run (or resume) the sweep described by cfg into cfg.out_dir; returns the folder. Every check comes
-    before the folder is claimed, so a bad input leaves it as it was and the corrected command runs."""
+    before the folder is claimed, so a bad input leaves it as it was and the corrected command runs.
+    log_done_points: the W&B run also gets the points found done (drawn by worker processes that log nothing)."""
     sw = cfg.sweep
     check_sweep_numbers(sw)
     points = build_grid(sw, cfg.sampler, cfg.guidance)
@@ -150,6 +151,11 @@ def run_sweep(cfg: DictConfig) -> Path:
     claims = PointClaims(out, folder.done)
     try:
         step = 0
+        if log_done_points and wb is not None:
+            for row in folder.rows():
+                grid = out / "grids" / f"{row['point']}.png"
+                wandb_log.log_point(wb, row, grid if grid.is_file() else None, step)
+                step += 1
         for call in claimed_calls(todo, sw.points_per_call, claims, out):
             for point, row, grid in _run_call(cfg, call, run, models, judge, y, seeds, real, settings, out, device):
                 if folder.append(row):  # False: a parallel job finished this point first

@@ -25,13 +25,14 @@ def start_run(logger_cfg, out_dir: Path, group: str, name: str, config: dict, ta
         settings=wandb.Settings(init_timeout=init_timeout())), logger_cfg.mode)
 
 
-def log_point(run, row: dict, grid: Path, step: int) -> None:
+def log_point(run, row: dict, grid: Path | None, step: int) -> None:
     if run is None:
         return
     import wandb
 
     metrics = {f"point/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    run.log({**metrics, "point/grid": wandb.Image(str(grid), caption=row["point"])}, step=step)
+    image = {"point/grid": wandb.Image(str(grid), caption=row["point"])} if grid is not None else {}
+    run.log({**metrics, **image}, step=step)
 
 
 def log_summary(run, rows: list[dict], plots: dict[str, Path]) -> None:

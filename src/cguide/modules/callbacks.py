@@ -1,4 +1,5 @@
-"""Callbacks: a sample grid from the EMA eps-model every N steps (PNG on disk and to the logger)."""
+"""Callbacks: a sample grid from the EMA eps-model every N steps (PNG on disk and to the logger); more
+threads for this training once a parallel process has finished (pipeline workers=2)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,16 @@ class FinalCheckpoint(L.Callback):
             ckpt["cguide"]["extra"] = pl_module.cguide_meta()["extra"]
             atomic_torch_save(ckpt, self.path)
         trainer.strategy.barrier()
+
+
+class TakeThreadsWhenSet(L.Callback):
+    """torch's intra-op threads go to ``n`` at the first training step after ``event`` is set: a pipeline
+    stage trained beside another process takes the whole CPU once that process is done."""
+
+    def __init__(self, n: int, event):
+        self.n, self.event, self.taken = n, event, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.taken and self.event.is_set():
+            torch.set_num_threads(self.n)
+            self.taken = True
