@@ -36,10 +36,10 @@ def timed(fn) -> float:
 
 
 def prepare(net, setting: str):
-    """net under the setting: channels_last layout, or torch.compile of the module (bf16 is an autocast)."""
-    if setting == "channels_last":
+    """net under the setting (settings combine with +): channels_last layout, torch.compile (bf16 is an autocast)."""
+    if "channels_last" in setting.split("+"):
         net = net.to(memory_format=torch.channels_last)
-    if setting == "compile":
+    if "compile" in setting.split("+"):
         net = torch.compile(net)
     return net
 
@@ -59,12 +59,12 @@ def train_parts(task: str, setting: str, loader, steps: int) -> dict[str, float]
         batch = {}
         d = timed(lambda: batch.update(b=next(it)))
         x0, y = batch["b"][0], batch["b"][1]
-        if setting == "channels_last":
+        if "channels_last" in setting.split("+"):
             x0 = x0.contiguous(memory_format=torch.channels_last)
         loss = {}
 
         def fwd():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting == "bf16"):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in setting.split("+")):
                 if task == "judge":
                     loss["l"] = F.cross_entropy(run(x0).float(), y)
                     return
@@ -90,12 +90,12 @@ def sample_parts(setting: str, batch: int, steps: int) -> dict[str, float]:
     unet, clf = prepare(build_unet("small", 1, 16).eval(), setting), build_encoder("small", 1, 16, 10).eval()
     clf = prepare(clf.requires_grad_(False), setting)
     x = torch.randn(batch, 1, 16, 16)
-    if setting == "channels_last":
+    if "channels_last" in setting.split("+"):
         x = x.contiguous(memory_format=torch.channels_last)
     t, y = torch.full((batch,), 500), torch.arange(batch) % 10
     eps_t, grad_t = [], []
     for i in range(steps + 3):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setting == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in setting.split("+")):
             with torch.no_grad():
                 e = timed(lambda: unet(x, t))
             g = timed(lambda: classifier_log_prob_grad(clf, x, t, y))

@@ -55,11 +55,13 @@ def test_full_profile_composes_for_one_gpu_with_the_fast_fp32_step(tmp_path):
         p.write_bytes(b"x")
     speed = sweep_config(cfg, ckpts, tmp_path).speed
     assert (speed.compile, speed.cuda_graph, speed.channels_last, speed.bf16) == (True, True, True, False)
-    quick = compose_cfg("pipeline", [f"out_dir={tmp_path}", "speed.bf16=true"], tmp_path / "hydra")
+    quick = compose_cfg("pipeline", [f"out_dir={tmp_path}"], tmp_path / "hydra")
     bf16 = sweep_config(quick, ckpts, tmp_path)
-    assert bf16.speed.bf16 is True  # a pipeline override reaches the sweep
+    assert bf16.speed.bf16 is True  # the quick profile samples under bf16 autocast (issue #17)
     # bf16 changes the samples: its sweep gets its own folder rather than a settings clash with the fp32 one
-    fp32 = sweep_config(compose_cfg("pipeline", [f"out_dir={tmp_path}"], tmp_path / "hydra"), ckpts, tmp_path)
+    fp32 = sweep_config(compose_cfg("pipeline", [f"out_dir={tmp_path}", "speed.bf16=false"], tmp_path / "hydra"),
+                        ckpts, tmp_path)
+    assert fp32.speed.bf16 is False  # a pipeline override reaches the sweep
     assert bf16.out_dir != fp32.out_dir
 
 
