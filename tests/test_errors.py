@@ -127,12 +127,13 @@ SWEEP_BASE = {"eps_ckpt": "{eps}", "classifier_ckpt": "{clf}", "judge_ckpt": "{j
               "progress": "false", "logger": "none", "out_dir": "{out}"}
 TRAIN_BASE = {**dict(o.split("=", 1) for o in TINY), "task": "diffusion", "trainer.fast_dev_run": "true",
               "paths.output_dir": "{out}"}
-BASES = {"sample": SAMPLE_BASE, "sweep": SWEEP_BASE, "train": TRAIN_BASE}
+PIPELINE_BASE = {"debug": "default", "progress": "false", "out_dir": "{out}"}
+BASES = {"sample": SAMPLE_BASE, "sweep": SWEEP_BASE, "train": TRAIN_BASE, "pipeline": PIPELINE_BASE}
 
 
 @dataclass
 class Case:
-    entry: str  # sample | sweep | train; "-cli" = through the Hydra main
+    entry: str  # sample | sweep | train | pipeline; "-cli" = through the Hydra main
     over: dict = field(default_factory=dict)  # key -> value (None drops a base key); {names} filled by setup
     setup: Callable | None = None  # (ckpts, tmp) -> {name: path}
     error: type = ValueError
@@ -172,6 +173,10 @@ CASES = {
     "nan-eta": Case("sample", {"sampler.eta": "nan"}),
     "too-few-samples": Case("sweep", {"sweep.n_per_point": "5"}),
     "points-per-call-zero": Case("sweep", {"sweep.points_per_call": "0"}),
+    "net-precision": Case("train", {"model.precision": "64-true"}),
+    "workers-zero": Case("pipeline", {"workers": "0"}),
+    "workers-not-cpu": Case("pipeline", {"workers": "2", "device": "cuda"}),
+    "workers-one-call": Case("pipeline", {"workers": "2", "device": "cpu", "sweep.points_per_call": "null"}),
     "learned-variance-eps-only": Case("sweep", {"sampler.var_type": "learned"}),
     "image-size-not-divisible": Case("train", {"data.image_size": "10", "model": "small"}),
     "image-folder-missing": Case("train", {"data": "image_folder", "data.root": "{tmp}/images"},
@@ -311,9 +316,9 @@ def test_catalogued_error(case_id, ckpts, tmp_path, monkeypatch, capsys):
             assert re.fullmatch("error: " + pattern(message), lines[0]), lines[0]
     else:
         run = {"train": "cguide.train:train", "sample": "cguide.sample:run_sample",
-               "sweep": "cguide.sweep:run"}[entry].split(":")
+               "sweep": "cguide.sweep:run", "pipeline": "cguide.pipeline:run_pipeline"}[entry].split(":")
         fn = getattr(__import__(run[0], fromlist=[run[1]]), run[1])
-        cfg = compose_cfg({"train": "train", "sample": "sample", "sweep": "sweep"}[entry], args, out)
+        cfg = compose_cfg(entry, args, out)
         with pytest.raises(case.error) as e:
             fn(cfg)
         assert "\n" not in str(e.value) and re.fullmatch(pattern(message), str(e.value)), str(e.value)
