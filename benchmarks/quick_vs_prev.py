@@ -5,12 +5,15 @@ time and the quality bar (judge accuracy at s = 0, best accuracy, FID at the bes
     python benchmarks/quick_vs_prev.py                      # old, then new, then the table (~25 min on 2 cores)
     python benchmarks/quick_vs_prev.py run old              # one run (kept: <root>/old and <root>/old.json)
     python benchmarks/quick_vs_prev.py run trial --experiment mnist5k_quick model.max_steps=600
+    python benchmarks/quick_vs_prev.py cross new            # new's s = 0 and best point measured by old's judge
     python benchmarks/quick_vs_prev.py table                # the table of every recorded run
 
 Each run starts the pipeline as `make run` does (a fresh process) into a fresh folder, so nothing is reused;
 nothing else should run on the machine meanwhile. "best" is the point with the highest accuracy (ties: lower
 FID); the bar is issue #17's: wall <= max(8 min, old / 2), accuracy at s = 0 in [0.05, 0.2], best accuracy
->= 0.93, FID at the best point <= the old run's."""
+>= 0.93, FID at the best point <= the old run's. Each run's metrics come from its own judge (same code and
+seed; float32 rounding differs with the thread count it trained under), so `cross` draws a run's s = 0 and
+best point again (same networks and seeds: the same samples) and measures them with the old run's judge."""
 
 from __future__ import annotations
 
@@ -58,6 +61,26 @@ def run(root: Path, name: str, experiment: str, overrides: list[str], fresh: boo
     return info
 
 
+def cross(root: Path, name: str) -> None:
+    """name's s = 0 and best point drawn again from its own networks, measured by old's judge."""
+    from omegaconf import OmegaConf
+
+    best = summary(root, json.loads((root / f"{name}.json").read_text()))["best"]
+    run_dir, out = root / name, root / f"{name}-old-judge"
+    cfg = OmegaConf.load(max((run_dir / "hydra").glob("*/.hydra/config.yaml")))
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [sys.executable, "-m", "cguide.sweep", f"eps_ckpt={run_dir / 'diffusion/checkpoints/diffusion.ckpt'}",
+           f"classifier_ckpt={run_dir / 'classifier/checkpoints/classifier.ckpt'}",
+           f"judge_ckpt={root / 'old/judge/checkpoints/judge.ckpt'}", f"data.image_size={cfg.data.image_size}",
+           f"sweep.scales=[0,{best['scale']}]", f"sweep.variants=[{best['variant']}]", f"sweep.steps=[{best['steps']}]",
+           f"sweep.n_per_point={best['n']}", f"sweep.seed={cfg.sweep.seed}", f"sweep.batch_size={cfg.sweep.batch_size}",
+           f"sampler.name={cfg.sampler.name}", f"speed.bf16={str(cfg.speed.bf16).lower()}", f"out_dir={out}",
+           "logger.mode=disabled", "progress=false"]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
 def rows_of(out: Path) -> list[dict]:
     files = sorted((out / "sweep").glob("*/results.jsonl"), key=lambda p: p.stat().st_mtime)
     if not files:
@@ -74,6 +97,7 @@ def summary(root: Path, info: dict) -> dict:
 
 def table(root: Path) -> None:
     infos = [json.loads(p.read_text()) for p in sorted(root.glob("*.json"), key=lambda p: p.stat().st_mtime)]
+    infos = [i for i in infos if "wall_s" in i]
     if not infos:
         raise SystemExit(f"no recorded runs in {root}; run: python benchmarks/quick_vs_prev.py run old")
     s = [summary(root, i) for i in infos]
@@ -95,6 +119,13 @@ def table(root: Path) -> None:
         print(f"| {x['name']} | {x['experiment']}{' ' + extra if extra else ''} | {int(x['wall_s'] // 60)} min "
               f"{x['wall_s'] % 60:.0f} s | {x['fid0']:.2f} / {x['acc0']:.3f} | {b['variant']} s = {b['scale']:g} | "
               f"{b['fid']:.2f} / {b['accuracy']:.3f} | {verdict} |")
+        judged = root / f"{x['name']}-old-judge" / "results.jsonl"
+        if judged.is_file():  # the same samples, measured by old's judge
+            r = {float(json.loads(line)["scale"]): json.loads(line) for line in judged.read_text().splitlines()}
+            z, o = r[0.0], r[float(b["scale"])]
+            print(f"| {x['name']}, measured by old's judge | (the same samples) | - | {z['fid']:.2f} / "
+                  f"{z['accuracy']:.3f} | {b['variant']} s = {b['scale']:g} | {o['fid']:.2f} / {o['accuracy']:.3f} | "
+                  f"{'holds' if o['fid'] <= old['best']['fid'] and o['accuracy'] >= 0.93 else 'fails'} |")
 
 
 def main() -> None:
@@ -106,14 +137,19 @@ def main() -> None:
     r.add_argument("name")
     r.add_argument("--experiment", default=None, help="default: old -> mnist5k_quick_prev, else mnist5k_quick")
     r.add_argument("overrides", nargs="*")
+    c = sub.add_parser("cross")
+    c.add_argument("name", nargs="?", default="new")
     sub.add_parser("table")
     args = ap.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     if args.cmd == "run":
         run(args.root, args.name, args.experiment or RUNS.get(args.name, "mnist5k_quick"), args.overrides, args.fresh)
+    elif args.cmd == "cross":
+        cross(args.root, args.name)
     elif args.cmd is None:
         for name, experiment in RUNS.items():
             run(args.root, name, experiment, [], args.fresh)
+        cross(args.root, "new")
     table(args.root)
 
 
