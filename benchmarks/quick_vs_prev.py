@@ -103,8 +103,8 @@ def table(root: Path) -> None:
     s = [summary(root, i) for i in infos]
     old = next((x for x in s if x["name"] == "old"), None)
     print(f"\n{s[0]['cpu']}, {s[0]['cores']} cores\n")
-    print("| run | experiment | wall | s = 0 FID / acc | best point | best FID / acc | bar |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | experiment | commit | wall | s = 0 FID / acc | best point | best FID / acc | bar |")
+    print("|---|---|---|---|---|---|---|---|")
     for x in s:
         b = x["best"]
         verdict = "-"
@@ -116,14 +116,15 @@ def table(root: Path) -> None:
             fails += [f"FID > {old['best']['fid']:.2f}"] if b["fid"] > old["best"]["fid"] else []
             verdict = "; ".join(fails) or "holds"
         extra = " ".join(x["overrides"])
-        print(f"| {x['name']} | {x['experiment']}{' ' + extra if extra else ''} | {int(x['wall_s'] // 60)} min "
+        print(f"| {x['name']} | {x['experiment']}{' ' + extra if extra else ''} | {x['commit']} | "
+              f"{int(x['wall_s'] // 60)} min "
               f"{x['wall_s'] % 60:.0f} s | {x['fid0']:.2f} / {x['acc0']:.3f} | {b['variant']} s = {b['scale']:g} | "
               f"{b['fid']:.2f} / {b['accuracy']:.3f} | {verdict} |")
         judged = root / f"{x['name']}-old-judge" / "results.jsonl"
         if judged.is_file():  # the same samples, measured by old's judge
             r = {float(json.loads(line)["scale"]): json.loads(line) for line in judged.read_text().splitlines()}
             z, o = r[0.0], r[float(b["scale"])]
-            print(f"| {x['name']}, measured by old's judge | (the same samples) | - | {z['fid']:.2f} / "
+            print(f"| {x['name']}, measured by old's judge | (the same samples) | {x['commit']} | - | {z['fid']:.2f} / "
                   f"{z['accuracy']:.3f} | {b['variant']} s = {b['scale']:g} | {o['fid']:.2f} / {o['accuracy']:.3f} | "
                   f"{'holds' if o['fid'] <= old['best']['fid'] and o['accuracy'] >= 0.93 else 'fails'} |")
 

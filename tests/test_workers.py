@@ -24,7 +24,8 @@ def test_two_workers_train_and_draw_what_one_process_does(cfg_pipeline, tmp_path
              "sweep.scales=[0,1,2]"]
     par = run_pipeline(cfg_pipeline(*extra, "workers=2"))
     out = capsys.readouterr().out
-    assert "[workers] classifier, judge train in a second process (1 thread(s)) beside diffusion" in out
+    assert "[workers] classifier, judge train in a second process (1 thread(s)) beside diffusion (1 thread(s) for " \
+        "the first half of the steps, then 1)" in out
     assert "[workers] the sweep is drawn by 2 processes of 1 thread(s)" in out
     one = run_pipeline(cfg_pipeline(*extra, "workers=1", f"out_dir={tmp_path / 'one'}"))
     for stage in ("diffusion", "classifier", "judge"):
@@ -53,16 +54,35 @@ def test_bad_worker_settings_stop_before_any_stage(cfg_pipeline, tmp_path, overr
     assert not (tmp_path / "pipeline" / "diffusion").exists()
 
 
-def test_the_threads_go_up_at_the_first_step_after_the_event():
-    from cguide.modules.callbacks import TakeThreadsWhenSet
+def test_the_threads_go_up_at_the_fixed_step_once_the_other_process_is_done():
+    from types import SimpleNamespace
+
+    from cguide.modules.callbacks import TakeThreadsAtStep
     before = torch.get_num_threads()
     event = threading.Event()
-    cb = TakeThreadsWhenSet(before + 1, event)
+    cb = TakeThreadsAtStep(before + 1, 3, event)
     try:
-        cb.on_train_batch_start(None, None, None, 0)
+        event.set()  # done early: still the fixed step, so every run rounds alike
+        cb.on_train_batch_start(SimpleNamespace(global_step=2), None, None, 2)
         assert torch.get_num_threads() == before and not cb.taken
-        event.set()
-        cb.on_train_batch_start(None, None, None, 1)
-        assert torch.get_num_threads() == before + 1 and cb.taken
+        event.clear()  # not done yet at the step: it waits for the event
+        threading.Timer(0.2, event.set).start()
+        cb.on_train_batch_start(SimpleNamespace(global_step=3), None, None, 3)
+        assert event.is_set() and torch.get_num_threads() == before + 1 and cb.taken
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_two_thread_runs_hand_over_at_the_same_step_so_their_weights_agree(cfg_pipeline, tmp_path):
+    """With 2 threads the eps-model trains on 1 thread, then on 2 from a fixed step: two runs (whose side process
+    finishes at different moments) must give the same eps-model bit for bit."""
+    from cguide.pipeline import run_pipeline
+    extra = [*FAST, "model.max_steps=12", "num_threads=2", "device=cpu", "trainer.accelerator=cpu", "workers=2",
+             "sweep.points_per_call=1"]
+    runs = [run_pipeline(cfg_pipeline(*extra, f"out_dir={tmp_path / name}")) for name in ("a", "b")]
+    a, b = (torch.load(r.parents[1] / "diffusion/checkpoints/diffusion.ckpt", weights_only=False)["state_dict"]
+            for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [{k: v for k, v in r.items() if k != "wall_s"} for r in _rows(runs[0])] == \
+        [{k: v for k, v in r.items() if k != "wall_s"} for r in _rows(runs[1])]

@@ -1,10 +1,10 @@
 """pipeline workers=N on CPU: the work split over N processes of num_threads / N threads each.
 
 Why: on a small CPU a bf16 network step scales worse over intra-op threads than over processes (on the
-2-core development machine a guided bf16 sampling step is 1.25x faster as two 1-thread processes than as one
-2-thread process; benchmarks/README.md). So with workers=2 the eps-model(s) train in this process while a second
-process trains the other networks (noisy classifier, judge, guide); when that process is done, this one takes
-every thread. The sweep is then drawn by N processes into one folder (the per-point claims of
+2-core development machine bf16 work runs about 1.3x faster as two 1-thread processes than as one 2-thread
+process; benchmarks/README.md). So with workers=2 the eps-model(s) train in this process while a second process
+trains the other networks (noisy classifier, judge, guide); at half its steps the eps-model waits for that process
+to end and takes every thread (a fixed step, so each run rounds the same way). The sweep is then drawn by N processes into one folder (the per-point claims of
 cguide.grid.claims split its calls between them), and this process writes the plots and the W&B run.
 Each network is trained by the same code with the same seeds; only the thread count differs, which moves
 float32 results by rounding."""
@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .grid.runner import run_sweep
-from .modules.callbacks import TakeThreadsWhenSet
+from .modules.callbacks import TakeThreadsAtStep
 from .stages import STAGES, run_stage, stages
 
 
@@ -68,7 +68,7 @@ def train_stages(cfg: DictConfig, out: Path) -> dict[str, Path]:
         return {s: run_stage(cfg, s, out) for s in todo}
     total, per = thread_split(cfg)
     print(f"[workers] {', '.join(side)} train in a second process ({per} thread(s)) beside {', '.join(here)} "
-          f"({per} thread(s), then {total})")
+          f"({per} thread(s) for the first half of the steps, then {total})")
     ctx = mp.get_context("spawn")
     done = ctx.Event()
     side_cfg = _with(cfg, num_threads=per, **{"trainer.enable_progress_bar": False})
@@ -76,7 +76,9 @@ def train_stages(cfg: DictConfig, out: Path) -> dict[str, Path]:
                        name="cguide-side-stages")
     proc.start()
     try:
-        ckpts = {s: run_stage(_with(cfg, num_threads=per), s, out, [TakeThreadsWhenSet(total, done)]) for s in here}
+        # half the steps: on 2 cores the other nets take about as long as half the eps-model's steps on one thread
+        ckpts = {s: run_stage(_with(cfg, num_threads=per), s, out,
+                              [TakeThreadsAtStep(total, cfg[STAGES[s][1]].max_steps // 2, done)]) for s in here}
         proc.join()
     finally:
         if proc.is_alive():  # this process failed or was interrupted: do not leave the other one training

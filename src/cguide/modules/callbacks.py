@@ -68,14 +68,17 @@ class FinalCheckpoint(L.Callback):
         trainer.strategy.barrier()
 
 
-class TakeThreadsWhenSet(L.Callback):
-    """torch's intra-op threads go to ``n`` at the first training step after ``event`` is set: a pipeline
-    stage trained beside another process takes the whole CPU once that process is done."""
+class TakeThreadsAtStep(L.Callback):
+    """torch's intra-op threads go to ``n`` at optimizer step ``step``, after waiting there for ``event`` (the
+    process trained beside this one has finished): a pipeline stage takes the whole CPU once it is free. A fixed
+    step, not the moment the event comes, so the float rounding (which depends on the thread count) and with it
+    the trained weights are the same in every run."""
 
-    def __init__(self, n: int, event):
-        self.n, self.event, self.taken = n, event, False
+    def __init__(self, n: int, step: int, event):
+        self.n, self.step, self.event, self.taken = n, step, event, False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if not self.taken and self.event.is_set():
+        if not self.taken and trainer.global_step >= self.step:
+            self.event.wait()
             torch.set_num_threads(self.n)
             self.taken = True
