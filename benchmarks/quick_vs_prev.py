@@ -122,7 +122,7 @@ def table(root: Path) -> None:
               f"{b['fid']:.2f} / {b['accuracy']:.3f} | {verdict} |")
         judged = root / f"{x['name']}-old-judge" / "results.jsonl"
         if judged.is_file():  # the same samples, measured by old's judge
-            r = {float(json.loads(line)["scale"]): json.loads(line) for line in judged.read_text().splitlines()}
+            r = {float(row["scale"]): row for row in map(json.loads, judged.read_text().splitlines())}
             z, o = r[0.0], r[float(b["scale"])]
             print(f"| {x['name']}, measured by old's judge | (the same samples) | {x['commit']} | - | {z['fid']:.2f} / "
                   f"{z['accuracy']:.3f} | {b['variant']} s = {b['scale']:g} | {o['fid']:.2f} / {o['accuracy']:.3f} | "

@@ -19,6 +19,12 @@ def plain(node) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
+def net_precision(net, trainer) -> str:
+    """The precision a net trains under: its section's own, else trainer.precision."""
+    own = net.get("precision")
+    return own if own is not None else trainer.precision
+
+
 # ---------------------------------------------------------------- training parts
 
 

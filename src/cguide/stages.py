@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import TrainConfig, plain
+from .config import TrainConfig, net_precision, plain
 from .grid.points import build_grid
 from .guidance import METHODS, check_method
 from .io.atomic import atomic_write_text
@@ -22,6 +22,8 @@ from .io.folders import move_aside
 STAGES = {"diffusion": ("diffusion", "model", True), "cond_diffusion": ("diffusion", "model", True),
           "classifier": ("classifier", "classifier", True), "judge": ("judge", "judge", False),
           "guide": ("guide", "guide", False)}
+
+
 def stages(cfg: DictConfig) -> list[str]:
     """The stages the sweep's methods need (the classifier always: it also measures guide_confidence), and the
     guide when a point of the grid guides in x0 space."""
@@ -48,9 +50,8 @@ def _net(cfg: DictConfig, stage: str) -> dict:
 def stage_key(cfg: DictConfig, stage: str) -> dict:
     """The settings that define a stage's checkpoint; anything else (logging, progress) may change freely."""
     task, _, uses_schedule = STAGES[stage]
-    own = cfg[STAGES[stage][1]].get("precision")  # the net's own, else the trainer's: the one it trains under
     key = {"task": task, "seed": cfg.seed, "data": plain(cfg.data), "net": _net(cfg, stage),
-           "precision": own if own is not None else cfg.trainer.precision}
+           "precision": net_precision(cfg[STAGES[stage][1]], cfg.trainer)}
     if uses_schedule:
         key["diffusion"] = plain(cfg.diffusion)
     return key

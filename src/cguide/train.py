@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .cli import CONF_DIR, apply_num_threads, check_int64, check_num_threads, print_config_tree, run_or_exit
-from .config import plain, register_configs
+from .config import net_precision, plain, register_configs
 from .data import as_data_config, build_datamodule
 from .io.atomic import atomic_write, remove_stale_temps
 from .io.checkpoints import KINDS, read_checkpoint
@@ -115,11 +115,11 @@ def check_train(cfg: DictConfig) -> None:
 PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16")
 
 
-def net_precision(cfg: DictConfig) -> tuple[str, str]:
-    """(the key that sets it, the precision) of the trained net: its section's precision, else trainer.precision."""
+def precision_key(cfg: DictConfig) -> tuple[str, str]:
+    """(the key that sets it, the precision) of the trained net."""
     section = TASKS[cfg.task][0]
-    own = cfg[section].get("precision")
-    return (f"{section}.precision", own) if own is not None else ("trainer.precision", cfg.trainer.precision)
+    key = f"{section}.precision" if cfg[section].get("precision") is not None else "trainer.precision"
+    return key, net_precision(cfg[section], cfg.trainer)
 
 
 @contextmanager
@@ -138,7 +138,7 @@ def check_lightning(cfg: DictConfig) -> None:
     """The trainer and callback settings only Lightning reads, before any work: values it takes but fails on
     later, then the trainer and the checkpoint callback built once (Lightning's refusal as one line)."""
     tr, grid = cfg.trainer, cfg.callbacks.sample_grid
-    key, precision = net_precision(cfg)
+    key, precision = precision_key(cfg)
     if str(precision) not in PRECISIONS:
         raise ValueError(f"{key}={precision} is not supported (the nets keep float32 parts); "
                          f"use one of {', '.join(PRECISIONS)}")
@@ -190,7 +190,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> TrainR
     logger = build_logger(cfg.logger, str(out), name=f"{cfg.task}-{out.name}", config=plain(cfg),
                           tags=list(cfg.tags))
     final = ckpt_dir / f"{cfg.task}.ckpt"
-    trainer = instantiate(cfg.trainer, max_steps=net_cfg["max_steps"], logger=logger, precision=net_precision(cfg)[1],
+    trainer = instantiate(cfg.trainer, max_steps=net_cfg["max_steps"], logger=logger, precision=precision_key(cfg)[1],
                           callbacks=[*build_callbacks(cfg, out, ckpt_dir, final), *extra_callbacks],
                           default_root_dir=str(out),
                           plugins=[AtomicCheckpointIO()])

@@ -4,8 +4,9 @@ Why: on a small CPU a bf16 network step scales worse over intra-op threads than 
 2-core development machine bf16 work runs about 1.3x faster as two 1-thread processes than as one 2-thread
 process; benchmarks/README.md). So with workers=2 the eps-model(s) train in this process while a second process
 trains the other networks (noisy classifier, judge, guide); at half its steps the eps-model waits for that process
-to end and takes every thread (a fixed step, so each run rounds the same way). The sweep is then drawn by N processes into one folder (the per-point claims of
-cguide.grid.claims split its calls between them), and this process writes the plots and the W&B run.
+to end and takes every thread (a fixed step, so each run rounds the same way). The sweep is then drawn by N
+processes into one folder (the per-point claims of cguide.grid.claims split its calls between them), and this
+process writes the plots and the W&B run.
 Each network is trained by the same code with the same seeds; only the thread count differs, which moves
 float32 results by rounding."""
 
@@ -50,6 +51,19 @@ def _with(cfg: DictConfig, **updates) -> DictConfig:
     return out
 
 
+def _join(procs: list, wait: bool = True) -> None:
+    """Wait for the processes (wait=False: for none); any still running is stopped, so an error or an interrupt
+    here never leaves one working on."""
+    try:
+        for p in procs if wait else ():
+            p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+
+
 def _side_stages(container: dict, names: list[str], out: str, done) -> None:
     try:
         cfg = OmegaConf.create(container)
@@ -75,15 +89,13 @@ def train_stages(cfg: DictConfig, out: Path) -> dict[str, Path]:
     proc = ctx.Process(target=_side_stages, args=(OmegaConf.to_container(side_cfg), side, str(out), done),
                        name="cguide-side-stages")
     proc.start()
-    try:
-        # half the steps: on 2 cores the other nets take about as long as half the eps-model's steps on one thread
+    try:  # half the steps: on 2 cores the other nets take about as long as half the eps-model's steps on one thread
         ckpts = {s: run_stage(_with(cfg, num_threads=per), s, out,
                               [TakeThreadsAtStep(total, cfg[STAGES[s][1]].max_steps // 2, done)]) for s in here}
-        proc.join()
-    finally:
-        if proc.is_alive():  # this process failed or was interrupted: do not leave the other one training
-            proc.terminate()
-            proc.join()
+    except BaseException:
+        _join([proc], wait=False)
+        raise
+    _join([proc])
     torch.set_num_threads(total)
     if proc.exitcode != 0:
         raise RuntimeError(f"the process training {', '.join(side)} stopped with exit code {proc.exitcode} (its "
@@ -108,14 +120,7 @@ def draw_sweep(cfg: DictConfig, sweep_cfg: DictConfig) -> Path:
               **{"logger.mode": "disabled"})),)) for i in range(cfg.workers)]
     for p in procs:
         p.start()
-    try:
-        for p in procs:
-            p.join()
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join()
+    _join(procs)
     failed = [p.name for p in procs if p.exitcode != 0]
     if failed:
         raise RuntimeError(f"sweep process(es) {', '.join(failed)} stopped with an error (above); run the same "
