@@ -38,6 +38,22 @@ def test_two_workers_train_and_draw_what_one_process_does(cfg_pipeline, tmp_path
     assert len(_rows(par)) == 3 and (par / "plots").is_dir()
 
 
+def test_a_failure_in_the_helper_stops_the_run_with_its_name_and_leaves_no_process(cfg_pipeline, tmp_path):
+    import multiprocessing as mp
+
+    from cguide.pipeline import run_pipeline
+    marker = tmp_path / "pipeline" / "judge" / "stage.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{not json")  # the helper's judge stage fails on it; this process's eps-model does not
+    with pytest.raises(RuntimeError, match=r"^the process training classifier, judge stopped with exit code 1 \(its "
+                       r"error is above\); run the same command again: finished stages are reused$"):
+        run_pipeline(cfg_pipeline(*FAST, "num_threads=2", "device=cpu", "trainer.accelerator=cpu", "workers=2",
+                                  "sweep.points_per_call=1"))
+    # it stopped the eps-model at its hand-over step, half-way, not at its end
+    assert not (tmp_path / "pipeline" / "diffusion" / "checkpoints" / "diffusion.ckpt").exists()
+    assert mp.active_children() == []
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["workers=0"], r"^workers must be >= 1 \(1: everything in this process\), got 0$"),
     (["workers=2", "device=cpu", "trainer.accelerator=auto"],
@@ -60,7 +76,7 @@ def test_the_threads_go_up_at_the_fixed_step_once_the_other_process_is_done():
     from cguide.modules.callbacks import TakeThreadsAtStep
     before = torch.get_num_threads()
     event = threading.Event()
-    cb = TakeThreadsAtStep(before + 1, 3, event)
+    cb = TakeThreadsAtStep(before + 1, 3, event.wait)
     try:
         event.set()  # done early: still the fixed step, so every run rounds alike
         cb.on_train_batch_start(SimpleNamespace(global_step=2), None, None, 2)

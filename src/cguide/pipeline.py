@@ -22,7 +22,7 @@ from .cli import CONF_DIR, print_config_tree, run_or_exit
 from .config import SweepConfig, plain, register_configs
 from .io.folders import check_writable
 from .stages import STAGES, check_stages, run_stage, stage_key, stages  # noqa: F401  (the stage API, here too)
-from .workers import check_workers, draw_sweep, train_stages
+from .workers import Helpers, check_workers, draw_sweep, train_stages
 
 TABLE = [("method", "method"), ("scale", "scale"), ("variant", "variant"), ("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"),
          ("accuracy", "accuracy"), ("guide_confidence", "guide_conf"), ("precision", "precision"),
@@ -92,8 +92,9 @@ def run_pipeline(cfg: DictConfig) -> Path:
     check_workers(cfg)
     check_stages(cfg, out)
     t0 = time.perf_counter()
-    ckpts = train_stages(cfg, out)
-    sweep_dir = draw_sweep(cfg, sweep_config(cfg, ckpts, out))
+    with Helpers(cfg, out) as helpers:  # workers > 1: the other processes, from here to the sweep's end
+        ckpts = train_stages(cfg, out, helpers)
+        sweep_dir = draw_sweep(cfg, sweep_config(cfg, ckpts, out), helpers)
     print_report(sweep_dir)
     print(f"pipeline finished in {time.perf_counter() - t0:.0f} s")
     return sweep_dir

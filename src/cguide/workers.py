@@ -4,15 +4,16 @@ Why: on a small CPU a bf16 network step scales worse over intra-op threads than 
 2-core development machine bf16 work runs about 1.3x faster as two 1-thread processes than as one 2-thread
 process; benchmarks/README.md). So with workers=2 the eps-model(s) train in this process while a second process
 trains the other networks (noisy classifier, judge, guide); at half its steps the eps-model waits for that process
-to end and takes every thread (a fixed step, so each run rounds the same way). The sweep is then drawn by N
-processes into one folder (the per-point claims of cguide.grid.claims split its calls between them), and this
-process writes the plots and the W&B run.
+to finish them and takes every thread (a fixed step, so each run rounds the same way). The sweep is then drawn by
+this process and the helper(s), kept from the start (the per-point claims of cguide.grid.claims split its calls
+between them), and this process writes the plots and the W&B run.
 Each network is trained by the same code with the same seeds; only the thread count differs, which moves
 float32 results by rounding."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from pathlib import Path
 
 import torch
@@ -64,64 +65,104 @@ def _join(procs: list, wait: bool = True) -> None:
                 p.join()
 
 
-def _side_stages(container: dict, names: list[str], out: str, done) -> None:
+def _helper(container: dict | None, names: list[str], out: str, done, ok, jobs) -> None:
+    """A helper process: train ``names`` (helper 0 only), then draw the sweep calls it claims when a sweep
+    config arrives (None: the run ends without one)."""
     try:
-        cfg = OmegaConf.create(container)
-        for name in names:
-            run_stage(cfg, name, Path(out))
+        if names:
+            t0 = time.perf_counter()
+            cfg = OmegaConf.create(container)
+            for name in names:
+                run_stage(cfg, name, Path(out))
+            print(f"[workers] {', '.join(names)} trained in {time.perf_counter() - t0:.0f} s")
+        ok.set()
     finally:
         done.set()  # the eps-model's process takes every thread, whether these finished or failed
+    job = jobs.get()
+    if job is not None:
+        run_sweep(OmegaConf.create(job))
 
 
-def train_stages(cfg: DictConfig, out: Path) -> dict[str, Path]:
-    """Train (or reuse) every stage the experiment needs; with workers > 1 the eps-model(s) beside the rest."""
+class Helpers:
+    """workers - 1 processes of num_threads / workers threads, started once and kept for the whole run (each
+    start imports torch and Lightning, ~8 s of a core): the first trains the networks other than the eps-model(s)
+    while this process trains those; then all of them and this process draw the sweep's calls into one folder.
+    A context manager: leaving it (an error, an interrupt) stops any helper still running."""
+
+    def __init__(self, cfg: DictConfig, out: Path):
+        self.cfg, self.out, self.procs, self.jobs, self.side, self.sent = cfg, out, [], [], [], False
+        self.total, self.per = thread_split(cfg)
+
+    def __enter__(self) -> "Helpers":
+        if self.cfg.workers < 2:
+            return self
+        todo = stages(self.cfg)
+        side = [s for s in todo if STAGES[s][0] != "diffusion"]
+        self.side = side if side and len(side) < len(todo) else []  # nothing to train beside: all here
+        ctx = mp.get_context("spawn")
+        self.done, self.ok = ctx.Event(), ctx.Event()
+        self.jobs = [ctx.Queue() for _ in range(self.cfg.workers - 1)]
+        side_cfg = OmegaConf.to_container(_with(self.cfg, num_threads=self.per,
+                                                **{"trainer.enable_progress_bar": False}))
+        for i, jobs in enumerate(self.jobs):
+            names = self.side if i == 0 else []
+            self.procs.append(ctx.Process(target=_helper, name=f"cguide-helper-{i}", args=(
+                side_cfg if names else None, names, str(self.out), self.done if i == 0 else ctx.Event(),
+                self.ok if i == 0 else ctx.Event(), jobs)))
+            self.procs[-1].start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None and not self.sent:
+            for jobs in self.jobs:
+                jobs.put(None)  # no sweep for them: they end
+        _join(self.procs, wait=exc[0] is None)
+
+    def side_stages_done(self) -> None:
+        """Wait for helper 0's stages; their error, if any, stops this run here (at the eps-model's hand-over
+        step, or after it when the eps-model was reused)."""
+        self.done.wait()
+        if not self.ok.is_set():
+            self.procs[0].join()
+            raise RuntimeError(f"the process training {', '.join(self.side)} stopped with exit code "
+                               f"{self.procs[0].exitcode} (its error is above); run the same command again: "
+                               "finished stages are reused")
+
+
+def train_stages(cfg: DictConfig, out: Path, helpers: Helpers | None = None) -> dict[str, Path]:
+    """Train (or reuse) every stage the experiment needs; with helpers the eps-model(s) beside the rest."""
     todo = stages(cfg)
-    side = [s for s in todo if STAGES[s][0] != "diffusion"]
-    here = [s for s in todo if s not in side]
-    if cfg.workers < 2 or not side or not here:
+    if helpers is None or not helpers.side:
         return {s: run_stage(cfg, s, out) for s in todo}
-    total, per = thread_split(cfg)
-    print(f"[workers] {', '.join(side)} train in a second process ({per} thread(s)) beside {', '.join(here)} "
-          f"({per} thread(s) for the first half of the steps, then {total})")
-    ctx = mp.get_context("spawn")
-    done = ctx.Event()
-    side_cfg = _with(cfg, num_threads=per, **{"trainer.enable_progress_bar": False})
-    proc = ctx.Process(target=_side_stages, args=(OmegaConf.to_container(side_cfg), side, str(out), done),
-                       name="cguide-side-stages")
-    proc.start()
-    try:  # half the steps: on 2 cores the other nets take about as long as half the eps-model's steps on one thread
-        ckpts = {s: run_stage(_with(cfg, num_threads=per), s, out,
-                              [TakeThreadsAtStep(total, cfg[STAGES[s][1]].max_steps // 2, done)]) for s in here}
-    except BaseException:
-        _join([proc], wait=False)
-        raise
-    _join([proc])
+    here = [s for s in todo if s not in helpers.side]
+    total, per = helpers.total, helpers.per
+    print(f"[workers] {', '.join(helpers.side)} train in a second process ({per} thread(s)) beside "
+          f"{', '.join(here)} ({per} thread(s) for the first half of the steps, then {total})")
+    # half the steps: on 2 cores the other nets take about as long as half the eps-model's steps on one thread
+    ckpts = {s: run_stage(_with(cfg, num_threads=per), s, out, [TakeThreadsAtStep(
+        total, cfg[STAGES[s][1]].max_steps // 2, helpers.side_stages_done)]) for s in here}
+    helpers.side_stages_done()
     torch.set_num_threads(total)
-    if proc.exitcode != 0:
-        raise RuntimeError(f"the process training {', '.join(side)} stopped with exit code {proc.exitcode} (its "
-                           "error is above); run the same command again: finished stages are reused")
-    return {**ckpts, **{s: run_stage(cfg, s, out) for s in side}}  # finished there: reused here
+    return {**ckpts, **{s: run_stage(cfg, s, out) for s in helpers.side}}  # finished there: reused here
 
 
-def _sweep_worker(container: dict) -> None:
-    run_sweep(OmegaConf.create(container))
-
-
-def draw_sweep(cfg: DictConfig, sweep_cfg: DictConfig) -> Path:
-    """The sweep; with workers > 1 drawn by that many processes into one folder, then measured into plots and
-    one W&B run here."""
-    if cfg.workers < 2:
+def draw_sweep(cfg: DictConfig, sweep_cfg: DictConfig, helpers: Helpers | None = None) -> Path:
+    """The sweep; with helpers drawn by them and this process into one folder, then measured into plots and one
+    W&B run here."""
+    if helpers is None or not helpers.procs:
         return run_sweep(sweep_cfg)
-    total, per = thread_split(cfg)
+    total, per = helpers.total, helpers.per
     print(f"[workers] the sweep is drawn by {cfg.workers} processes of {per} thread(s)")
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_sweep_worker, name=f"cguide-sweep-{i}", args=(OmegaConf.to_container(
-        _with(sweep_cfg, num_threads=per, progress=bool(sweep_cfg.progress and i == 0),
-              **{"logger.mode": "disabled"})),)) for i in range(cfg.workers)]
-    for p in procs:
-        p.start()
-    _join(procs)
-    failed = [p.name for p in procs if p.exitcode != 0]
+    share = _with(sweep_cfg, num_threads=per, **{"logger.mode": "disabled"})
+    for jobs in helpers.jobs:
+        jobs.put(OmegaConf.to_container(_with(share, progress=False)))
+    helpers.sent = True
+    try:
+        run_sweep(share)  # this process's share (the points the helpers have not claimed)
+    finally:
+        torch.set_num_threads(total)
+    _join(helpers.procs)
+    failed = [p.name for p in helpers.procs if p.exitcode != 0]
     if failed:
         raise RuntimeError(f"sweep process(es) {', '.join(failed)} stopped with an error (above); run the same "
                            "command again: finished points are kept")

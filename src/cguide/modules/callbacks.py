@@ -3,6 +3,7 @@ threads for this training once a parallel process has finished (pipeline workers
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import lightning as L
@@ -69,16 +70,21 @@ class FinalCheckpoint(L.Callback):
 
 
 class TakeThreadsAtStep(L.Callback):
-    """torch's intra-op threads go to ``n`` at optimizer step ``step``, after waiting there for ``event`` (the
-    process trained beside this one has finished): a pipeline stage takes the whole CPU once it is free. A fixed
-    step, not the moment the event comes, so the float rounding (which depends on the thread count) and with it
-    the trained weights are the same in every run."""
+    """torch's intra-op threads go to ``n`` at optimizer step ``step``, after ``wait()`` returns (the process
+    trained beside this one has finished; it raises if that process failed, which stops this training there): a
+    pipeline stage takes the whole CPU once it is free. A fixed step, not the moment the other process ends, so
+    the float rounding (which depends on the thread count) and with it the trained weights are the same in every
+    run."""
 
-    def __init__(self, n: int, step: int, event):
-        self.n, self.step, self.event, self.taken = n, step, event, False
+    def __init__(self, n: int, step: int, wait):
+        self.n, self.step, self.wait, self.taken = n, step, wait, False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self.taken and trainer.global_step >= self.step:
-            self.event.wait()
+            t0 = time.perf_counter()
+            self.wait()
             torch.set_num_threads(self.n)
             self.taken = True
+            # the balance of the split: a long wait here means the other process has more work than half the steps
+            print(f"[workers] step {trainer.global_step}: {self.n} thread(s) from here (waited "
+                  f"{time.perf_counter() - t0:.1f} s for the other process)")
