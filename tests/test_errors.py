@@ -176,6 +176,7 @@ CASES = {
     "net-precision": Case("train", {"model.precision": "64-true"}),
     "workers-zero": Case("pipeline", {"workers": "0"}),
     "workers-not-cpu": Case("pipeline", {"workers": "2", "device": "cuda"}),
+    "workers-handover": Case("pipeline", {"workers": "2", "workers_handover": "1.5"}),
     "workers-one-call": Case("pipeline", {"workers": "2", "device": "cpu", "sweep.points_per_call": "null"}),
     "learned-variance-eps-only": Case("sweep", {"sampler.var_type": "learned"}),
     "image-size-not-divisible": Case("train", {"data.image_size": "10", "model": "small"}),

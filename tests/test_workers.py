@@ -25,7 +25,7 @@ def test_two_workers_train_and_draw_what_one_process_does(cfg_pipeline, tmp_path
     par = run_pipeline(cfg_pipeline(*extra, "workers=2"))
     out = capsys.readouterr().out
     assert "[workers] classifier, judge train in a second process (1 thread(s)) beside diffusion (1 thread(s) for " \
-        "the first half of the steps, then 1)" in out
+        "50% of the steps, then 1)" in out
     assert "[workers] the sweep is drawn by 2 processes of 1 thread(s)" in out
     one = run_pipeline(cfg_pipeline(*extra, "workers=1", f"out_dir={tmp_path / 'one'}"))
     for stage in ("diffusion", "classifier", "judge"):
@@ -102,3 +102,18 @@ def test_two_thread_runs_hand_over_at_the_same_step_so_their_weights_agree(cfg_p
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [{k: v for k, v in r.items() if k != "wall_s"} for r in _rows(runs[0])] == \
         [{k: v for k, v in r.items() if k != "wall_s"} for r in _rows(runs[1])]
+
+
+def test_the_logging_process_puts_every_row_in_its_wandb_run_once(cfg_sweep, monkeypatch):
+    """A helper draws some points with W&B off; the sweep run with log_others logs those, its own and any that
+    land while it draws, each once, at W&B steps 0, 1, 2, ..."""
+    from cguide.grid import wandb_log
+    from cguide.grid.runner import run_sweep
+    run_sweep(cfg_sweep("sweep.scales=[0,2]"))  # the helper's share, logged nowhere
+    logged = []
+    monkeypatch.setattr(wandb_log, "start_run", lambda *a, **k: object())
+    monkeypatch.setattr(wandb_log, "log_point", lambda run, row, grid, step: logged.append((row["point"], step)))
+    monkeypatch.setattr(wandb_log, "log_summary", lambda *a: None)
+    out = run_sweep(cfg_sweep("sweep.scales=[0,1,2]"), log_others=True)
+    rows = [r["point"] for r in _rows(out)]
+    assert sorted(p for p, _ in logged) == rows and [s for _, s in logged] == list(range(len(rows)))

@@ -314,6 +314,9 @@ class PipelineConfig(TrainingParts):
     # CPU processes the work is split over (cguide.workers): 2 trains the eps-model(s) here while a second
     # process trains the other nets, and draws the sweep in 2 processes; each gets num_threads / workers threads
     workers: int = 1
+    # workers > 1: the share of the eps-model's steps trained on num_threads / workers threads beside the other
+    # nets' process, after which it waits for that process and takes every thread; best where both end together
+    workers_handover: float = 0.5
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     sweep: GridConfig = field(default_factory=GridConfig)

@@ -3,8 +3,8 @@
 Why: on a small CPU a bf16 network step scales worse over intra-op threads than over processes (on the
 2-core development machine bf16 work runs about 1.3x faster as two 1-thread processes than as one 2-thread
 process; benchmarks/README.md). So with workers=2 the eps-model(s) train in this process while a second process
-trains the other networks (noisy classifier, judge, guide); at half its steps the eps-model waits for that process
-to finish them and takes every thread (a fixed step, so each run rounds the same way). The sweep is then drawn by
+trains the other networks (noisy classifier, judge, guide); at a fixed share of its steps (workers_handover) the
+eps-model waits for that process to finish them and takes every thread (a fixed step, so each run rounds the same way). The sweep is then drawn by
 this process and the helper(s), kept from the start (the per-point claims of cguide.grid.claims split its calls
 between them), and this process writes the plots and the W&B run.
 Each network is trained by the same code with the same seeds; only the thread count differs, which moves
@@ -29,6 +29,9 @@ def check_workers(cfg: DictConfig) -> None:
     n = cfg.workers
     if n < 1:
         raise ValueError(f"workers must be >= 1 (1: everything in this process), got {n}")
+    if not 0 <= cfg.workers_handover <= 1:
+        raise ValueError(f"workers_handover is the share of the eps-model's steps trained beside the other process, "
+                         f"in [0, 1], got {cfg.workers_handover}; e.g. 0.5 (half the steps)")
     if n == 1:
         return
     if cfg.trainer.accelerator != "cpu" or cfg.device != "cpu":
@@ -137,33 +140,32 @@ def train_stages(cfg: DictConfig, out: Path, helpers: Helpers | None = None) -> 
     here = [s for s in todo if s not in helpers.side]
     total, per = helpers.total, helpers.per
     print(f"[workers] {', '.join(helpers.side)} train in a second process ({per} thread(s)) beside "
-          f"{', '.join(here)} ({per} thread(s) for the first half of the steps, then {total})")
-    # half the steps: on 2 cores the other nets take about as long as half the eps-model's steps on one thread
+          f"{', '.join(here)} ({per} thread(s) for {cfg.workers_handover:.0%} of the steps, then {total})")
     ckpts = {s: run_stage(_with(cfg, num_threads=per), s, out, [TakeThreadsAtStep(
-        total, cfg[STAGES[s][1]].max_steps // 2, helpers.side_stages_done)]) for s in here}
+        total, int(cfg.workers_handover * cfg[STAGES[s][1]].max_steps), helpers.side_stages_done)]) for s in here}
     helpers.side_stages_done()
     torch.set_num_threads(total)
     return {**ckpts, **{s: run_stage(cfg, s, out) for s in helpers.side}}  # finished there: reused here
 
 
 def draw_sweep(cfg: DictConfig, sweep_cfg: DictConfig, helpers: Helpers | None = None) -> Path:
-    """The sweep; with helpers drawn by them and this process into one folder, then measured into plots and one
-    W&B run here."""
+    """The sweep; with helpers drawn by them and this process into one folder, and measured into plots and one
+    W&B run here (with the helpers' rows)."""
     if helpers is None or not helpers.procs:
         return run_sweep(sweep_cfg)
     total, per = helpers.total, helpers.per
     print(f"[workers] the sweep is drawn by {cfg.workers} processes of {per} thread(s)")
-    share = _with(sweep_cfg, num_threads=per, **{"logger.mode": "disabled"})
+    share = _with(sweep_cfg, num_threads=per)
     for jobs in helpers.jobs:
-        jobs.put(OmegaConf.to_container(_with(share, progress=False)))
+        jobs.put(OmegaConf.to_container(_with(share, progress=False, **{"logger.mode": "disabled"})))
     helpers.sent = True
-    try:
-        run_sweep(share)  # this process's share (the points the helpers have not claimed)
+    try:  # returns once every point's row is in (a point of a helper that stopped is drawn here)
+        out = run_sweep(share, log_others=True)
     finally:
         torch.set_num_threads(total)
     _join(helpers.procs)
-    failed = [p.name for p in helpers.procs if p.exitcode != 0]
-    if failed:
-        raise RuntimeError(f"sweep process(es) {', '.join(failed)} stopped with an error (above); run the same "
-                           "command again: finished points are kept")
-    return run_sweep(sweep_cfg, log_done_points=True)
+    for p in helpers.procs:
+        if p.exitcode != 0:
+            print(f"[workers] {p.name} stopped with exit code {p.exitcode} (its error is above); this process drew "
+                  "the points it left")
+    return out

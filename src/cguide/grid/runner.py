@@ -91,10 +91,11 @@ def class_grid(x: torch.Tensor, y: torch.Tensor, per_class: int, path: Path, cla
     return save_grid(torch.cat([r[:k] for r in rows]), path, nrow=k)
 
 
-def run_sweep(cfg: DictConfig, log_done_points: bool = False) -> Path:
+def run_sweep(cfg: DictConfig, log_others: bool = False) -> Path:
     """Run (or resume) the sweep described by cfg into cfg.out_dir; returns the folder. Every check comes
     before the folder is claimed, so a bad input leaves it as it was and the corrected command runs.
-    log_done_points: the W&B run also gets the points found done (drawn by worker processes that log nothing)."""
+    log_others: the W&B run also gets the rows other processes wrote (found done at the start, or landed while
+    this one drew): the pipeline's helper processes log nothing."""
     sw = cfg.sweep
     check_sweep_numbers(sw)
     points = build_grid(sw, cfg.sampler, cfg.guidance)
@@ -149,21 +150,26 @@ def run_sweep(cfg: DictConfig, log_done_points: bool = False) -> Path:
     wb = wandb_log.start_run(cfg.logger, out, group, name=f"{group}-{time.strftime('%H%M%S')}",
                              config=OmegaConf.to_container(cfg, resolve=True), tags=list(cfg.tags)) if is_main() else None
     claims = PointClaims(out, folder.done)
-    try:
-        step = 0
-        if log_done_points and wb is not None:
-            for row in folder.rows():
+    logged: list[str] = []  # points in the W&B run, in logging order (their W&B steps)
+
+    def log_others_rows() -> None:
+        for row in folder.rows() if log_others and wb is not None else ():
+            if row["point"] not in logged:
                 grid = out / "grids" / f"{row['point']}.png"
-                wandb_log.log_point(wb, row, grid if grid.is_file() else None, step)
-                step += 1
+                wandb_log.log_point(wb, row, grid if grid.is_file() else None, len(logged))
+                logged.append(row["point"])
+
+    try:
+        log_others_rows()
         for call in claimed_calls(todo, sw.points_per_call, claims, out):
             for point, row, grid in _run_call(cfg, call, run, models, judge, y, seeds, real, settings, out, device):
                 if folder.append(row):  # False: a parallel job finished this point first
-                    wandb_log.log_point(wb, row, grid, step)
-                    step += 1
+                    wandb_log.log_point(wb, row, grid, len(logged))
+                    logged.append(row["point"])
             claims.release(p.key for p in call)
         if not is_main():  # other ranks only drew their shares
             return out
+        log_others_rows()  # claimed_calls returns once every row has landed
         rows = folder.rows()
         plots = write_plots(rows, out / "plots")
         wandb_log.log_summary(wb, rows, plots)
