@@ -88,11 +88,19 @@ def rows_of(out: Path) -> list[dict]:
     return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
 
 
+def judge_accuracy(out: Path) -> float:
+    """The run's judge on the test split (recorded in its checkpoint): how well the metric's network classifies."""
+    from cguide.io.checkpoints import read_checkpoint
+
+    return read_checkpoint(out / "judge" / "checkpoints" / "judge.ckpt")["cguide"]["extra"]["test_acc"]
+
+
 def summary(root: Path, info: dict) -> dict:
     rows = rows_of(root / info["name"])
     unguided = [r for r in rows if float(r["scale"]) == 0]
     best = max(rows, key=lambda r: (r["accuracy"], -r["fid"]))
-    return {**info, "acc0": unguided[0]["accuracy"], "fid0": unguided[0]["fid"], "best": best}
+    return {**info, "acc0": unguided[0]["accuracy"], "fid0": unguided[0]["fid"], "best": best,
+            "judge_acc": judge_accuracy(root / info["name"])}
 
 
 def table(root: Path) -> None:
@@ -103,8 +111,8 @@ def table(root: Path) -> None:
     s = [summary(root, i) for i in infos]
     old = next((x for x in s if x["name"] == "old"), None)
     print(f"\n{s[0]['cpu']}, {s[0]['cores']} cores\n")
-    print("| run | experiment | commit | wall | s = 0 FID / acc | best point | best FID / acc | bar |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | experiment | commit | wall | judge test acc | s = 0 FID / acc | best point | best FID / acc | bar |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for x in s:
         b = x["best"]
         verdict = "-"
@@ -118,13 +126,15 @@ def table(root: Path) -> None:
         extra = " ".join(x["overrides"])
         print(f"| {x['name']} | {x['experiment']}{' ' + extra if extra else ''} | {x['commit']} | "
               f"{int(x['wall_s'] // 60)} min "
-              f"{x['wall_s'] % 60:.0f} s | {x['fid0']:.2f} / {x['acc0']:.3f} | {b['variant']} s = {b['scale']:g} | "
+              f"{x['wall_s'] % 60:.0f} s | {x['judge_acc']:.3f} | {x['fid0']:.2f} / {x['acc0']:.3f} | "
+              f"{b['variant']} s = {b['scale']:g} | "
               f"{b['fid']:.2f} / {b['accuracy']:.3f} | {verdict} |")
         judged = root / f"{x['name']}-old-judge" / "results.jsonl"
         if judged.is_file():  # the same samples, measured by old's judge
             r = {float(row["scale"]): row for row in map(json.loads, judged.read_text().splitlines())}
             z, o = r[0.0], r[float(b["scale"])]
-            print(f"| {x['name']}, measured by old's judge | (the same samples) | {x['commit']} | - | {z['fid']:.2f} / "
+            print(f"| {x['name']}, measured by old's judge | (the same samples) | {x['commit']} | - | "
+                  f"{old['judge_acc']:.3f} | {z['fid']:.2f} / "
                   f"{z['accuracy']:.3f} | {b['variant']} s = {b['scale']:g} | {o['fid']:.2f} / {o['accuracy']:.3f} | "
                   f"{'holds' if o['fid'] <= old['best']['fid'] and o['accuracy'] >= 0.93 else 'fails'} |")
 
