@@ -25,7 +25,7 @@ def test_two_workers_train_and_draw_what_one_process_does(cfg_pipeline, tmp_path
     par = run_pipeline(cfg_pipeline(*extra, "workers=2"))
     out = capsys.readouterr().out
     assert "[workers] classifier, judge train in a second process (1 thread(s)) beside diffusion (1 thread(s) for " \
-        "50% of the steps, then 1)" in out
+        "45% of the steps, then 1)" in out
     assert "[workers] the sweep is drawn by 2 processes of 1 thread(s)" in out
     one = run_pipeline(cfg_pipeline(*extra, "workers=1", f"out_dir={tmp_path / 'one'}"))
     for stage in ("diffusion", "classifier", "judge"):
@@ -52,6 +52,22 @@ def test_a_failure_in_the_helper_stops_the_run_with_its_name_and_leaves_no_proce
     # it stopped the eps-model at its hand-over step, half-way, not at its end
     assert not (tmp_path / "pipeline" / "diffusion" / "checkpoints" / "diffusion.ckpt").exists()
     assert mp.active_children() == []
+
+
+def test_a_killed_helper_is_noticed_instead_of_waited_for(cfg_pipeline):
+    """A helper that dies without a word (killed, out of memory) never sets its done event: the eps-model's wait
+    for it must end with the error, not hang."""
+    import multiprocessing as mp
+    import os
+
+    from cguide.workers import Helpers
+    helpers = Helpers(cfg_pipeline("workers=1"), None)
+    ctx = mp.get_context("spawn")
+    helpers.done, helpers.ok, helpers.side = ctx.Event(), ctx.Event(), ["classifier", "judge"]
+    helpers.procs = [ctx.Process(target=os._exit, args=(9,))]
+    helpers.procs[0].start()
+    with pytest.raises(RuntimeError, match=r"^the process training classifier, judge stopped with exit code 9 "):
+        helpers.side_stages_done()
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -13,6 +13,7 @@ float32 results by rounding."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
 import time
 from pathlib import Path
 
@@ -81,9 +82,16 @@ def _helper(container: dict | None, names: list[str], out: str, done, ok, jobs) 
         ok.set()
     finally:
         done.set()  # the eps-model's process takes every thread, whether these finished or failed
-    job = jobs.get()
+    parent = mp.parent_process()
+    while True:
+        try:
+            job = jobs.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():  # the main process was killed: nothing will come
+                return
     if job is not None:
-        run_sweep(OmegaConf.create(job))
+        run_sweep(OmegaConf.create(job), report=False)
 
 
 class Helpers:
@@ -124,7 +132,8 @@ class Helpers:
     def side_stages_done(self) -> None:
         """Wait for helper 0's stages; their error, if any, stops this run here (at the eps-model's hand-over
         step, or after it when the eps-model was reused)."""
-        self.done.wait()
+        while not self.done.wait(timeout=1.0) and self.procs[0].is_alive():
+            pass  # a helper killed (e.g. out of memory) never sets done
         if not self.ok.is_set():
             self.procs[0].join()
             raise RuntimeError(f"the process training {', '.join(self.side)} stopped with exit code "

@@ -91,11 +91,12 @@ def class_grid(x: torch.Tensor, y: torch.Tensor, per_class: int, path: Path, cla
     return save_grid(torch.cat([r[:k] for r in rows]), path, nrow=k)
 
 
-def run_sweep(cfg: DictConfig, log_others: bool = False) -> Path:
+def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) -> Path:
     """Run (or resume) the sweep described by cfg into cfg.out_dir; returns the folder. Every check comes
     before the folder is claimed, so a bad input leaves it as it was and the corrected command runs.
     log_others: the W&B run also gets the rows other processes wrote (found done at the start, or landed while
-    this one drew): the pipeline's helper processes log nothing."""
+    this one drew): the pipeline's helper processes log nothing. report=False: draw only, no plots or summary
+    (a helper: the process that logs writes them)."""
     sw = cfg.sweep
     check_sweep_numbers(sw)
     points = build_grid(sw, cfg.sampler, cfg.guidance)
@@ -167,7 +168,7 @@ def run_sweep(cfg: DictConfig, log_others: bool = False) -> Path:
                     wandb_log.log_point(wb, row, grid, len(logged))
                     logged.append(row["point"])
             claims.release(p.key for p in call)
-        if not is_main():  # other ranks only drew their shares
+        if not is_main() or not report:  # other ranks (and helpers) only drew their shares
             return out
         log_others_rows()  # claimed_calls returns once every row has landed
         rows = folder.rows()
