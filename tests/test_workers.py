@@ -36,6 +36,13 @@ def test_two_workers_train_and_draw_what_one_process_does(cfg_pipeline, tmp_path
     assert [{k: v for k, v in r.items() if k not in drop} for r in _rows(par)] == \
         [{k: v for k, v in r.items() if k not in drop} for r in _rows(one)]
     assert len(_rows(par)) == 3 and (par / "plots").is_dir()
+    capsys.readouterr()
+    again = run_pipeline(cfg_pipeline(*extra, "workers=2"))  # a rerun: every stage and point done already
+    assert again == par and "[workers]" not in capsys.readouterr().out  # so no helper process is started
+    more = run_pipeline(cfg_pipeline(*extra, "workers=2", "sweep.scales=[0,1,2,4]"))  # nets done, points to draw
+    out = capsys.readouterr().out
+    assert "train in a second process" not in out and "[workers] the sweep is drawn by 2 processes" in out
+    assert len(_rows(more)) == 4
 
 
 def test_a_failure_in_the_helper_stops_the_run_with_its_name_and_leaves_no_process(cfg_pipeline, tmp_path):

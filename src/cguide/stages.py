@@ -78,12 +78,26 @@ def check_stages(cfg: DictConfig, out: Path) -> None:
         check_train(stage_config(cfg, stage, out / stage))
 
 
+def _files(out: Path, stage: str) -> tuple[Path, Path]:
+    """(the stage's final checkpoint, its marker: the settings it was trained with)."""
+    return out / stage / "checkpoints" / f"{STAGES[stage][0]}.ckpt", out / stage / "stage.json"
+
+
+def stage_done(cfg: DictConfig, stage: str, out: Path) -> bool:
+    """A finished checkpoint with the same defining settings is there, so run_stage will reuse it."""
+    final, marker = _files(out, stage)
+    try:
+        return final.is_file() and json.loads(marker.read_text()) == stage_key(cfg, stage)
+    except (OSError, ValueError):  # no marker, or an unreadable one: run_stage says what it finds
+        return False
+
+
 def run_stage(cfg: DictConfig, stage: str, out: Path, callbacks=()) -> Path:
     """Train one network unless a finished checkpoint with the same defining settings exists."""
     from .train import train
 
     folder = out / stage
-    final, marker = folder / "checkpoints" / f"{STAGES[stage][0]}.ckpt", folder / "stage.json"
+    final, marker = _files(out, stage)
     key = stage_key(cfg, stage)
     old = json.loads(marker.read_text()) if marker.is_file() else None
     if old is not None and old != key:

@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .grid.points import build_grid
+from .grid.results import ResultsFolder
 from .grid.runner import run_sweep
 from .modules.callbacks import TakeThreadsAtStep
-from .stages import STAGES, run_stage, stages
+from .stages import STAGES, run_stage, stage_done, stages
 
 
 def check_workers(cfg: DictConfig) -> None:
@@ -105,11 +107,23 @@ class Helpers:
         self.total, self.per = thread_split(cfg)
 
     def __enter__(self) -> "Helpers":
+        """Start the helpers now when the eps-model(s) and the other nets both have training to do (otherwise
+        every stage trains here with all threads, and draw_sweep starts them if the sweep has points to draw)."""
         if self.cfg.workers < 2:
             return self
         todo = stages(self.cfg)
         side = [s for s in todo if STAGES[s][0] != "diffusion"]
-        self.side = side if side and len(side) < len(todo) else []  # nothing to train beside: all here
+        here = [s for s in todo if s not in side]
+
+        def pending(names: list[str]) -> bool:
+            return any(not stage_done(self.cfg, s, self.out) for s in names)
+
+        if side and here and pending(side) and pending(here):
+            self.side = side
+            self.start()
+        return self
+
+    def start(self) -> None:
         ctx = mp.get_context("spawn")
         self.done, self.ok = ctx.Event(), ctx.Event()
         self.jobs = [ctx.Queue() for _ in range(self.cfg.workers - 1)]
@@ -121,7 +135,6 @@ class Helpers:
                 side_cfg if names else None, names, str(self.out), self.done if i == 0 else ctx.Event(),
                 self.ok if i == 0 else ctx.Event(), jobs)))
             self.procs[-1].start()
-        return self
 
     def __exit__(self, *exc) -> None:
         if exc[0] is None and not self.sent:
@@ -157,11 +170,18 @@ def train_stages(cfg: DictConfig, out: Path, helpers: Helpers | None = None) -> 
     return {**ckpts, **{s: run_stage(cfg, s, out) for s in helpers.side}}  # finished there: reused here
 
 
+def _points_left(sweep_cfg: DictConfig) -> bool:
+    keys = {p.key for p in build_grid(sweep_cfg.sweep, sweep_cfg.sampler, sweep_cfg.guidance)}
+    return not keys <= ResultsFolder(sweep_cfg.out_dir).done()
+
+
 def draw_sweep(cfg: DictConfig, sweep_cfg: DictConfig, helpers: Helpers | None = None) -> Path:
     """The sweep; with helpers drawn by them and this process into one folder, and measured into plots and one
     W&B run here (with the helpers' rows)."""
-    if helpers is None or not helpers.procs:
-        return run_sweep(sweep_cfg)
+    if helpers is None or cfg.workers < 2 or not (helpers.procs or _points_left(sweep_cfg)):
+        return run_sweep(sweep_cfg)  # one process, or nothing left to draw (a rerun): no helper to start
+    if not helpers.procs:
+        helpers.start()
     total, per = helpers.total, helpers.per
     print(f"[workers] the sweep is drawn by {cfg.workers} processes of {per} thread(s)")
     share = _with(sweep_cfg, num_threads=per)
