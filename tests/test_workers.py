@@ -93,7 +93,7 @@ def test_bad_worker_settings_stop_before_any_stage(cfg_pipeline, tmp_path, overr
     assert not (tmp_path / "pipeline" / "diffusion").exists()
 
 
-def test_the_threads_go_up_at_the_fixed_step_once_the_other_process_is_done():
+def test_the_threads_go_up_at_the_fixed_step_once_the_other_process_is_done(capsys):
     from types import SimpleNamespace
 
     from cguide.modules.callbacks import TakeThreadsAtStep
@@ -108,6 +108,11 @@ def test_the_threads_go_up_at_the_fixed_step_once_the_other_process_is_done():
         threading.Timer(0.2, event.set).start()
         cb.on_train_batch_start(SimpleNamespace(global_step=3), None, None, 3)
         assert event.is_set() and torch.get_num_threads() == before + 1 and cb.taken
+        assert "[workers] step 3: %d thread(s) from here (waited 0." % (before + 1) in capsys.readouterr().out
+        # the other process long done: the log says for how long (its core idled; a smaller share would use it)
+        TakeThreadsAtStep(before, 0, lambda: 12.3).on_train_batch_start(SimpleNamespace(global_step=0), None, None, 0)
+        assert "step 0: %d thread(s) from here (the other process had been done for 12 s)" % before \
+            in capsys.readouterr().out
     finally:
         torch.set_num_threads(before)
 

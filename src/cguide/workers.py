@@ -71,7 +71,7 @@ def _join(procs: list, wait: bool = True) -> None:
                 p.join()
 
 
-def _helper(container: dict | None, names: list[str], out: str, done, ok, jobs) -> None:
+def _helper(container: dict | None, names: list[str], out: str, done, ok, finished, jobs) -> None:
     """A helper process: train ``names`` (helper 0 only), then draw the sweep calls it claims when a sweep
     config arrives (None: the run ends without one)."""
     try:
@@ -81,6 +81,7 @@ def _helper(container: dict | None, names: list[str], out: str, done, ok, jobs) 
             for name in names:
                 run_stage(cfg, name, Path(out))
             print(f"[workers] {', '.join(names)} trained in {time.perf_counter() - t0:.0f} s")
+        finished.value = time.time()  # wall clock: comparable across processes
         ok.set()
     finally:
         done.set()  # the eps-model's process takes every thread, whether these finished or failed
@@ -125,7 +126,7 @@ class Helpers:
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")
-        self.done, self.ok = ctx.Event(), ctx.Event()
+        self.done, self.ok, self.finished = ctx.Event(), ctx.Event(), ctx.Value("d", 0.0)
         self.jobs = [ctx.Queue() for _ in range(self.cfg.workers - 1)]
         side_cfg = OmegaConf.to_container(_with(self.cfg, num_threads=self.per,
                                                 **{"trainer.enable_progress_bar": False}))
@@ -133,7 +134,7 @@ class Helpers:
             names = self.side if i == 0 else []
             self.procs.append(ctx.Process(target=_helper, name=f"cguide-helper-{i}", args=(
                 side_cfg if names else None, names, str(self.out), self.done if i == 0 else ctx.Event(),
-                self.ok if i == 0 else ctx.Event(), jobs)))
+                self.ok if i == 0 else ctx.Event(), self.finished if i == 0 else ctx.Value("d", 0.0), jobs)))
             self.procs[-1].start()
 
     def __exit__(self, *exc) -> None:
@@ -142,9 +143,9 @@ class Helpers:
                 jobs.put(None)  # no sweep for them: they end
         _join(self.procs, wait=exc[0] is None)
 
-    def side_stages_done(self) -> None:
+    def side_stages_done(self) -> float:
         """Wait for helper 0's stages; their error, if any, stops this run here (at the eps-model's hand-over
-        step, or after it when the eps-model was reused)."""
+        step, or after it when the eps-model was reused). Returns how long ago they finished (s)."""
         while not self.done.wait(timeout=1.0) and self.procs[0].is_alive():
             pass  # a helper killed (e.g. out of memory) never sets done
         if not self.ok.is_set():
@@ -152,6 +153,7 @@ class Helpers:
             raise RuntimeError(f"the process training {', '.join(self.side)} stopped with exit code "
                                f"{self.procs[0].exitcode} (its error is above); run the same command again: "
                                "finished stages are reused")
+        return max(0.0, time.time() - self.finished.value)
 
 
 def train_stages(cfg: DictConfig, out: Path, helpers: Helpers | None = None) -> dict[str, Path]:

@@ -71,7 +71,8 @@ class FinalCheckpoint(L.Callback):
 
 class TakeThreadsAtStep(L.Callback):
     """torch's intra-op threads go to ``n`` at optimizer step ``step``, after ``wait()`` returns (the process
-    trained beside this one has finished; it raises if that process failed, which stops this training there): a
+    trained beside this one has finished; it raises if that process failed, which stops this training there; it
+    may return how long ago that process finished, which the log line reports): a
     pipeline stage takes the whole CPU once it is free. A fixed step, not the moment the other process ends, so
     the float rounding (which depends on the thread count) and with it the trained weights are the same in every
     run."""
@@ -82,9 +83,11 @@ class TakeThreadsAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not self.taken and trainer.global_step >= self.step:
             t0 = time.perf_counter()
-            self.wait()
+            idle = self.wait()  # a float: how long the other process had been done (its core idle) by now
+            waited = time.perf_counter() - t0
             torch.set_num_threads(self.n)
             self.taken = True
-            # the balance of the split: a long wait here means the other process has more work than half the steps
-            print(f"[workers] step {trainer.global_step}: {self.n} thread(s) from here (waited "
-                  f"{time.perf_counter() - t0:.1f} s for the other process)")
+            # the balance of the split, for tuning the step: either this process waited, or the other one idled
+            balance = (f"the other process had been done for {idle:.0f} s" if isinstance(idle, float) and waited < 0.5
+                       else f"waited {waited:.1f} s for the other process")
+            print(f"[workers] step {trainer.global_step}: {self.n} thread(s) from here ({balance})")
