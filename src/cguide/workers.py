@@ -2,11 +2,12 @@
 
 Why: on a small CPU a bf16 network step scales worse over intra-op threads than over processes (on the
 2-core development machine bf16 work runs about 1.3x faster as two 1-thread processes than as one 2-thread
-process; benchmarks/README.md). So with workers=2 the eps-model(s) train in this process while a second process
+process; benchmarks/README.md). So with workers=2 the eps-model(s) train in this process while a helper process
 trains the other networks (noisy classifier, judge, guide); at a fixed share of its steps (workers_handover) the
-eps-model waits for that process to finish them and takes every thread (a fixed step, so each run rounds the same way). The sweep is then drawn by
-this process and the helper(s), kept from the start (the per-point claims of cguide.grid.claims split its calls
-between them), and this process writes the plots and the W&B run.
+eps-model waits for the helper to finish them and takes every thread (a fixed step, so each run rounds the same
+way). The sweep is then drawn by this process and the helper(s) (the per-point claims of cguide.grid.claims split
+its calls between them), and this process writes the plots and the W&B run. Helpers start only when they have
+work, and live until the sweep ends.
 Each network is trained by the same code with the same seeds; only the thread count differs, which moves
 float32 results by rounding."""
 
