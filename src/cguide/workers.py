@@ -72,20 +72,21 @@ def _join(procs: list, wait: bool = True) -> None:
                 p.join()
 
 
-def _helper(container: dict | None, names: list[str], out: str, done, ok, finished, jobs) -> None:
-    """A helper process: train ``names`` (helper 0 only), then draw the sweep calls it claims when a sweep
-    config arrives (None: the run ends without one)."""
-    try:
-        if names:
+def _helper(container: dict | None, names: list[str], out: str, signals, jobs) -> None:
+    """A helper process: train ``names`` (helper 0 only; signals = its (done, ok, finished) to the main process),
+    then draw the sweep calls it claims when a sweep config arrives (None: the run ends without one)."""
+    if signals is not None:
+        done, ok, finished = signals
+        try:
             t0 = time.perf_counter()
             cfg = OmegaConf.create(container)
             for name in names:
                 run_stage(cfg, name, Path(out))
             print(f"[workers] {', '.join(names)} trained in {time.perf_counter() - t0:.0f} s")
-        finished.value = time.time()  # wall clock: comparable across processes
-        ok.set()
-    finally:
-        done.set()  # the eps-model's process takes every thread, whether these finished or failed
+            finished.value = time.time()  # wall clock: comparable across processes
+            ok.set()
+        finally:
+            done.set()  # the eps-model's process takes every thread, whether these finished or failed
     parent = mp.parent_process()
     while True:
         try:
@@ -99,10 +100,11 @@ def _helper(container: dict | None, names: list[str], out: str, done, ok, finish
 
 
 class Helpers:
-    """workers - 1 processes of num_threads / workers threads, started once and kept for the whole run (each
-    start imports torch and Lightning, ~8 s of a core): the first trains the networks other than the eps-model(s)
-    while this process trains those; then all of them and this process draw the sweep's calls into one folder.
-    A context manager: leaving it (an error, an interrupt) stops any helper still running."""
+    """workers - 1 processes of num_threads / workers threads, started once when there is work for them and kept
+    to the sweep's end (each start imports torch and Lightning, ~8 s of a core): the first trains the networks
+    other than the eps-model(s) while this process trains those; then all of them and this process draw the
+    sweep's calls into one folder. A context manager: leaving it (an error, an interrupt) stops any helper still
+    running."""
 
     def __init__(self, cfg: DictConfig, out: Path):
         self.cfg, self.out, self.procs, self.jobs, self.side, self.sent = cfg, out, [], [], [], False
@@ -132,10 +134,10 @@ class Helpers:
         side_cfg = OmegaConf.to_container(_with(self.cfg, num_threads=self.per,
                                                 **{"trainer.enable_progress_bar": False}))
         for i, jobs in enumerate(self.jobs):
-            names = self.side if i == 0 else []
+            trains = i == 0 and bool(self.side)
             self.procs.append(ctx.Process(target=_helper, name=f"cguide-helper-{i}", args=(
-                side_cfg if names else None, names, str(self.out), self.done if i == 0 else ctx.Event(),
-                self.ok if i == 0 else ctx.Event(), self.finished if i == 0 else ctx.Value("d", 0.0), jobs)))
+                side_cfg if trains else None, self.side if trains else [], str(self.out),
+                (self.done, self.ok, self.finished) if trains else None, jobs)))
             self.procs[-1].start()
 
     def __exit__(self, *exc) -> None:
