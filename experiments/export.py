@@ -6,7 +6,7 @@
 The sweep is the run's newest one unless named (several experiments may share a run folder).
 
 Copies: the resolved config, results.csv/.jsonl, plots, per-point grids, the eps-model's final
-sample grid; writes results.md (the table, every number straight from results.csv)."""
+sample grid (when the run drew one); writes results.md (the table, every number straight from results.csv)."""
 
 from __future__ import annotations
 
@@ -65,8 +65,11 @@ def main(run_dir: str, exp_dir: str, sweep_dir: str | None = None) -> None:
                  key=lambda p: p.stat().st_mtime)
     shutil.copy(config, exp / "config.yaml")
     grids = sorted((run / "diffusion" / "samples").glob("step_*.png"))
+    eps_grid = exp / "eps_model_samples.png"
     if grids:
-        shutil.copy(grids[-1], exp / "eps_model_samples.png")
+        shutil.copy(grids[-1], eps_grid)
+    elif eps_grid.exists():  # an earlier export's: this run drew no end-of-training grid
+        eps_grid.unlink()
     rows = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines() if line.strip()]
     (exp / "results.md").write_text(table(rows) + "\n")
     print(f"exported {len(rows)} rows from {sweep} to {exp}")
