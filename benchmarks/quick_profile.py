@@ -1,10 +1,12 @@
 """Where the quick profile's seconds go, per step: each training task's step split into data, forward,
 backward, optimizer and EMA, and the sweep's sampling step (eps forward; guided: + classifier forward and
 input gradient), at the quick profile's sizes (16x16 mnist5k, `small` nets, train batch 128, sweep batch 500),
-under each speed setting that applies (fp32 eager, channels_last, bf16 autocast, torch.compile).
+under each speed setting that applies (fp32 eager, channels_last, bf16 autocast, torch.compile; settings combine
+with +, and compile-eps compiles the sampling step's eps-model only).
 
     python benchmarks/quick_profile.py                 # all tasks and settings
     python benchmarks/quick_profile.py --settings eager,bf16 --steps 10
+    python benchmarks/quick_profile.py --tasks none --settings bf16,bf16+compile-eps --threads 1 --cold-compile
 
 The stage totals of a whole run come from the pipeline's own log ("[stage] trained in N s"); this table
 says which part of a step to attack. Times are medians over --steps steps after 3 warm-up steps."""
@@ -12,7 +14,9 @@ says which part of a step to attack. Times are medians over --steps steps after 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 import time
 from functools import partial
 
@@ -35,11 +39,11 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def prepare(net, setting: str):
+def prepare(net, setting: str, eps: bool = False):
     """net under the setting (settings combine with +): channels_last layout, torch.compile (bf16 is an autocast)."""
     if "channels_last" in setting.split("+"):
         net = net.to(memory_format=torch.channels_last)
-    if "compile" in setting.split("+"):
+    if "compile" in setting.split("+") or (eps and "compile-eps" in setting.split("+")):
         net = torch.compile(net)
     return net
 
@@ -85,9 +89,10 @@ def train_parts(task: str, setting: str, loader, steps: int) -> dict[str, float]
 
 
 def sample_parts(setting: str, batch: int, steps: int) -> dict[str, float]:
-    """Median seconds of one sweep step: the eps forward, and the classifier's forward + input gradient."""
+    """Median seconds of one sweep step: the eps forward, and the classifier's forward + input gradient; and
+    each one's first call (with torch.compile: the compilation)."""
     torch.manual_seed(0)
-    unet, clf = prepare(build_unet("small", 1, 16).eval(), setting), build_encoder("small", 1, 16, 10).eval()
+    unet, clf = prepare(build_unet("small", 1, 16).eval(), setting, eps=True), build_encoder("small", 1, 16, 10).eval()
     clf = prepare(clf.requires_grad_(False), setting)
     x = torch.randn(batch, 1, 16, 16)
     if "channels_last" in setting.split("+"):
@@ -99,10 +104,12 @@ def sample_parts(setting: str, batch: int, steps: int) -> dict[str, float]:
             with torch.no_grad():
                 e = timed(lambda: unet(x, t))
             g = timed(lambda: classifier_log_prob_grad(clf, x, t, y))
+        if i == 0:
+            first = {"eps_first": e, "grad_first": g}
         if i >= 3:
             eps_t.append(e)
             grad_t.append(g)
-    return {"eps": statistics.median(eps_t), "grad": statistics.median(grad_t)}
+    return {"eps": statistics.median(eps_t), "grad": statistics.median(grad_t), **first}
 
 
 def main() -> None:
@@ -112,7 +119,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--sweep-batch", type=int, default=500)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--cold-compile", action="store_true",
+                    help="compile into a fresh inductor cache (what a fresh clone's first run pays)")
     args = ap.parse_args()
+    if args.cold_compile:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
     if args.threads:
         torch.set_num_threads(args.threads)
     dm = build_datamodule(DataConfig(name="mnist5k", image_size=16, batch_size=128, num_workers=0))
@@ -123,20 +134,23 @@ def main() -> None:
         while True:
             yield from loader
     print(f"CPU, {torch.get_num_threads()} threads; ms per step, median of {args.steps} after 3 warm-up steps")
-    print("\n| task | setting | data | forward | backward | optimizer | EMA | step |")
-    print("|---|---|---|---|---|---|---|---|")
-    for task in args.tasks.split(","):
+    tasks = [t for t in args.tasks.split(",") if t != "none"]
+    if tasks:
+        print("\n| task | setting | data | forward | backward | optimizer | EMA | step |")
+        print("|---|---|---|---|---|---|---|---|")
+    for task in tasks:
         for setting in args.settings.split(","):
             p = train_parts(task, setting, batches(), args.steps)
             ms = {k: 1000 * v for k, v in p.items()}
             print(f"| {task} | {setting} | {ms['data']:.1f} | {ms['forward']:.1f} | {ms['backward']:.1f} | "
                   f"{ms['optimizer']:.1f} | {ms['ema']:.1f} | {sum(ms.values()):.1f} |", flush=True)
-    print(f"\n| sweep step, batch {args.sweep_batch} | eps forward | classifier fwd + input grad | guided step |")
-    print("|---|---|---|---|")
+    print(f"\n| sweep step, batch {args.sweep_batch} | eps forward | classifier fwd + input grad | guided step | "
+          "first eps forward | first gradient |")
+    print("|---|---|---|---|---|---|")
     for setting in args.settings.split(","):
         p = sample_parts(setting, args.sweep_batch, args.steps)
-        print(f"| {setting} | {1000 * p['eps']:.1f} | {1000 * p['grad']:.1f} | {1000 * (p['eps'] + p['grad']):.1f} |",
-              flush=True)
+        print(f"| {setting} | {1000 * p['eps']:.1f} | {1000 * p['grad']:.1f} | {1000 * (p['eps'] + p['grad']):.1f} | "
+              f"{1000 * p['eps_first']:.0f} | {1000 * p['grad_first']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
