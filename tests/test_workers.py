@@ -77,6 +77,60 @@ def test_a_killed_helper_is_noticed_instead_of_waited_for(cfg_pipeline):
         helpers.side_stages_done()
 
 
+MAIN = """
+import multiprocessing as mp, sys, time
+
+def helper(jobs, out):
+    from cguide.workers import _helper
+    _helper(None, [], out, None, jobs)  # no stages: it waits for a sweep job
+
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    jobs = ctx.Queue()  # referenced here: start() drops the process's own reference before the child reads it
+    p = ctx.Process(target=helper, args=(jobs, sys.argv[1]))
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_waiting_helper_ends_when_its_main_process_is_killed(tmp_path):
+    """The main process killed without a word (SIGKILL, out of memory) never sends the sweep job: a helper
+    waiting for it must end on its own instead of idling forever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "main.py"
+    script.write_text(MAIN)
+    main = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(main.stdout.readline())
+        time.sleep(2)
+        assert _running(pid)  # waiting for a job
+    finally:
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+    deadline = time.monotonic() + 60  # its start (imports) may still be under way
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = _running(pid)
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the helper outlived its killed main process"
+
+
+def _running(pid: int) -> bool:
+    """pid exists and is not a zombie (an orphan may wait for a reaper that never comes)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["workers=0"], r"^workers must be >= 1 \(1: everything in this process\), got 0$"),
     (["workers=2", "device=cpu", "trainer.accelerator=auto"],
