@@ -199,3 +199,33 @@ def test_the_logging_process_puts_every_row_in_its_wandb_run_once(cfg_sweep, mon
     out = run_sweep(cfg_sweep("sweep.scales=[0,1,2]"), log_others=True)
     rows = [r["point"] for r in _rows(out)]
     assert sorted(p for p, _ in logged) == rows and [s for _, s in logged] == list(range(len(rows)))
+
+
+def test_rows_other_processes_write_reach_wandb_as_they_land(cfg_sweep, monkeypatch):
+    """A point another process is drawing (its claim held) is logged right after the logging process's next call
+    once its row lands, not only when the sweep ends: the dashboard follows the drawing."""
+    from cguide.grid import runner, wandb_log
+    from cguide.grid.claims import PointClaims
+    from cguide.grid.results import ResultsFolder
+    out = runner.run_sweep(cfg_sweep("sweep.scales=[0,2]", "sweep.points_per_call=1"))
+    folder = ResultsFolder(out)
+    s2 = next(r for r in folder.rows() if r["scale"] == 2)
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in folder.rows() if r["scale"] != 2))
+    other = PointClaims(out, folder.done)
+    assert other.take([s2["point"]]) == ([s2["point"]], [])  # "another process" is drawing s = 2
+
+    draw = runner._run_call
+
+    def call_then_the_other_lands(cfg, call, *args, **kwargs):
+        yield from draw(cfg, call, *args, **kwargs)
+        if [p.guidance.scale for p in call] == [1]:
+            folder.append(s2)  # the other process finishes s = 2 while this one drew s = 1
+            other.release()
+
+    logged = []
+    monkeypatch.setattr(runner, "_run_call", call_then_the_other_lands)
+    monkeypatch.setattr(wandb_log, "start_run", lambda *a, **k: object())
+    monkeypatch.setattr(wandb_log, "log_point", lambda run, row, grid, step: logged.append((row["scale"], step)))
+    monkeypatch.setattr(wandb_log, "log_summary", lambda *a: None)
+    runner.run_sweep(cfg_sweep("sweep.scales=[0,1,2,4]", "sweep.points_per_call=1"), log_others=True)
+    assert logged == [(0, 0), (1, 1), (2, 2), (4, 3)]  # s = 2 before this process's s = 4, not after it

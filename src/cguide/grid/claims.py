@@ -50,10 +50,11 @@ class PointClaims:
                 os.close(fd)  # closing the descriptor drops its lock
 
 
-def claimed_calls(todo: list[Point], per_call: int | None, claims: PointClaims, out: Path):
+def claimed_calls(todo: list[Point], per_call: int | None, claims: PointClaims, out: Path,
+                  on_wait: Callable[[], None] = lambda: None):
     """The calls to draw, each of points this process has claimed (rank 0 claims for all ranks). A point
     another live process is drawing is left for later: retried after the rest, then every second until
-    its row lands (or its holder dies and it is drawn here)."""
+    its row lands (or its holder dies and it is drawn here); on_wait runs once each such second."""
     left, told = todo, False
     while left:
         held = []
@@ -63,6 +64,7 @@ def claimed_calls(todo: list[Point], per_call: int | None, claims: PointClaims, 
             if taken:
                 yield [p for p in call if p.key in taken]
         if held and told:
+            on_wait()
             time.sleep(1)
         elif held and is_main():
             print(f"sweep {out}: {len(held)} point(s) being drawn by another process right now; "

@@ -162,12 +162,13 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
 
     try:
         log_others_rows()
-        for call in claimed_calls(todo, sw.points_per_call, claims, out):
+        for call in claimed_calls(todo, sw.points_per_call, claims, out, on_wait=log_others_rows):
             for point, row, grid in _run_call(cfg, call, run, models, judge, y, seeds, real, settings, out, device):
                 if folder.append(row):  # False: a parallel job finished this point first
                     wandb_log.log_point(wb, row, grid, len(logged))
                     logged.append(row["point"])
             claims.release(p.key for p in call)
+            log_others_rows()  # rows other processes wrote meanwhile: the dashboard follows the drawing
         if not is_main() or not report:  # other ranks (and helpers) only drew their shares
             return out
         log_others_rows()  # claimed_calls returns once every row has landed
