@@ -177,6 +177,10 @@ def test_grid_points_and_shared_batches():
     assert all(len(c) <= 4 and len({p.batch_key for p in c}) == 1 for c in calls)
     assert len(calls) == 8 * 2  # 8 loops (sampler x steps x interval) of 6 points each -> 4 + 2
     assert [p.guidance.scale for p in calls[0][:2]] == [0.0, 0.0]  # s = 0 of both variants share the first call
+    # one point per call: the s = 0 points of the variants still share theirs (one draw, measured per variant)
+    single = pack(pts, 1)
+    assert len(single) == 8 * 5 and all(len(c) == 1 or {p.guidance.scale for p in c} == {0.0} for c in single)
+    assert all(len({p.draw_key for p in c}) == 1 for c in single) and [len(c) for c in single[:2]] == [2, 1]
     assert balanced_targets(23, 10).bincount().tolist() == [3, 3, 3] + [2] * 7
     # methods: each its own scales; settings without a classifier term drop variant and interval (no duplicates)
     methods = build_grid(dict(sweep, methods=["classifier", "cfg", "cond", "cond_classifier"],

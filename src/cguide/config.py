@@ -267,8 +267,8 @@ class GridConfig:
     n_per_point: int = 100  # balanced over classes: sample i has class i % num_classes and seed seed + i
     seed: int = 0
     batch_size: int = 500  # samples per network call (CPU: ~500 is fastest per image; far larger is slower)
-    # Points drawn together (they share batches, and s = 0 points are drawn once for all variants);
-    # results land when a call's points are drawn, so smaller calls lose less to a crash. null = all.
+    # Points drawn together (they share batches; the s = 0 points of all variants are one draw and always
+    # share a call); results land when a call's points are drawn, so smaller calls lose less to a crash. null = all.
     points_per_call: Optional[int] = None
     grid_per_class: int = 8  # samples per class (row) in each point's grid
     grid_classes: Optional[int] = None  # rows of each point's grid: the first N classes; null = every class

@@ -131,13 +131,25 @@ def option_sets(sweep) -> dict[str, dict]:
 
 
 def pack(points: Sequence[Point], points_per_call: int) -> list[list[Point]]:
-    """Groups of up to points_per_call points sharing a batch_key; s = 0 points first, so the unguided
-    draw that all variants share lands in the first call."""
+    """Groups of up to points_per_call points sharing a batch_key, s = 0 points first; points that draw the
+    same samples (equal draw_key: s = 0 of every variant) always share one call, even past points_per_call,
+    so each draw happens once (a call holds one set of samples per draw, not per point)."""
     by_key: dict[tuple, list[Point]] = {}
     for p in sorted(points, key=lambda p: p.guidance.scale != 0):  # stable: grid order otherwise
         by_key.setdefault(p.batch_key, []).append(p)
-    k = max(1, points_per_call)
-    return [group[i:i + k] for group in by_key.values() for i in range(0, len(group), k)]
+    k, calls = max(1, points_per_call), []
+    for group in by_key.values():
+        draws: dict[tuple, list[Point]] = {}
+        for p in group:
+            draws.setdefault(p.draw_key, []).append(p)
+        call: list[Point] = []
+        for same in draws.values():
+            if call and len(call) + len(same) > k:
+                calls.append(call)
+                call = []
+            call += same
+        calls.append(call)
+    return calls
 
 
 def balanced_targets(n: int, num_classes: int) -> torch.Tensor:
