@@ -5,6 +5,7 @@ measured on Inception features (a stand-in extractor: no weights here) against a
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
@@ -54,7 +55,7 @@ def test_missing_weights_stop_with_the_not_found_line(name, tmp_path):
     from cguide.sweep import run
 
     weights = tmp_path / "inception.pth"
-    weights.write_bytes(b"")  # past the Inception check, to the checkpoints
+    torch.save({"fc.weight": torch.zeros(1)}, weights)  # past the Inception check, to the checkpoints
     out = tmp_path / "out"
     cfg = compose_cfg("sweep", [f"experiment={name}", f"paths.adm_dir={tmp_path}/models", f"out_dir={out}",
                                 f"metrics.inception_weights={weights}", "logger=none"], out)
@@ -70,7 +71,7 @@ def test_missing_weights_through_the_command_line(tmp_path, monkeypatch, capsys)
     from cguide import sweep
 
     weights = tmp_path / "inception.pth"
-    weights.write_bytes(b"")
+    torch.save({"fc.weight": torch.zeros(1)}, weights)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cguide.sweep", "experiment=adm256_uncond_table4", "paths.adm_dir=models",
                                       f"metrics.inception_weights={weights}", "logger=none"])
@@ -91,7 +92,7 @@ class StubInception(FeatureExtractorBase):
 
     def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
         super().__init__(name, features_list)
-        StubInception.paths.append(feature_extractor_weights_path)
+        StubInception.paths.append(io.BytesIO(feature_extractor_weights_path.getvalue()))
         g = torch.Generator().manual_seed(0)
         self.proj, self.head = torch.randn(48, 16, generator=g), torch.randn(16, 10, generator=g)
 
@@ -129,7 +130,7 @@ def test_experiment_runs_end_to_end_on_stand_ins(name, tmp_path, monkeypatch):
     write_classifier(models / clf)
     ref = write_reference(models / ref_name, n=30, size=16, stats_dim=16)
     weights = tmp_path / "pt_inception.pth"
-    weights.write_bytes(b"stand-in")
+    torch.save({"fc.weight": torch.arange(4.0)}, weights)
     monkeypatch.setattr(extractors, "FeatureExtractorInceptionV3", StubInception)
     StubInception.paths.clear()
     StubInception.seen.clear()
@@ -149,7 +150,9 @@ def test_experiment_runs_end_to_end_on_stand_ins(name, tmp_path, monkeypatch):
         with np.load(out / "samples" / f"{r['point']}.npz") as z:  # the paper's evaluator reads these
             assert z["arr_0"].shape == (10, 16, 16, 3) and z["arr_0"].dtype == np.uint8
             assert z["arr_1"].tolist() == list(range(10))
-    assert set(StubInception.paths) == {str(weights)}  # extractor=inception from the given weights file
+    # extractor=inception from the given weights file (its tensors, loaded safely and handed over in memory)
+    assert StubInception.paths and all(torch.equal(torch.load(p, weights_only=True)["fc.weight"], torch.arange(4.0))
+                                       for p in StubInception.paths)
     # the reference batch's images are the real side (precision / recall), exactly as stored
     real_calls = [x for x, _ in StubInception.seen if len(x) == 30]
     assert len(real_calls) == 1 and torch.equal(real_calls[0], read_reference_batch(ref).images)

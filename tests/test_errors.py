@@ -52,6 +52,22 @@ def _edited(src: Path, dst: Path, edit: Callable[[dict], None]) -> Path:
     return dst
 
 
+class _Payload:
+    """Unpickling this would write a file next to it (the snapshot check would see it)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def _code_pickle(dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"fc.weight": torch.zeros(1), "cguide": _Payload(dst.parent / "payload-ran")}, dst)
+    return dst
+
+
 def _truncated(src: Path, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
@@ -186,6 +202,12 @@ CASES = {
                               lambda c, t: {"root": _flat_folder(t / "images")}),
     "image-folder-empty-class": Case("train", {"data": "image_folder", "data.root": "{root}"}, lambda c, t: {
         "root": _image_folder(t / "images", {"a": 3, "b": 0})}),
+    "checkpoint-holds-code": Case("sweep", {"judge_ckpt": "{bad}"}, lambda c, t: {"bad": _code_pickle(t / "j.ckpt")}),
+    "inception-weights-hold-code": Case("sweep", {"metrics.extractor": "inception", "metrics.names": "[fid]",
+                                                  "metrics.inception_weights": "{bad}"},
+                                        lambda c, t: {"bad": _code_pickle(t / "inception.pth")}),
+    "inception-weights-not-weights": Case("sweep", {"metrics.extractor": "inception", "metrics.names": "[fid]",
+                                                    "metrics.inception_weights": "{judge}"}),
     "no-inception-weights": Case("sweep", {"metrics.extractor": "inception", "metrics.names": "[fid]",
                                            "metrics.inception_weights": "/nowhere/w.pth"}, error=FileNotFoundError),
     "sweep-folder-other-settings": Case("sweep-cli", {"sweep.n_per_point": "20"},

@@ -259,11 +259,13 @@ def test_inception_without_weights_names_path(hub_dir, tmp_path):
 def test_inception_found_in_hub_cache(hub_dir, monkeypatch):
     path = hub_dir / "checkpoints" / M.INCEPTION_WEIGHTS_FILE
     path.parent.mkdir(parents=True)
-    path.write_bytes(b"")
+    torch.save({"fc.weight": torch.arange(3.0)}, path)
     seen = {}
     monkeypatch.setattr(extractors, "FeatureExtractorInceptionV3", lambda name, feats, **kw: seen.update(kw))
     M.build_extractor("inception")
-    assert seen["feature_extractor_weights_path"] == str(path)
+    # the file's tensors, loaded safely and handed over in memory (never the path: torch-fidelity unpickles it unsafely)
+    got = torch.load(seen["feature_extractor_weights_path"], weights_only=True)
+    assert list(got) == ["fc.weight"] and torch.equal(got["fc.weight"], torch.arange(3.0))
 
 
 def test_unknown_names():
@@ -313,7 +315,7 @@ def test_settings_inception_weights_checked_at_construction(hub_dir, tmp_path):
     # no feature metric requested: the weights are never needed, so their absence is fine
     assert not M.MetricSettings(extractor="inception", inception_weights=missing,
                                 names=("accuracy", "guide_confidence", "nonfinite")).feature_metrics_wanted
-    open(missing, "wb").close()
+    torch.save({"fc.weight": torch.zeros(1)}, missing)
     assert M.MetricSettings(extractor="inception", inception_weights=missing, names=("fid",)).feature_metrics_wanted
 
 

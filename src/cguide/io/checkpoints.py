@@ -17,6 +17,7 @@ from torch import nn
 
 from ..nets import EncoderClassifier, EncoderConfig, JudgeConfig, JudgeNet, UNet, UNetConfig
 from ..nets.adm import RELEASED_FILES
+from .safe_load import UnsafeFile, torch_load_plain
 
 KINDS = {
     "eps_model": (UNet, UNetConfig, "an eps-model (task=diffusion)"),
@@ -38,7 +39,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}; check the path (train it first with cguide.train)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch_load_plain(path)
+    except UnsafeFile as e:
+        raise ValueError(f"checkpoint {path} holds Python objects other than tensors ({e}), and unpickling it could "
+                         "run code: refused; use a checkpoint that cguide.train wrote") from None
     except Exception as e:  # truncated zip, pickle garbage, wrong format...
         raise ValueError(f"checkpoint {path} is truncated or corrupted ({type(e).__name__}); "
                          "delete it and retrain, or point to another file") from None

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -19,6 +21,8 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torch_fidelity.helpers import vassert
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from ..io.safe_load import UnsafeFile, torch_load_plain
 
 JUDGE_EXTRACTOR = "cguide-judge"
 INCEPTION_EXTRACTOR = "inception-v3-compat"  # torch-fidelity's own registered name
@@ -132,6 +136,44 @@ def inception_weights_path(configured: str | None = None) -> str:
     return path
 
 
+def load_inception_state(path: str) -> dict[str, torch.Tensor]:
+    """The weights file as a {name: tensor} dict, unpickled with weights_only=True: torch-fidelity's own
+    loader uses weights_only=False, so a crafted file would run code; here it is refused with one line."""
+    try:
+        state = torch_load_plain(path)
+    except UnsafeFile as e:
+        raise ValueError(
+            f"Inception-v3 weights {path} hold Python objects other than tensors, and unpickling them could run "
+            f"code: refused ({e}). Use torch-fidelity's published "
+            f"{INCEPTION_WEIGHTS_FILE} (a plain state dict), or the 'judge' extractor") from None
+    except Exception as e:  # noqa: BLE001 - truncated, not a torch file, unreadable: one line naming the file
+        detail = ": ".join([type(e).__name__, *str(e).strip().splitlines()[:1]])[:200]
+        raise ValueError(f"Inception-v3 weights {path} are not a readable torch weights file ({detail}); put "
+                         f"{INCEPTION_WEIGHTS_FILE} at {INCEPTION_CONFIG_KEY}=<path>") from None
+    if not isinstance(state, Mapping) or not state or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        keys = sorted(map(str, state))[:5] if isinstance(state, Mapping) else []
+        what = f"a {type(state).__name__}" + (f" with keys {', '.join(keys)}" if keys else "")
+        raise ValueError(f"Inception-v3 weights {path} are {what}, not a state dict of tensors (a training "
+                         f"checkpoint, e.g. the judge's, is not Inception weights); put {INCEPTION_WEIGHTS_FILE} "
+                         f"at {INCEPTION_CONFIG_KEY}=<path>, or use the 'judge' extractor")
+    return dict(state)
+
+
+_CHECKED: dict[tuple, None] = {}
+
+
+def check_inception_weights(configured: str | None = None) -> str:
+    """The weights path after a safe load (once per file version): missing or unsafe files fail before any work."""
+    path = inception_weights_path(configured)
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _CHECKED:
+        load_inception_state(path)
+        _CHECKED[key] = None
+    return path
+
+
 def build_extractor(name: str, judge: nn.Module | None = None, inception_weights: str | None = None, *,
                     in_channels: int | None = None) -> FeatureExtractorBase:
     """'judge' -> JudgeFeatureExtractor over `judge`; 'inception' -> torch-fidelity Inception-v3 from local weights.
@@ -144,10 +186,19 @@ def build_extractor(name: str, judge: nn.Module | None = None, inception_weights
         return JudgeFeatureExtractor(JUDGE_EXTRACTOR, ["features", "logits"], judge=judge,
                                      judge_in_channels=in_channels)
     if name == "inception":
-        # An explicit weights path is what keeps torch-fidelity from calling load_state_dict_from_url.
         path = inception_weights_path(inception_weights)
-        return FeatureExtractorInceptionV3(INCEPTION_EXTRACTOR, ["2048", "logits_unbiased"],
-                                           feature_extractor_weights_path=path, verbose=False)
+        # torch-fidelity unpickles its weights path with weights_only=False: it gets tensors we loaded safely,
+        # re-serialised in memory (an explicit source also keeps it from calling load_state_dict_from_url)
+        buf = io.BytesIO()
+        torch.save(load_inception_state(path), buf)
+        buf.seek(0)
+        try:
+            return FeatureExtractorInceptionV3(INCEPTION_EXTRACTOR, ["2048", "logits_unbiased"],
+                                               feature_extractor_weights_path=buf, verbose=False)
+        except RuntimeError as e:  # load_state_dict: other keys or shapes
+            raise ValueError(f"{path} is not Inception-v3 weights for torch-fidelity "
+                             f"({str(e).splitlines()[0][:200]}); put {INCEPTION_WEIGHTS_FILE} at "
+                             f"{INCEPTION_CONFIG_KEY}=<path>, or use the 'judge' extractor") from None
     raise ValueError(f"unknown feature extractor {name!r}; known: {', '.join(EXTRACTOR_NAMES)}")
 
 

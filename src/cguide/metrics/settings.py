@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .extractors import EXTRACTOR_NAMES, inception_weights_path
+from .extractors import EXTRACTOR_NAMES, check_inception_weights
 
 METRIC_NAMES = ("fid", "kid", "is", "prc", "accuracy", "guide_confidence", "classwise_fid", "nonfinite")
 FEATURE_METRICS = ("fid", "kid", "is", "prc", "classwise_fid")
@@ -46,7 +46,7 @@ class MetricSettings:
             raise ValueError(f"unknown feature extractor {self.extractor!r} (metrics.extractor); known: "
                              f"{', '.join(EXTRACTOR_NAMES)}")
         if self.extractor == "inception" and self.feature_metrics_wanted:
-            inception_weights_path(self.inception_weights)  # FileNotFoundError naming where to put the file
+            check_inception_weights(self.inception_weights)  # missing (where to put it) or unsafe: one line
         for key in _POSITIVE:
             value = getattr(self, key)
             if value < 1:
