@@ -74,7 +74,7 @@ def test_ddp_cpu_training_two_processes(task, kind, precision, tmp_path):
 
     cfg = compose_cfg("train", [f"task={task}", *TINY, "trainer=ddp_cpu", "num_threads=1",
                                 f"trainer.precision={precision}"], tmp_path)
-    ckpt = train(cfg)
+    ckpt = train(cfg).checkpoint
     loaded = load_net(ckpt, kind)
     assert loaded.image_shape == (1, 8, 8)
     if task == "judge":  # measured after fit, over both ranks' shares of the test split

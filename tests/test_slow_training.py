@@ -37,6 +37,6 @@ def test_judge_reaches_97_percent_on_mnist5k_test_split(tmp_path):
     from cguide.io.checkpoints import load_net
     from cguide.train import train
 
-    path = train(compose_cfg("train", ["task=judge", *BASE], tmp_path))
+    path = train(compose_cfg("train", ["task=judge", *BASE], tmp_path)).checkpoint
     acc = load_net(path, "judge").extra["test_acc"]
     assert acc >= 0.97, acc
