@@ -61,7 +61,39 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+KEYS = ("method", "scale", "variant", "options")  # the columns that say which point a row is
+
+
+def _plain_table(title: str, header: list[str], cells: list[list[str]]) -> list[str]:
+    """The table as plain text lines, each column as wide as its widest cell (nothing cut)."""
+    widths = [max(len(c) for c in col) for col in zip(header, *cells)]
+    line = lambda row: "  ".join(c.rjust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    return [title, line(header), "  ".join("-" * w for w in widths), *map(line, cells)]
+
+
+def _column_groups(header: list[str], cells: list[list[str]], n_keys: int, width: int) -> list[list[int]] | None:
+    """Column indices split into tables that each fit `width` in rich's boxed layout (a column takes its
+    widest cell + 2 of padding + 1 border, a table 1 more), each table led by the n_keys key columns; None
+    when the key columns and one value column alone are wider than `width`."""
+    need = [max(len(c) for c in col) + 3 for col in zip(header, *cells)]
+    base = 1 + sum(need[:n_keys])
+    groups, used = [], width + 1  # the first value column opens the first table
+    for j in range(n_keys, len(header)):
+        if used + need[j] > width:
+            if base + need[j] > width:
+                return None
+            groups.append(list(range(n_keys)))
+            used = base
+        groups[-1].append(j)
+        used += need[j]
+    return groups or [list(range(n_keys))]
+
+
 def print_report(sweep_dir: Path) -> None:
+    """The sweep's table and where its files are. Every number is printed whole at any width: on a terminal
+    too narrow for one table the value columns are split over several tables (each led by method, scale,
+    variant); when stdout is not a terminal (a log file, a pipe) or even the key columns do not fit, it is
+    a plain text table as wide as its cells."""
     from rich.console import Console
     from rich.table import Table
 
@@ -72,19 +104,29 @@ def print_report(sweep_dir: Path) -> None:
     columns = list(TABLE)
     if any(options_label(r) != "-" for r in rows):  # option sets: say which row is which
         columns.insert(3, ("options", "options"))
-    table = Table(title=f"guidance sweep ({len(rows)} points)")
-    for _, title in columns:
-        table.add_column(title, justify="right")
-    for r in rows:
-        table.add_row(*[options_label(r) if k == "options" else _fmt(r.get(k)) for k, _ in columns])
+    header = [title for _, title in columns]
+    cells = [[options_label(r) if k == "options" else _fmt(r.get(k)) for k, _ in columns] for r in rows]
+    title = f"guidance sweep ({len(rows)} points)"
     console = Console()
-    console.print(table)
-    console.print(f"results: {sweep_dir / 'results.csv'}  {sweep_dir / 'results.jsonl'}")
-    console.print(f"plots:   {sweep_dir / 'plots'}")
-    console.print(f"grids:   {sweep_dir / 'grids'}")
+    groups = _column_groups(header, cells, sum(k in KEYS for k, _ in columns), console.width) \
+        if console.is_terminal else None
+    if groups is None:
+        for line in _plain_table(title, header, cells):
+            console.out(line, highlight=False)
+    for i, group in enumerate(groups or []):
+        table = Table(title=title if i == 0 else None)
+        for j in group:
+            table.add_column(header[j], justify="right", no_wrap=True)
+        for row in cells:
+            table.add_row(*[row[j] for j in group])
+        console.print(table)
+    # paths whole on one line each, as a log file or a terminal's own wrapping shows them
+    console.out(f"results: {sweep_dir / 'results.csv'}  {sweep_dir / 'results.jsonl'}", highlight=False)
+    console.out(f"plots:   {sweep_dir / 'plots'}", highlight=False)
+    console.out(f"grids:   {sweep_dir / 'grids'}", highlight=False)
     runs = sorted(sweep_dir.glob("wandb/offline-run-*"))
     if runs:
-        console.print(f"W&B (offline): {runs[-1]}\n  upload with: wandb sync {runs[-1]}")
+        console.out(f"W&B (offline): {runs[-1]}\n  upload with: wandb sync {runs[-1]}", highlight=False)
 
 
 def run_pipeline(cfg: DictConfig) -> Path:
