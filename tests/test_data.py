@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -305,3 +307,173 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "some_empty" / "empty" / "notes.txt").write_text("not an image")
     with pytest.raises(ValueError, match="class folders with no images: empty$"):
         build_datamodule({"name": "image_folder", "root": str(tmp_path / "some_empty")})
+
+
+# ---------------------------------------------------------------- image folder: what cguide.train reads (issue #28)
+
+
+class _Seen:
+    """A Lightning callback: every training batch, the class names and split sizes cguide.train used."""
+
+    def __init__(self):
+        import lightning as L
+
+        class Seen(L.Callback):
+            def on_train_batch_start(cb, trainer, module, batch, batch_idx):
+                self.batches.append((batch[0].clone(), batch[1].clone()))
+                dm = trainer.datamodule
+                self.classes = list(dm.class_names)
+                self.sizes = tuple(len(s) for s in (dm.train_set, dm.val_set, dm.test_set))
+
+        self.callback, self.batches, self.classes, self.sizes = Seen(), [], None, None
+
+
+def _train_on_folder(root: Path, tmp_path: Path, *over: str) -> _Seen:
+    """cguide.train task=judge data=image_folder on root: one smoke step that sees the whole train split."""
+    from cguide.train import train
+    from helpers.config import TINY, compose_cfg
+
+    seen = _Seen()
+    cfg = compose_cfg("train", [*TINY, "task=judge", "data=image_folder", f"data.root={root}", "data.image_size=8",
+                                "data.batch_size=8", "data.val_fraction=0.25", "data.test_fraction=0.25",
+                                "trainer.fast_dev_run=true", *over], tmp_path / "run")
+    train(cfg, extra_callbacks=[seen.callback])
+    return seen
+
+
+def _match(seen: _Seen, expected: dict[str, list[torch.Tensor]], classes: list[str]) -> None:
+    """Every image trained on is, to float rounding, one of its class's expected images."""
+    n = 0
+    for xb, yb in seen.batches:
+        for x, y in zip(xb, yb):
+            cands = expected[classes[int(y)]]
+            assert any(torch.allclose(x, e, atol=1e-5, rtol=0) for e in cands), \
+                f"class {classes[int(y)]}: got pixels {x.flatten()[:6].tolist()}..., none of its images"
+            n += 1
+    assert n == seen.sizes[0] and n > 0
+
+
+def test_image_folder_16bit_and_float_images_keep_their_range(tmp_path):
+    """16-bit PNGs are / 65535 (convert('L') clipped them: every pixel +1.0) and float TIFFs in [0, 1] are used as
+    they are (they became -1.0); each image's values come through cguide.train's own batches."""
+    root = tmp_path / "images"
+    expected = {"a16": [], "bfloat": []}
+    (root / "a16").mkdir(parents=True)
+    (root / "bfloat").mkdir()
+    ramp = np.arange(64).reshape(8, 8)
+    for k in range(4):
+        a = (ramp * 1000 + k * 7).astype(np.uint16)  # 0 .. 63021, most of the 16-bit range
+        Image.fromarray(a).save(root / "a16" / f"{k}.png")
+        expected["a16"].append(torch.from_numpy(a.astype(np.float64) / 65535 * 2 - 1).float()[None])
+        f = (ramp / 63 * 0.8 + k * 0.05).astype(np.float32)  # 0 .. 0.95
+        Image.fromarray(f, "F").save(root / "bfloat" / f"{k}.tif")
+        expected["bfloat"].append(torch.from_numpy(f.astype(np.float64) * 2 - 1).float()[None])
+    assert Image.open(root / "a16" / "0.png").mode == "I;16" and Image.open(root / "bfloat" / "0.tif").mode == "F"
+    seen = _train_on_folder(root, tmp_path, "data.batch_size=4")
+    assert seen.classes == ["a16", "bfloat"] and seen.sizes == (4, 2, 2)
+    _match(seen, expected, seen.classes)
+    x = torch.cat([b[0] for b in seen.batches])
+    assert x.std() > 0.3  # not constant images
+    # 16-bit images given to an RGB model: the same values in all three channels
+    rgb = _train_on_folder(root, tmp_path / "rgb", "data.batch_size=4", "data.channels=3")
+    _match(rgb, {k: [e.expand(3, -1, -1) for e in v] for k, v in expected.items()}, rgb.classes)
+
+
+def test_image_folder_hidden_entries_are_ignored(tmp_path):
+    """.thumbnails/ (with images) is no class, an empty .ipynb_checkpoints/ is no empty class, and hidden files and
+    folders inside a class are not its images."""
+    root = tmp_path / "images"
+    _write_folder(root, {"a": 4, "b": 4}, size=(8, 8), mode="L")
+    _write_folder(root / ".thumbnails", {"a": 2}, size=(8, 8), mode="L")  # .thumbnails/a/*.png
+    Image.new("L", (8, 8)).save(root / ".thumbnails" / "t.png")
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / "a" / ".cache").mkdir()
+    Image.new("L", (8, 8), 255).save(root / "a" / ".cache" / "x.png")
+    (root / "b" / "._0.png").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")  # not an image
+    seen = _train_on_folder(root, tmp_path, "data.batch_size=4")
+    assert seen.classes == ["a", "b"] and seen.sizes == (4, 2, 2)
+
+
+def test_image_folder_symlinks_are_refused_not_followed(tmp_path):
+    """A loop (a/up -> ..) made 24 images into 984 with wrong labels; links out of the folder, to a class folder
+    or to a file, are refused too, by name, before anything is trained."""
+    from cguide.train import train
+    from helpers.config import TINY, compose_cfg
+
+    outside = tmp_path / "elsewhere"
+    _write_folder(outside, {"z": 2}, size=(8, 8), mode="L")
+    cases = {"loop": ("a/up", ".."), "class": ("c", str(outside / "z")),
+             "file": ("b/linked.png", str(outside / "z" / "0.png"))}
+    for name, (link, target) in cases.items():
+        root = tmp_path / name
+        _write_folder(root, {"a": 12, "b": 12}, size=(8, 8), mode="L")
+        os.symlink(target, root / link)
+        cfg = compose_cfg("train", [*TINY, "task=judge", "data=image_folder", f"data.root={root}",
+                                    "data.image_size=8", "trainer.fast_dev_run=true"], tmp_path / "run")
+        with pytest.raises(ValueError) as e:
+            train(cfg)
+        assert str(e.value) == (f"image folder {root}: 1 symbolic link(s) inside it ({link} -> {target}), which are "
+                                "not followed (they can lead out of the folder or loop back into it); replace each "
+                                "with the folder or file it points to, or remove it"), name
+    # the root itself may be a link (data.root=<link to the folder>)
+    os.symlink(outside, tmp_path / "root_link")
+    (outside / "y").mkdir()
+    for i in range(2):
+        Image.new("L", (8, 8), 9).save(outside / "y" / f"{i}.png")
+    from cguide.data import build_datamodule
+
+    assert build_datamodule({"name": "image_folder", "root": str(tmp_path / "root_link")}).class_names == ["y", "z"]
+
+
+def test_image_folder_unreadable_root_is_one_line(tmp_path, monkeypatch):
+    """A root that cannot be listed (no read permission: tests run as root, so os.scandir is made to refuse)."""
+    from cguide.train import train
+    from helpers.config import TINY, compose_cfg
+
+    root = tmp_path / "images"
+    _write_folder(root, {"a": 2}, size=(8, 8), mode="L")
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.path.abspath(path) == str(root):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    cfg = compose_cfg("train", [*TINY, "task=judge", "data=image_folder", f"data.root={root}",
+                                "trainer.fast_dev_run=true"], tmp_path / "run")
+    with pytest.raises(ValueError, match=r"^image folder root .*images cannot be read \(Permission denied\); make "
+                                         r"it readable, or set data.root to another folder$"):
+        train(cfg)
+
+
+def test_image_folder_problems_are_named_by_kind(tmp_path):
+    """Each kind of bad image is named with what is wrong: a 32-bit integer TIFF, float values outside [0, 1] or
+    NaN, a damaged PNG, several at once (the first three names)."""
+    from cguide.data import build_datamodule
+
+    def refused(root):
+        with pytest.raises(ValueError) as e:
+            build_datamodule({"name": "image_folder", "root": str(root)})
+        return str(e.value)
+
+    root = tmp_path / "int32"
+    _write_folder(root, {"a": 2, "b": 2}, size=(8, 8), mode="L")
+    Image.fromarray(np.full((8, 8), 70000, np.int32), "I").save(root / "a" / "deep.tif")
+    assert refused(root).endswith("1 image(s) are 32-bit integer images (a/deep.tif: mode I), whose range is not "
+                                  "known; save them as 8- or 16-bit images (16-bit are read as 0..65535), or as "
+                                  "32-bit float in [0, 1]")
+    root = tmp_path / "nan"
+    _write_folder(root, {"a": 2, "b": 2}, size=(8, 8), mode="L")
+    Image.fromarray(np.full((8, 8), np.nan, np.float32), "F").save(root / "b" / "nan.tif")
+    assert "1 32-bit float image(s) are not in [0, 1] (b/nan.tif: non-finite values)" in refused(root)
+    root = tmp_path / "damaged"
+    _write_folder(root, {"a": 5, "b": 2}, size=(8, 8), mode="L")
+    for i in range(5):
+        p = root / "a" / f"{i}.png"
+        data = bytearray(p.read_bytes())
+        data[60:70] = b"\xff" * 10  # inside IDAT: the header reads, decoding fails
+        p.write_bytes(bytes(data))
+    msg = refused(root)
+    assert re.fullmatch(rf"image folder {re.escape(str(root))}: 5 image file\(s\) are truncated or damaged and "
+                        r"cannot be decoded \(a/0\.png: .+; \.\.\.\); remove or replace them", msg), msg

@@ -119,6 +119,32 @@ def _flat_folder(root: Path) -> Path:
     return root
 
 
+def _odd_folder(root: Path, odd: str) -> Path:
+    """Image folder a/, b/ of 8-bit PNGs plus one odd entry (issue #28): a symlink loop, a truncated JPEG, a
+    20000x20000 PNG (its header only: PIL refuses it at open), a float TIFF in 0..255."""
+    import os
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    _image_folder(root, {"a": 3, "b": 3})
+    if odd == "symlink-loop":
+        os.symlink("..", root / "a" / "up")
+    elif odd == "truncated":
+        Image.effect_noise((64, 64), 60).convert("RGB").save(root / "a" / "cut.jpg")
+        data = (root / "a" / "cut.jpg").read_bytes()
+        (root / "a" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    elif odd == "too-large":
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        (root / "a" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+            ">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    elif odd == "float-range":
+        Image.fromarray(np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8), "F").save(root / "a" / "f.tif")
+    return root
+
+
 def _damaged_results(ckpts, out: Path) -> Path:
     """A finished sweep whose results.jsonl line was cut short (edited, or damaged on disk)."""
     _finished_sweep(ckpts, out)
@@ -230,6 +256,10 @@ CASES = {
         "bad": _weight_removed(c["eps"], t / "eps.ckpt")}),
     "unreadable-image": Case("train", {"data": "image_folder", "data.root": "{root}"}, lambda c, t: {
         "root": _image_folder(t / "images", {"a": 3, "b": 3}, empty="a/empty.png")}),
+    "image-folder-is-file": Case("train", {"data": "image_folder", "data.root": "{tmp}/a_file"}, lambda c, t: {
+        "file": _written(t / "a_file")}),
+    **{f"image-folder-{odd}": Case("train", {"data": "image_folder", "data.root": "{root}"}, lambda c, t, odd=odd: {
+        "root": _odd_folder(t / "images", odd)}) for odd in ("symlink-loop", "truncated", "too-large", "float-range")},
     "output-is-file": Case("sample", {"out_dir": "{tmp}/a_file"}, lambda c, t: {
         "file": _written(t / "a_file")}),
     "too-few-real": Case("sweep", {"metrics.n_real": "1", "metrics.names": "[fid]"}),
