@@ -98,7 +98,9 @@ TINY_PIPE = ["data.image_size=8", "data.batch_size=32", "model=tiny", "classifie
              "callbacks.model_checkpoint.every_n_train_steps=5", "diffusion.T=100", "model.max_steps=4", "classifier.max_steps=150",
              "judge.max_steps=4", "num_threads=1", "sweep.scales=[0,1,2,4]", "sweep.variants=[score]",
              "sweep.n_per_point=40", "sweep.steps=[6]", "sweep.points_per_call=1", "metrics.names=[fid,accuracy]",
-             "progress=false", "num_threads=1"]
+             "progress=false", "workers=1"]  # one process: the stages run one after another (the quick profile's
+# workers=2 trains the classifier beside the eps-model, so "killed while training the classifier" would not mean
+# "the eps-model is done"; killing a pipeline with helpers is test_workers.py's)
 
 
 def _rows(path: Path) -> list[str]:
