@@ -91,7 +91,7 @@ def test_learned_variance_ddpm_gets_eps_and_v(files):
     assert eps_net(eps.net, eps.net, "learned") is eps.net  # [eps, v] for the learned variance
     plan = make_plan(make_schedule(**eps.schedule), 4)
     with torch.no_grad():
-        ref = sample(lambda x, t: eps.net(x, t), (3, 16, 16), plan, [0, 1], sampler="ddpm", var_type="learned",
+        ref = sample(lambda x, t: eps.net(x, t), (3, 16, 16), plan, [0, 1], SamplerSpec("ddpm", var_type="learned"),
                      progress=False)
     run = RunOptions(2, "cpu", False)
     got, _ = draw(Models(eps), spec(scale=0.0), SamplerSpec("ddpm", 4, var_type="learned"), [0, 1], run)

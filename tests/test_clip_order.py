@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cguide.diffusion import SamplerSpec, make_plan, make_schedule, posterior, sample, step, x0_from_eps
+from cguide.diffusion import (SamplerSpec, ddim_step, ddpm_step, make_plan, make_schedule, posterior, sample,
+                              x0_from_eps)
 from cguide.diffusion.process import eps_from_x0
 from cguide.guidance import ClassifierGuidance, GuidanceSpec, classifier_log_prob_grad, variant_factor
 from helpers.draw import draw_kw
@@ -55,8 +56,12 @@ def test_clip_then_guide_is_guided_diffusions_step(sampler, variant):
 
         ab = plan.schedule.alphabar[t].view(-1, 1, 1, 1).to(x.dtype)
         ab_prev = torch.full_like(ab, float(plan.alphabar_prev[i]))
-        got, _ = step(sampler, x, guide(x, t), ab, ab_prev, z, **{k: v for k, v in spec.options.items()
-                                                                   if k != "sampler"})
+        st = spec.options["sampler"]  # what the sampler steps with: the clip moved into the base eps
+        assert not st.clip_x0 and st.dynamic_threshold is None
+        if sampler == "ddim":
+            got, _ = ddim_step(x, guide(x, t), ab, ab_prev, z, st.eta, st.clip_x0, st.dynamic_threshold)
+        else:
+            got, _ = ddpm_step(x, guide(x, t), ab, ab_prev, z, st.var_type, st.clip_x0, st.dynamic_threshold)
         want = _reference_step(x, t, i, plan, clf, y, s, variant, sampler, z)
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
@@ -79,7 +84,7 @@ def test_guide_then_clip_is_the_previous_behaviour_bit_for_bit(sampler):
     plan, clf = _setup(torch.float32)
     spec = GuidanceSpec.of([0, 1], 3.0)
     guide = ClassifierGuidance(_loud_eps, clf, plan, spec)
-    old = sample(guide, SHAPE, plan, [1, 2], sampler=sampler, clip_x0=True, progress=False)
+    old = sample(guide, SHAPE, plan, [1, 2], SamplerSpec(sampler, clip_x0=True), progress=False)
     smp = SamplerSpec(sampler, 10, clip_x0=True, clip_order="guide_then_clip")
     guide = ClassifierGuidance(smp.base_eps(_loud_eps, plan.schedule), clf, plan, spec)
     assert torch.equal(sample(guide, SHAPE, plan, [1, 2], progress=False, **smp.options), old)

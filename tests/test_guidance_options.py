@@ -34,7 +34,8 @@ def test_every_option_at_scale_zero_is_bitwise_unguided(sampler):
     plan = make_plan(make_schedule("linear", 1000), 12)
     seeds = [3, 1, 4]
     for threshold in [None, 0.9]:
-        plain = sample(eps_model, (1, 2, 2), plan, seeds, sampler=sampler, dynamic_threshold=threshold, progress=False)
+        smp = SamplerSpec(sampler, dynamic_threshold=threshold)
+        plain = sample(eps_model, (1, 2, 2), plan, seeds, smp, progress=False)
         for opt in OPTIONS:
             for static in [False, True]:
                 guide = ClassifierGuidance(eps_model, ExplodingClassifier(), plan,
@@ -42,8 +43,7 @@ def test_every_option_at_scale_zero_is_bitwise_unguided(sampler):
                 if static and threshold is None:
                     got = sample_static(eps_model, guide, (1, 2, 2), plan, seeds, sampler=sampler, capture=False)
                 elif not static:
-                    got = sample(guide, (1, 2, 2), plan, seeds, sampler=sampler, dynamic_threshold=threshold,
-                                 progress=False)
+                    got = sample(guide, (1, 2, 2), plan, seeds, smp, progress=False)
                 else:
                     continue
                 assert torch.equal(got, plain), (opt, static, threshold)
@@ -203,11 +203,11 @@ def test_samplers_use_the_thresholded_x0_and_ddim_re_derives_eps():
         mean, var = posterior(x0, x, ab, abp)
         torch.testing.assert_close(got, mean + var.sqrt() * z, rtol=1e-12, atol=1e-12)
     late = SamplerSpec("ddpm", dynamic_threshold=0.99, clip_order="guide_then_clip")
-    assert late.options["dynamic_threshold"] == 0.99 and late.base_eps(eps_model, None) is eps_model
+    assert late.options["sampler"].dynamic_threshold == 0.99 and late.base_eps(eps_model, None) is eps_model
     first = SamplerSpec("ddpm", dynamic_threshold=0.99)  # clip_then_guide: thresholded in the base eps
-    assert "dynamic_threshold" not in first.options and not first.options["clip_x0"]
+    assert first.options["sampler"].dynamic_threshold is None and not first.options["sampler"].clip_x0
     assert first.base_eps(eps_model, make_schedule("linear", 1000)).threshold == 0.99
-    assert "dynamic_threshold" not in SamplerSpec("ddpm").options  # the old keyword set, unchanged
+    assert SamplerSpec("ddpm").options["sampler"] == SamplerSpec("ddpm")  # nothing moved: the spec itself
 
 
 def test_sigma_interval_selects_the_right_original_steps_under_respacing():

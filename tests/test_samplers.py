@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cguide.diffusion import ddim_step, ddpm_step, make_plan, make_schedule, sample
+from cguide.diffusion import SamplerSpec, ddim_step, ddpm_step, make_plan, make_schedule, sample
 
 
 def _coef(v, n):
@@ -68,8 +68,9 @@ def test_clip_bounds_predicted_x0():
 def test_sample_depends_only_on_own_seed(sampler, eta):
     plan = make_plan(make_schedule("linear", 200), 15)
     fn = lambda x, t: 0.5 * x + 0.001 * t.view(-1, 1, 1, 1)
-    batch = sample(fn, (1, 3, 3), plan, [11, 22, 33], sampler=sampler, eta=eta, progress=False)
-    alone = sample(fn, (1, 3, 3), plan, [22], sampler=sampler, eta=eta, progress=False)
+    smp = SamplerSpec(sampler, eta=eta)
+    batch = sample(fn, (1, 3, 3), plan, [11, 22, 33], smp, progress=False)
+    alone = sample(fn, (1, 3, 3), plan, [22], smp, progress=False)
     torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-6)
     assert not torch.allclose(batch[0], batch[1])
 

@@ -6,7 +6,7 @@ checks it there against eager."""
 import pytest
 import torch
 
-from cguide.diffusion import make_plan, make_schedule, sample
+from cguide.diffusion import SamplerSpec, make_plan, make_schedule, sample
 from cguide.guidance import ClassifierGuidance, GuidanceSpec
 from cguide.runtime.cuda_graph import sample_static
 from cguide.runtime.speed import SpeedOptions
@@ -25,12 +25,13 @@ def test_static_step_matches_eager_guidance(sampler, eta):
     seeds, s, y = [5, 6, 7, 8], torch.tensor([0.0, 2.0, 5.0, 1.0]), torch.tensor([2, 0, 1, 1])
     kw = dict(y=y, scale=s, variant=["score", "seed_literal", "mean_shift", "unit"], interval=(0.1, 0.8))
     eager = _pair(False, clf, plan, **kw)
-    ref = sample(eager, (1, 2, 2), plan, seeds, sampler=sampler, eta=eta, progress=False)
+    smp = SamplerSpec(sampler, eta=eta)
+    ref = sample(eager, (1, 2, 2), plan, seeds, smp, progress=False)
     static = _pair(True, clf, plan, **kw)
-    got = sample_static(eps_model, static, (1, 2, 2), plan, seeds, sampler=sampler, eta=eta, capture=False)
+    got = sample_static(eps_model, static, (1, 2, 2), plan, seeds, sampler=smp, capture=False)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
     assert static.classifier_calls == eager.classifier_calls > 0  # skipped outside the interval alike
-    plain = sample(eps_model, (1, 2, 2), plan, seeds, sampler=sampler, eta=eta, progress=False)
+    plain = sample(eps_model, (1, 2, 2), plan, seeds, smp, progress=False)
     assert torch.equal(got[0], plain[0])  # s = 0 row: bitwise unguided
     assert not torch.allclose(got[1:], plain[1:])
 
@@ -104,11 +105,12 @@ def test_captured_step_matches_uncaptured_on_gpu(sampler, eta):
     runs = []
     for capture in (False, True):
         guide = _pair(True, clf, plan, **kw)
-        runs.append(sample_static(eps_model, guide, (1, 2, 2), plan, [5, 6, 7, 8], sampler=sampler, eta=eta,
+        runs.append(sample_static(eps_model, guide, (1, 2, 2), plan, [5, 6, 7, 8], sampler=SamplerSpec(sampler, eta=eta),
                                   device="cuda", capture=capture))
         assert guide.classifier_calls > 0
     torch.testing.assert_close(runs[1], runs[0], rtol=1e-5, atol=1e-6)
-    plain = sample_static(eps_model, None, (1, 2, 2), plan, [5, 6, 7, 8], sampler=sampler, eta=eta, device="cuda")
+    plain = sample_static(eps_model, None, (1, 2, 2), plan, [5, 6, 7, 8], sampler=SamplerSpec(sampler, eta=eta),
+                          device="cuda")
     assert torch.equal(runs[1][0], plain[0])  # s = 0 row: bitwise unguided under capture too
     assert not torch.allclose(runs[1][1:], plain[1:])  # the captured classifier gradient acted
 

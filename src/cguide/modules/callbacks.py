@@ -11,7 +11,7 @@ import torch
 
 from ..io.atomic import atomic_torch_save
 from ..io.checkpoints import read_checkpoint
-from ..diffusion import make_plan, sample
+from ..diffusion import SamplerSpec, make_plan, sample
 from ..io.images import save_grid
 
 
@@ -31,8 +31,8 @@ class SampleGrid(L.Callback):
         net = module.ema.eval()
         C = module.ema.module.cfg.num_classes
         y = None if C is None else torch.arange(self.n, device=module.device) % C
-        x = sample(lambda x, t: net(x, t, y), module.hparams.image_shape, plan, range(self.n), sampler="ddim",
-                   clip_x0=True, device=module.device, progress=False)
+        x = sample(lambda x, t: net(x, t, y), module.hparams.image_shape, plan, range(self.n),
+                   SamplerSpec("ddim", clip_x0=True), device=module.device, progress=False)
         root = Path(self.dirpath or Path(trainer.default_root_dir) / "samples")
         path = save_grid(x, root / f"step_{trainer.global_step:07d}.png", nrow=C)
         for logger in trainer.loggers:
