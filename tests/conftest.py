@@ -14,7 +14,16 @@ from helpers.config import TINY, compose_cfg
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 # One thread: the test tensors are tiny, and two threads on two busy cores thrash (seen: 5 s vs 0.02 s).
-torch.set_num_threads(1)
+# CGUIDE_TEST_THREADS=2 runs the suite on 2 threads (it must pass on 1 and on 2: kernels split work by thread
+# count, so a result is bit-exact only against one computed on as many threads).
+THREADS = int(os.environ.get("CGUIDE_TEST_THREADS", "1"))
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _test_threads():
+    """Each test starts on THREADS threads (an entry point run with num_threads=N leaves torch at N)."""
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

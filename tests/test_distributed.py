@@ -55,9 +55,15 @@ def test_two_gloo_ranks_draw_exactly_the_one_process_samples():
     x, bad, (rank, world) = spawn(_draw_on_ranks, 2)
     assert (rank, world) == (0, 2)
     eps, clf = tiny_pair()
-    ref, ref_bad = draw(eps, clf, **DRAW)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks: kernels split their work by thread count
+    try:
+        ref, ref_bad = draw(eps, clf, **DRAW)
+    finally:
+        torch.set_num_threads(threads)
     assert x.shape == ref.shape == (7, 1, 8, 8)
-    # bitwise here (CPU); GPU kernels may round differently for other batch compositions
+    # Bitwise: the same computation. Rank 0 draws samples 0-3 and rank 1 samples 4-6, in batches of 2 (DRAW),
+    # so each batch holds the same samples as one process's batches [0, 1], [2, 3], [4, 5], [6], on one thread.
     assert torch.equal(x, ref)
     assert torch.equal(bad, ref_bad)
     with pytest.raises(ValueError, match=r"^sweep.scales is empty on rank 1$"):

@@ -14,7 +14,6 @@ from cguide.io.checkpoints import load_net, read_checkpoint
 from cguide.modules import DiffusionModule, JudgeModule, NoisyClassifierModule, SampleGrid
 from cguide.nets import encoder_config, judge_config, unet_config
 
-torch.set_num_threads(1)
 SCHEDULE = {"kind": "linear", "T": 100}
 SHAPE = [1, 8, 8]
 
