@@ -1,0 +1,291 @@
+"""Intervals for every metric of a point: a bootstrap over the generated rows, with features computed once.
+
+Each replicate redraws the rows with replacement within each target class (the targets are fixed by design,
+so a replicate keeps their balance) and recomputes every metric from the stored per-sample values. The draw
+depends only on (seed, targets), so every point of a sweep gets the same replicates: two points' replicate b
+hold the same seeds, and their difference is a paired bootstrap (paired_difference). Optionally the real rows
+are redrawn too (within their labels). What each interval is for: the spread of the estimator at this n,
+around its expectation at this n. FID is biased upwards at small n, so FID's interval need not cover the
+true distance; FID_inf (frechet.py) estimates the n -> inf value.
+
+Per metric (replicate values):
+  fid, fid_inf, classwise_fid: Frechet distances of the weighted rows (frechet.py);
+  kid: the unbiased MMD^2 (cubic kernel) of all rows, the U-statistic over the replicate's positions;
+  is: exp E[KL(p(y|x) || p(y))] over `isc_splits` chunks of the replicate, as the point estimate;
+  precision: share of replicate rows inside the real manifold (k-NN radii of the reals);
+  recall: share of reals inside the balls of the replicate's distinct rows (radii from all rows);
+  accuracy, guide_confidence, nonfinite: weighted means; their reported intervals are Wilson's (closed form).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import frechet as fr
+
+
+@dataclass
+class PointSamples:
+    """Per-sample values of one point (row i of every point of a sweep holds the same seed and target)."""
+
+    targets: torch.Tensor  # [N] long
+    finite: torch.Tensor  # [N] bool: rows left out of every metric but nonfinite
+    correct: torch.Tensor | None = None  # [N] bool: judge predicts the target
+    guide_conf: torch.Tensor | None = None  # [N] p_phi(y | x_0, t=0)
+    features: torch.Tensor | None = None  # [N, D] extractor features (non-finite rows: zeros)
+    logits: torch.Tensor | None = None  # [N, K] extractor logits (IS)
+
+
+@dataclass
+class RealSet:
+    features: torch.Tensor  # [M, D]
+    labels: torch.Tensor | None = None
+    fid_stats: dict | None = None  # {'mu', 'sigma'} of a reference batch: FID's real side instead of `features`
+
+
+def check_interval_settings(resamples: int, level: float) -> None:
+    if not isinstance(resamples, int) or isinstance(resamples, bool) or resamples < 10:
+        raise ValueError(f"metrics.interval_resamples={resamples!r} is too few bootstrap resamples for an interval; "
+                         "set metrics.interval_resamples >= 10 (200 is the default; 1000 for final tables)")
+    if not isinstance(level, (int, float)) or isinstance(level, bool) or not 0.0 < float(level) < 1.0:
+        raise ValueError(f"metrics.interval_level={level!r} must lie in (0, 1), e.g. 0.95 for 95 % intervals")
+
+
+def resample_order(targets: torch.Tensor, resamples: int, seed: int) -> torch.Tensor:
+    """[B, N] row indices: position i of replicate b holds a draw from the rows of target class targets[i]."""
+    targets = targets.cpu()
+    g = torch.Generator().manual_seed(seed)
+    order = torch.empty(resamples, targets.shape[0], dtype=torch.long)
+    for c in torch.unique(targets).tolist():
+        rows = torch.nonzero(targets == c).flatten()
+        order[:, rows] = rows[torch.randint(len(rows), (resamples, len(rows)), generator=g)]
+    return order
+
+
+def resample_id(targets: torch.Tensor, resamples: int, seed: int) -> str:
+    """Identity of a set of replicates: points with equal ids can be compared pair by pair."""
+    h = hashlib.sha1(f"{resamples}:{seed}:".encode())
+    h.update(targets.cpu().long().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def counts(order: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.zeros(order.shape[0], n, dtype=torch.float64).scatter_add_(
+        1, order, torch.ones(order.shape, dtype=torch.float64))
+
+
+def _wmean(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    n = w.sum(-1)
+    out = (w @ v.double()) / n
+    return torch.where(n > 0, out, torch.full_like(out, float("nan")))
+
+
+def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.double() @ b.double().T / a.shape[1] + 1.0) ** 3
+
+
+def _kid(kgg, kgr, w, real_term, v=None) -> torch.Tensor:
+    """Unbiased MMD^2 over the positions of each replicate (w [B, N] counts; v [B, M] real counts or None)."""
+    n = w.sum(-1)
+    gg = ((w @ kgg) * w).sum(-1) - w @ kgg.diagonal()
+    if v is None:
+        m, cross = kgr.shape[1], (w @ kgr).sum(-1)
+    else:
+        m, cross = v.sum(-1), ((w @ kgr) * v).sum(-1)
+    return gg / (n * (n - 1)) + real_term - 2 * cross / (n * m)
+
+
+def _real_kid_term(krr, v=None):
+    if v is None:
+        m = krr.shape[0]
+        return (krr.sum() - krr.diagonal().sum()) / (m * (m - 1))
+    m = v.sum(-1)
+    return (((v @ krr) * v).sum(-1) - v @ krr.diagonal()) / (m * (m - 1))
+
+
+def _inception_score(probs: torch.Tensor, order: torch.Tensor, finite: torch.Tensor, splits: int) -> torch.Tensor:
+    """IS per replicate: `splits` chunks of each replicate's positions, as torch-fidelity splits its rows."""
+    out = []
+    logp = probs.clamp_min(1e-30).log()
+    for part in order.split(16):  # [b, N, K] at a time: Inception's 1008 classes at n = 2000 stay small
+        p, lp, fin = probs[part], logp[part], finite[part].double()
+        scores = []
+        for idx in torch.arange(part.shape[1]).tensor_split(splits):
+            pc, lc, fc = p[:, idx], lp[:, idx], fin[:, idx]
+            pm = (pc * fc[..., None]).sum(1) / fc.sum(1, keepdim=True)
+            kl = (pc * (lc - pm.clamp_min(1e-30).log()[:, None])).sum(-1)
+            scores.append(((kl * fc).sum(1) / fc.sum(1)).exp())
+        out.append(torch.stack(scores, -1).mean(-1))
+    return torch.cat(out)
+
+
+def _knn_radius(f: torch.Tensor, k: int) -> torch.Tensor:
+    d = torch.cdist(f, f)
+    return d.kthvalue(k + 1, dim=1).values  # +1: the row itself at distance 0
+
+
+def prc_indicators(f_gen: torch.Tensor, f_real: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(in_real [N]: gen row inside some real ball, hits [M, N]: real j inside gen row i's ball)."""
+    f_gen, f_real = f_gen.double(), f_real.double()
+    k = min(k, f_gen.shape[0] - 1, f_real.shape[0] - 1)
+    d = torch.cdist(f_real, f_gen)  # [M, N]
+    in_real = (d <= _knn_radius(f_real, k)[:, None]).any(0)
+    hits = d <= _knn_radius(f_gen, k)[None, :]
+    return in_real, hits
+
+
+def replicates(ps: PointSamples, real: RealSet | None, names: set[str], *, resamples: int, seed: int,
+               resample_reals: bool = False, isc_splits: int = 10, prc_neighborhood: int = 3,
+               prc_real_rows: torch.Tensor | None = None, fid_inf_sizes: int = 6) -> dict[str, torch.Tensor]:
+    """{metric: [B] replicate values} for the requested metric names (the suite's names; 'fid_inf' too)."""
+    n = ps.targets.shape[0]
+    order = resample_order(ps.targets, resamples, seed)
+    w_all = counts(order, n)
+    fin = ps.finite.cpu().double()
+    w = w_all * fin
+    out: dict[str, torch.Tensor] = {}
+    if "nonfinite" in names:
+        out["nonfinite"] = 1.0 - w.sum(-1) / n
+    if "accuracy" in names and ps.correct is not None:
+        out["accuracy"] = _wmean(w, ps.correct.cpu())
+    if "guide_confidence" in names and ps.guide_conf is not None:
+        out["guide_confidence"] = _wmean(w, ps.guide_conf.cpu())
+    if ps.features is None or real is None:
+        return out
+    f = ps.features.cpu().double()
+    fr_ = real.features.cpu().double()
+    v = None
+    if resample_reals:
+        rl = real.labels if real.labels is not None else torch.zeros(fr_.shape[0], dtype=torch.long)
+        v = counts(resample_order(rl, resamples, seed + 1), fr_.shape[0])
+    if real.fid_stats is not None:
+        mu_r = torch.as_tensor(real.fid_stats["mu"], dtype=torch.float64)
+        sigma_r = torch.as_tensor(real.fid_stats["sigma"], dtype=torch.float64)
+        sq_r, tr_r = fr.psd_sqrt(sigma_r), sigma_r.diagonal().sum()
+    else:
+        mu_r, sq_r, tr_r = fr.real_moments(fr_, v)
+    if "fid" in names:
+        out["fid"] = fr.frechet_weighted(f, w, mu_r, sq_r, tr_r)
+    if "fid_inf" in names:
+        g = torch.Generator().manual_seed(seed + 2)
+        shuffled = torch.gather(order, 1, torch.argsort(torch.rand(order.shape, generator=g), dim=1))
+        sizes = fr.fid_inf_sizes(int(ps.finite.sum()), fid_inf_sizes)
+        out["fid_inf"] = fid_inf_replicates(f, shuffled, ps.finite.cpu(), mu_r, sq_r, tr_r, sizes)
+    if "kid" in names:
+        ok = ps.finite.cpu()
+        kgg = _poly_kernel(f, f) * (ok[:, None] & ok[None, :])
+        out["kid"] = _kid(kgg, _poly_kernel(f, fr_), w, _real_kid_term(_poly_kernel(fr_, fr_), v), v)
+    if "is" in names and ps.logits is not None:
+        probs = torch.softmax(ps.logits.cpu().double(), -1)
+        out["is"] = _inception_score(probs, order, ps.finite.cpu(), min(isc_splits, n))
+    if "prc" in names:
+        rows = ps.finite.cpu().nonzero().flatten()
+        f_real = fr_ if prc_real_rows is None else fr_[prc_real_rows]
+        in_real, hits = prc_indicators(f[rows], f_real, prc_neighborhood)
+        wf = w[:, rows]
+        out["precision"] = _wmean(wf, in_real)
+        covered = (hits.double() @ (wf > 0).double().T) > 0  # [M, B]
+        vr = v if v is not None and prc_real_rows is None else None
+        out["recall"] = covered.double().mean(0) if vr is None else (covered.double().T * vr).sum(-1) / vr.sum(-1)
+    if "classwise_fid" in names and real.labels is not None:
+        per_class = []
+        for c in torch.unique(ps.targets.cpu()).tolist():
+            rows = (ps.targets.cpu() == c).nonzero().flatten()
+            rr = (real.labels.cpu() == c).nonzero().flatten()
+            if len(rows) < 2 or len(rr) < 2:
+                continue
+            mu_c, sq_c, tr_c = fr.real_moments(fr_[rr], None if v is None else v[:, rr])
+            per_class.append(fr.frechet_weighted(f[rows], w[:, rows], mu_c, sq_c, tr_c))
+        if per_class:
+            out["classwise_fid"] = torch.stack(per_class).mean(0)
+    return out
+
+
+def fid_inf_replicates(f, order, finite, mu_r, sq_r, tr_r, sizes: list[int]) -> torch.Tensor:
+    """FID_inf of each replicate: FID of its first `size` positions (order [B, N], shuffled), fitted in 1/size."""
+    fids = []
+    for m in sizes:
+        w = counts(order[:, :m], f.shape[0]) * finite.double()
+        fids.append(fr.frechet_weighted(f, w, mu_r, sq_r, tr_r))
+    return fr.extrapolate_inf(sizes, torch.stack(fids, -1))
+
+
+def fid_inf_point(f: torch.Tensor, finite: torch.Tensor, real: RealSet, *, seed: int, draws: int = 20,
+                  sizes: int = 6) -> float:
+    """FID_inf of all rows: FID of `draws` random subsets (without replacement) at each size, then the fit."""
+    rows = finite.cpu().nonzero().flatten()
+    g = torch.Generator().manual_seed(seed)
+    order = torch.stack([rows[torch.randperm(len(rows), generator=g)] for _ in range(draws)])
+    if real.fid_stats is not None:
+        sigma = torch.as_tensor(real.fid_stats["sigma"], dtype=torch.float64)
+        moments = (torch.as_tensor(real.fid_stats["mu"], dtype=torch.float64), fr.psd_sqrt(sigma),
+                   sigma.diagonal().sum())
+    else:
+        moments = fr.real_moments(real.features)
+    return fid_inf_replicates(f.double(), order, finite.cpu(), *moments,
+                              fr.fid_inf_sizes(len(rows), sizes)).mean().item()
+
+
+def percentile_interval(values: torch.Tensor, level: float) -> tuple[float, float]:
+    v = values[torch.isfinite(values)].double()
+    if v.numel() == 0:
+        return math.nan, math.nan
+    a = (1.0 - level) / 2
+    lo, hi = torch.quantile(v, torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
+    return lo, hi
+
+
+def basic_interval(point: float, values: torch.Tensor, level: float) -> tuple[float, float]:
+    """The basic (reverse percentile) bootstrap interval [2 t - q_hi, 2 t - q_lo]: replicates of a biased
+    statistic (FID) sit further from the truth than t does, so the plain percentile interval is shifted by
+    about twice the bias; reflecting it about t takes that shift out (Davison & Hinkley 1997, eq. 5.6)."""
+    q_lo, q_hi = percentile_interval(values, level)
+    return 2 * point - q_hi, 2 * point - q_lo
+
+
+def wilson_interval(successes: float, n: int, level: float) -> tuple[float, float]:
+    """Wilson score interval of a proportion (exact-ish at small n and near 0 or 1, unlike the normal one)."""
+    if n <= 0:
+        return math.nan, math.nan
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.5 + level / 2, dtype=torch.float64)).item()
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass(frozen=True)
+class Difference:
+    a: str
+    b: str
+    metric: str
+    value: float  # point estimate of a - b
+    lo: float
+    hi: float
+    level: float
+
+    @property
+    def separated(self) -> bool:
+        return self.lo > 0 or self.hi < 0
+
+    def verdict(self, lower_is_better: bool = True) -> str:
+        pct = f"{100 * self.level:g} %"
+        span = f"{pct} interval of the difference [{self.lo:.3g}, {self.hi:.3g}]"
+        if not self.separated:
+            return f"{self.a} and {self.b} not separated on {self.metric} ({span})"
+        word = "lower" if self.hi < 0 else "higher"
+        return f"{self.a} {word} {self.metric} than {self.b}: {span}"
+
+
+def paired_difference(a: str, b: str, metric: str, value_a: float, value_b: float, reps_a: torch.Tensor,
+                      reps_b: torch.Tensor, level: float) -> Difference:
+    """a - b with the basic bootstrap interval of the replicate differences (same replicate index: same rows)."""
+    if reps_a.shape != reps_b.shape:
+        raise ValueError(f"points {a} and {b} hold different bootstrap replicates ({reps_a.shape[0]} vs "
+                         f"{reps_b.shape[0]}); measure both with the same metrics.interval_resamples")
+    lo, hi = basic_interval(value_a - value_b, reps_a - reps_b, level)
+    return Difference(a, b, metric, value_a - value_b, lo, hi, level)

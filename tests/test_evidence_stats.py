@@ -1,0 +1,171 @@
+"""The statistics behind every interval (metrics/frechet.py, metrics/bootstrap.py): closed forms, torch-fidelity
+as the reference for each point value, and Gaussian feature sets with a known Frechet distance for coverage,
+small-n bias and FID_inf."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cguide.metrics import bootstrap as bs
+from cguide.metrics import feature_metrics as fm
+from cguide.metrics import frechet as fr
+from cguide.metrics.suite import classwise_fid
+
+
+def gauss(n, d, mu, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    return mu + torch.randn(n, d, generator=g, dtype=torch.float64) * scale
+
+
+def true_fd(mu1, s1, mu2, s2):
+    """Closed form for diagonal covariances s1, s2 (vectors of variances)."""
+    return float(((mu1 - mu2) ** 2).sum() + (s1 + s2 - 2 * (s1 * s2).sqrt()).sum())
+
+
+@pytest.mark.parametrize("n,d", [(300, 16), (40, 64)])  # n > d: the d x d Gram; n < d: the n x n one
+def test_frechet_equals_torch_fidelitys_fid(n, d):
+    a, b = gauss(n, d, 0.3, 1.2, 0), gauss(500, d, 0.0, 1.0, 1)
+    assert fr.frechet(a, b) == pytest.approx(fm.frechet_distance(fm.feature_stats(a), fm.feature_stats(b)), rel=1e-7)
+
+
+def test_weighted_rows_equal_the_repeated_rows():
+    a, b = gauss(50, 8, 0.0, 1.0, 2), gauss(80, 8, 0.5, 1.0, 3)
+    w = torch.randint(0, 4, (3, 50)).double()
+    mu, sq, tr = fr.real_moments(b)
+    got = fr.frechet_weighted(a, w, mu, sq, tr)
+    for i in range(3):
+        rows = a.repeat_interleave(w[i].long(), dim=0)
+        assert got[i].item() == pytest.approx(fr.frechet(rows, b), rel=1e-9)
+    torch.testing.assert_close(fr.real_moments(b.repeat(2, 1))[0], mu)
+
+
+def test_kid_precision_recall_is_and_classwise_at_the_full_sample_equal_the_references():
+    n, m, d = 60, 60, 6
+    a, b = gauss(n, d, 0.2, 1.0, 4), gauss(m, d, 0.0, 1.0, 5)
+    ones = torch.ones(1, n, dtype=torch.float64)
+    kid = bs._kid(bs._poly_kernel(a, a), bs._poly_kernel(a, b), ones, bs._real_kid_term(bs._poly_kernel(b, b)))
+    # one subset of size n = m: torch-fidelity's KID of all rows
+    assert kid.item() == pytest.approx(fm.kernel_inception_distance(a.float(), b.float(), subsets=1, subset_size=n)[0],
+                                       rel=1e-4, abs=1e-7)
+    in_real, hits = bs.prc_indicators(a, b, 3)
+    p, r = fm.precision_recall(a, b, 3)
+    assert in_real.double().mean().item() == pytest.approx(p) and hits.any(1).double().mean().item() == pytest.approx(r)
+    logits = gauss(n, 10, 0.0, 2.0, 6)
+    is_rep = bs._inception_score(torch.softmax(logits, -1), torch.arange(n)[None], torch.ones(n, dtype=torch.bool), 1)
+    assert is_rep.item() == pytest.approx(fm.inception_score(logits.float(), splits=1)[0], rel=1e-5)
+    y, yr = torch.arange(n) % 3, torch.arange(m) % 3
+    reps = bs.replicates(bs.PointSamples(y, torch.ones(n, dtype=torch.bool), features=a),
+                         bs.RealSet(b, yr), {"classwise_fid"}, resamples=10, seed=0)
+    one = bs.counts(torch.arange(n)[None], n)
+    per_class = [fr.frechet_weighted(a[y == c], one[:, y == c], *fr.real_moments(b[yr == c])) for c in range(3)]
+    assert torch.stack(per_class).mean().item() == pytest.approx(classwise_fid(a, y, b, yr), rel=1e-7)
+    assert reps["classwise_fid"].shape == (10,) and torch.isfinite(reps["classwise_fid"]).all()
+
+
+def test_resamples_keep_each_target_class_and_are_the_same_for_every_point():
+    y = torch.arange(40) % 4
+    order = bs.resample_order(y, 50, seed=7)
+    assert torch.equal(y[order], y.expand(50, -1))  # position i always draws from class y[i]
+    assert torch.equal(order, bs.resample_order(y, 50, seed=7))  # same (seed, targets): the same replicates
+    assert bs.resample_id(y, 50, 7) == bs.resample_id(y.clone(), 50, 7) != bs.resample_id(y, 50, 8)
+
+
+def test_bootstrap_interval_covers_the_true_distance_where_the_bias_is_negligible():
+    """d = 8, n = 2,000: the 95 % basic bootstrap interval of FID (exact real statistics) covers the closed form in
+    >= 90 of 100 repeats. A too narrow interval fails: intervals half as wide cover < 80 (the plain percentile
+    interval, shifted by the bootstrap's own bias, covered 89 here)."""
+    d, n = 8, 2000
+    mu_g, var_g = torch.full((d,), 0.3, dtype=torch.float64), torch.linspace(0.5, 2.0, d, dtype=torch.float64)
+    truth = true_fd(mu_g, var_g, torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64))
+    real = bs.RealSet(torch.zeros(2, d), fid_stats={"mu": torch.zeros(d), "sigma": torch.eye(d)})
+    y = torch.zeros(n, dtype=torch.long)
+    covered = narrow = 0
+    for rep in range(100):
+        f = gauss(n, d, mu_g, var_g.sqrt(), 100 + rep)
+        r = bs.replicates(bs.PointSamples(y, torch.ones(n, dtype=torch.bool), features=f), real, {"fid"},
+                          resamples=200, seed=rep)["fid"]
+        lo, hi = bs.basic_interval(fr.frechet_weighted(f, torch.ones(1, n), torch.zeros(d, dtype=torch.float64),
+                                                       torch.eye(d, dtype=torch.float64), torch.tensor(float(d))).item(),
+                                   r, 0.95)
+        covered += lo <= truth <= hi
+        mid, half = (lo + hi) / 2, (hi - lo) / 4
+        narrow += mid - half <= truth <= mid + half
+    assert covered >= 90, covered
+    assert narrow < 80, narrow
+
+
+def test_small_n_bias_in_128_dimensions_and_fid_inf_lands_closer():
+    """d = 128, n = 250 (this codebase's case): plain FID sits far above the true distance, outside its own
+    bootstrap interval (which is for the expectation at this n, not for the truth); FID_inf is closer."""
+    d, n = 128, 250
+    mu_g = torch.full((d,), 0.05, dtype=torch.float64)
+    var_g = torch.linspace(0.6, 1.4, d, dtype=torch.float64)
+    truth = true_fd(mu_g, var_g, torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64))
+    real = bs.RealSet(torch.zeros(2, d), fid_stats={"mu": torch.zeros(d), "sigma": torch.eye(d)})
+    y = torch.zeros(n, dtype=torch.long)
+    plain, inf, outside = [], [], 0
+    for rep in range(5):
+        f = gauss(n, d, mu_g, var_g.sqrt(), 300 + rep)
+        plain.append(fr.frechet_weighted(f, torch.ones(1, n), torch.zeros(d, dtype=torch.float64),
+                                         torch.eye(d, dtype=torch.float64), torch.tensor(float(d)))[0].item())
+        inf.append(bs.fid_inf_point(f, torch.ones(n, dtype=torch.bool), real, seed=rep))
+        lo, hi = bs.percentile_interval(bs.replicates(bs.PointSamples(y, torch.ones(n, dtype=torch.bool), features=f),
+                                                      real, {"fid"}, resamples=50, seed=rep)["fid"], 0.95)
+        outside += not lo <= truth <= hi
+    bias_plain = sum(plain) / 5 - truth
+    bias_inf = sum(inf) / 5 - truth
+    assert bias_plain > 5 * truth  # the bias dwarfs the distance
+    assert outside == 5
+    assert abs(bias_inf) < 0.5 * bias_plain, (truth, bias_plain, bias_inf)
+
+
+def test_paired_difference_of_identical_points_is_zero_and_not_separated():
+    n = 200
+    y = torch.arange(n) % 10
+    f = gauss(n, 16, 0.0, 1.0, 9)
+    real = bs.RealSet(gauss(300, 16, 0.1, 1.0, 10), torch.arange(300) % 10)
+    ps = bs.PointSamples(y, torch.ones(n, dtype=torch.bool), correct=torch.rand(n) > 0.3, features=f)
+    a = bs.replicates(ps, real, {"fid", "accuracy"}, resamples=100, seed=3)
+    b = bs.replicates(ps, real, {"fid", "accuracy"}, resamples=100, seed=3)
+    diff = bs.paired_difference("A", "B", "fid", 1.0, 1.0, a["fid"], b["fid"], 0.95)
+    assert (diff.lo, diff.hi, diff.value) == (0.0, 0.0, 0.0) and not diff.separated
+    assert diff.verdict() == "A and B not separated on fid (95 % interval of the difference [0, 0])"
+    # a shifted copy with the same seeds: separated, and the verdict says which way
+    shifted = bs.replicates(bs.PointSamples(y, ps.finite, features=f + 0.5), real, {"fid"}, resamples=100, seed=3)
+    d2 = bs.paired_difference("A", "B+0.5", "fid", fr.frechet(f, real.features), fr.frechet(f + 0.5, real.features),
+                              a["fid"], shifted["fid"], 0.95)
+    assert d2.separated and d2.verdict().startswith("A lower fid than B+0.5: 95 % interval of the difference [")
+
+
+def test_non_finite_rows_are_left_out_and_counted():
+    n = 40
+    y = torch.arange(n) % 2
+    finite = torch.ones(n, dtype=torch.bool)
+    finite[:10] = False
+    correct = torch.ones(n, dtype=torch.bool)
+    correct[:10] = False  # would pull accuracy down if they counted
+    r = bs.replicates(bs.PointSamples(y, finite, correct=correct), None, {"accuracy", "nonfinite"}, resamples=30, seed=0)
+    assert torch.equal(r["accuracy"], torch.ones(30, dtype=torch.float64))
+    assert 0.0 < r["nonfinite"].mean().item() < 0.5
+
+
+def test_wilson_interval_matches_the_closed_form():
+    lo, hi = bs.wilson_interval(50, 100, 0.95)
+    assert (lo, hi) == pytest.approx((0.40383, 0.59617), abs=1e-5)
+    lo, hi = bs.wilson_interval(100, 100, 0.95)
+    assert hi == 1.0 and lo == pytest.approx(0.96300, abs=1e-5)
+    assert all(math.isnan(v) for v in bs.wilson_interval(0, 0, 0.95))
+
+
+@pytest.mark.parametrize("resamples,level,message", [
+    (5, 0.95, "metrics.interval_resamples=5 is too few bootstrap resamples for an interval; set "
+              "metrics.interval_resamples >= 10"),
+    (200, 1.5, r"metrics.interval_level=1.5 must lie in \(0, 1\), e.g. 0.95 for 95 % intervals"),
+    (200, 0.0, r"metrics.interval_level=0.0 must lie in \(0, 1\)"),
+])
+def test_bad_interval_settings_get_one_line(resamples, level, message):
+    with pytest.raises(ValueError, match=message):
+        bs.check_interval_settings(resamples, level)
