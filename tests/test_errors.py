@@ -313,6 +313,9 @@ CASES = {
     "nonfinite-raise": Case("sample", {"classifier_ckpt": "{bad}", "guidance.nonfinite": "raise"},
                             lambda c, t: {"bad": nan_classifier(c["clf"], t / "clf.ckpt")},
                             error=FloatingPointError),
+    "samples-all-nonfinite": Case("sample", {"guidance.scale": "1e30"}, error=FloatingPointError),
+    "samples-nan-weights": Case("sample", {"eps_ckpt": "{bad}"}, lambda c, t: {  # (fills any checkpoint with NaN)
+        "bad": nan_classifier(c["eps"], t / "eps.ckpt")}, error=FloatingPointError),
 }
 
 

@@ -2,6 +2,7 @@
 unguided; bad inputs fail with one clear line."""
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -128,3 +129,90 @@ def test_sample_cli_reports_one_line_and_exit_code_2(tiny_ckpts, tmp_path, monke
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: guidance scale must be finite and >= 0"), err
+
+
+# ---------------------------------------------------------------- non-finite samples (issue #28)
+
+
+def _nan_weights(src, dst, rows=None):
+    """A copy of an eps-model checkpoint with NaN weights: all of them, or only the label embedding's rows `rows`
+    (a conditional model: the samples of those target classes alone turn NaN)."""
+    ckpt = torch.load(src, weights_only=True)
+    for k, v in ckpt["state_dict"].items():
+        if rows is None and v.is_floating_point():
+            v.fill_(float("nan"))
+        elif rows is not None and k.endswith("label_emb.weight"):
+            v[rows] = float("nan")
+    torch.save(ckpt, dst)
+    return dst
+
+
+def _run_cli(args, tmp_path, monkeypatch, capsys):
+    from cguide.sample import main
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    monkeypatch.chdir(tmp_path)  # Hydra's run folder lands here
+    monkeypatch.setattr(sys, "argv", ["cguide.sample", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("override,why", [
+    ("guidance.scale=1e30", r"at guidance\.scale=1e\+30, sampler\.eta=0\.0; nothing was written; lower guidance"
+                            r"\.scale or sampler\.eta"),
+    ("sampler.eta=1e30", r"at guidance\.scale=1\.0, sampler\.eta=1e\+30; nothing was written; lower"),
+    ("eps_ckpt={nan}", r"because the eps-model .*nan\.ckpt hold\(s\) NaN or inf weights; nothing was written; "
+                       r"retrain it or use another checkpoint"),
+])
+def test_sample_all_nonfinite_exits_2_and_keeps_earlier_files(tiny_ckpts, tmp_path, monkeypatch, capsys, override,
+                                                              why):
+    """100 % NaN samples used to exit 0 without a word: now one error line naming the cause, exit 2, and the
+    out_dir's earlier samples.npz and grids stay as they were; allow_nonfinite=true writes them, with a warning."""
+    nan = _nan_weights(tiny_ckpts["eps_model"], tmp_path / "nan.ckpt")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "samples.npz").write_bytes(b"an earlier run's samples")
+    (out / "grid_class0.png").write_bytes(b"an earlier run's grid")
+    args = [*_ckpt_args(tiny_ckpts), *FAST, "n_per_class=1", "classes=[0,5]", f"out_dir={out}",
+            override.format(nan=nan)]
+    code, io = _run_cli(args, tmp_path, monkeypatch, capsys)
+    err = io.err.strip().splitlines()
+    assert code == 2 and len(err) == 1, io.err
+    assert re.fullmatch(r"error: all 2 samples are non-finite \(NaN or inf\) " + why + r".*, or pass "
+                        r"allow_nonfinite=true to write them anyway", err[0]), err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["grid_class0.png", "samples.npz"]
+    assert (out / "samples.npz").read_bytes() == b"an earlier run's samples"
+    with pytest.warns(UserWarning, match=r"^2 of 2 samples \(100\.0%\) are non-finite \(NaN or inf\)"):
+        code, io = _run_cli([*args, "allow_nonfinite=true"], tmp_path, monkeypatch, capsys)
+    assert code == 0 and "samples: " in io.out
+    with np.load(out / "samples.npz") as z:
+        assert z["samples"].shape == (2, 1, 8, 8) and not np.isfinite(z["samples"]).reshape(2, -1).all(1).any()
+
+
+def test_sample_some_nonfinite_warns_with_the_share(tiny_cond_ckpt, tmp_path, monkeypatch, capsys):
+    """A conditional eps-model whose label embedding for class 3 is NaN: its samples are NaN, class 1's are not;
+    the run writes everything (exit 0) and warns with the share."""
+    bad = _nan_weights(tiny_cond_ckpt, tmp_path / "cond.ckpt", rows=[3])
+    out = tmp_path / "out"
+    args = [f"cond_ckpt={bad}", "guidance.method=cond", *FAST, "classes=[1,3]", "n_per_class=2", f"out_dir={out}"]
+    with pytest.warns(UserWarning, match=r"^2 of 4 samples \(50\.0%\) are non-finite \(NaN or inf\); they are "
+                                         r"written as they are"):
+        code, io = _run_cli(args, tmp_path, monkeypatch, capsys)
+    assert code == 0, io.err
+    with np.load(out / "samples.npz") as z:
+        finite = np.isfinite(z["samples"]).reshape(4, -1).all(1)
+        assert finite.tolist() == [True, True, False, False] and z["targets"].tolist() == [1, 1, 3, 3]
+    assert (out / "grid_class1.png").exists() and (out / "grid_class3.png").exists()
+    # every sample finite: no warning at all
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r".*non-finite")
+        code, _ = _run_cli([f"cond_ckpt={tiny_cond_ckpt}", "guidance.method=cond", *FAST, "classes=[1,3]",
+                            f"out_dir={tmp_path / 'fine'}"], tmp_path, monkeypatch, capsys)
+    assert code == 0

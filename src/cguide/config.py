@@ -201,14 +201,18 @@ class DistributedConfig:
 class MetricsConfig:
     """group metrics/: what each sweep point is measured with (checked by cguide.metrics.MetricSettings)."""
     # = cguide.metrics.METRIC_NAMES, spelled out so composing a config never imports the metric suite
-    names: List[str] = field(default_factory=lambda: ["fid", "kid", "is", "prc", "accuracy", "guide_confidence",
-                                                      "classwise_fid", "nonfinite"])
+    names: List[str] = field(default_factory=lambda: ["fid", "fid_inf", "kid", "is", "prc", "accuracy",
+                                                      "guide_confidence", "classwise_fid", "nonfinite"])
     extractor: str = "judge"  # judge | inception (local weights only)
     inception_weights: Optional[str] = None  # path; null = torch hub cache
     n_real: Optional[int] = None  # cap on held-out real images; null = the whole test split
     batch_size: int = 256
     kid_subset_size: int = 1000
     seed: int = 2020  # KID subsets, IS splits, PRC subset
+    # every metric of every point gets [lo, hi]: a bootstrap over the generated rows (metrics/bootstrap.py)
+    interval_resamples: int = 200  # >= 10; 1000 for final tables
+    interval_level: float = 0.95
+    interval_resample_reals: bool = False  # redraw the real rows too
     real_stats_cache: Optional[str] = "${out_dir}/real_stats"  # null = no disk cache
     # guided-diffusion's reference batch (.npz, arr_0 = uint8 NHWC images, arr_1 = labels if present) as the
     # real side of FID/KID/IS/PRC instead of data's test split; null = the test split
@@ -239,6 +243,8 @@ class SampleConfig(ModelFiles):
     device: str = "auto"  # auto = cuda when available, else cpu
     num_threads: Optional[int] = None  # torch intra-op threads on CPU (1 is fastest on a busy machine); null: default
     progress: bool = True
+    # every sample NaN/inf: false = exit 2 and write nothing; true = write them (a warning gives the share either way)
+    allow_nonfinite: bool = False
     out_dir: str = "${paths.output_dir}"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)

@@ -6,11 +6,16 @@
     python -m cguide.sample eps_ckpt=E.ckpt guide_ckpt=G.ckpt guidance.grad_space=x0 guidance.scale=4   # x0-space
 
 samples.npz holds samples [N,C,H,W] (float32, [-1,1]), targets [N], seeds [N], nonfinite_steps [N]
-and settings (a JSON string: np.load(...)["settings"].item())."""
+and settings (a JSON string: np.load(...)["settings"].item()).
+
+Samples with a NaN or inf value (non-finite eps-model weights, an absurd guidance.scale or sampler.eta) give a
+warning with their share, as the sweep's `nonfinite` column counts them; when every sample is non-finite the run
+stops with one error line (exit 2) and writes nothing, so an earlier samples.npz stays, unless allow_nonfinite=true."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import hydra
@@ -33,6 +38,30 @@ def write_npz(path: Path, **arrays) -> Path:
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a temp path
             np.savez(f, **arrays)
     return atomic_write(path, write)
+
+
+def _nonfinite_weights(loaded) -> bool:
+    return any(not torch.isfinite(p).all() for p in loaded.net.parameters())
+
+
+def check_finite(x: torch.Tensor, cfg: DictConfig, models) -> None:
+    """Samples with a NaN or inf value: a warning with their share; all of them (unless allow_nonfinite) one error
+    naming the likely cause, before anything is written."""
+    bad = int((~torch.isfinite(x.flatten(1)).all(1)).sum())
+    n = len(x)
+    if not bad:
+        return
+    if bad == n and not cfg.allow_nonfinite:
+        nets = [f"{what} {m.path}" for what, m in (("the eps-model", models.eps), ("the conditional eps-model",
+                                                                                  models.cond))
+                if m is not None and _nonfinite_weights(m)]
+        why, fix = ((f"because {' and '.join(nets)} hold(s) NaN or inf weights", "retrain it or use another checkpoint")
+                    if nets else (f"at guidance.scale={cfg.guidance.scale}, sampler.eta={cfg.sampler.eta}",
+                                  "lower guidance.scale or sampler.eta"))
+        raise FloatingPointError(f"all {n} samples are non-finite (NaN or inf) {why}; nothing was written; {fix}, "
+                                 "or pass allow_nonfinite=true to write them anyway")
+    warnings.warn(f"{bad} of {n} samples ({bad / n:.1%}) are non-finite (NaN or inf); they are written as they are "
+                  "(the sweep's nonfinite column counts them alike)", stacklevel=2)
 
 
 def run_sample(cfg: DictConfig) -> Path:
@@ -58,6 +87,7 @@ def run_sample(cfg: DictConfig) -> Path:
     y = torch.tensor(classes).repeat_interleave(cfg.n_per_class)
     seeds = cfg.seed + torch.arange(len(y))
     x, nonfinite = draw(models, GuidanceSpec.from_settings([setting] * len(y), y), sampler, seeds.tolist(), run)
+    check_finite(x, cfg, models)
     for c in classes:
         save_grid(x[y == c], out / f"grid_class{c}.png")
     settings = {
