@@ -229,3 +229,54 @@ def test_static_runner_samples_what_eager_samples(name):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
     plain = sample(fn, SHAPE, plan, SEEDS, smp, progress=False)
     assert torch.equal(got[0], plain[0]) and not torch.allclose(got[1:], plain[1:])
+
+
+@pytest.mark.parametrize("guide", [False, True])
+def test_dpmpp_2m_dynamic_threshold_is_diffusers_thresholding(guide):
+    """DPM-Solver++(2M)'s x0 correction is the codebase's dynamic thresholding (``threshold_x0``): diffusers'
+    DPMSolverMultistepScheduler(thresholding=True, dynamic_thresholding_ratio=p) with sample_max_value set out
+    of reach (diffusers caps s there; threshold_x0 does not). An eps whose x0_hat leaves [-1, 1], so the
+    threshold acts (without it the result differs by far more than the tolerance)."""
+    import diffusers
+
+    schedule = make_schedule("linear", 1000)
+    plan = make_plan(schedule, 10)
+    base = bent_eps(schedule)
+    fn = lambda x, t: 3 * base(x, t) - 2 * x  # noqa: E731
+    if guide:
+        fn = guided(fn, plan)
+    spec = SamplerSpec("dpmpp_2m", dynamic_threshold=0.9)
+    got = sample(fn, SHAPE, plan, SEEDS, spec, dtype=torch.float64, progress=False)
+    sch = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, trained_betas=schedule.betas.numpy(),
+                                                algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero",
+                                                thresholding=True, dynamic_thresholding_ratio=0.9,
+                                                sample_max_value=1e9)
+    sch.set_timesteps(timesteps=plan.timesteps.flip(0).tolist())
+    sch.sigmas = torch.tensor(edm_sigmas(plan), dtype=torch.float64)
+    from cguide.diffusion import seeded_normal
+    x = seeded_normal(torch.tensor(SEEDS), 0, SHAPE, dtype=torch.float64)
+    for t in sch.timesteps:
+        x = sch.step(fn(x, torch.full((len(x),), int(t))), t, x).prev_sample
+    torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-5 * float(x.abs().max()))
+    loose = sample(fn, SHAPE, plan, SEEDS, SamplerSpec("dpmpp_2m"), dtype=torch.float64, progress=False)
+    assert (loose - got).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_network_evals_counts_what_the_sampler_runs(name):
+    """network_evals (the sweep rows' eps_evals / clf_grads) equals the eps-model forwards and classifier
+    gradients a guided draw really makes, with an interval that leaves some evaluations unguided (Heun: its
+    second evaluation of a step may be guided where the first is not)."""
+    from cguide.guidance import network_evals
+
+    schedule = make_schedule("linear", 1000)
+    plan = make_plan(schedule, 7)
+    calls = []
+    fn = lambda x, t: calls.append(1) or bent_eps(schedule)(x, t)  # noqa: E731
+    spec = GuidanceSpec.of([0, 1, 2], torch.tensor([0.0, 2.0, 2.0]), "score", (0.3, 0.8))
+    guide = ClassifierGuidance(fn, TinyClassifier(dim=4, dtype=torch.float64), plan, spec)
+    sample(guide, SHAPE, plan, SEEDS, SamplerSpec(name), dtype=torch.float64, progress=False)
+    cost = network_evals(spec, plan, SamplerSpec(name))
+    assert cost["eps_evals"].tolist() == [len(calls)] * 3
+    assert cost["clf_grads"].tolist() == [0, guide.classifier_calls, guide.classifier_calls]
+    assert 0 < guide.classifier_calls < len(calls)

@@ -207,8 +207,8 @@ def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judge, y,
             write_sample_batch(out / "samples" / f"{point.key}.npz", xs, y)
         grid = class_grid(xs, y, cfg.sweep.grid_per_class, out / "grids" / f"{point.key}.png",
                           cfg.sweep.get("grid_classes"))
-        # network evaluations per sample (x0-space guidance's eps-model backward passes included)
-        cost = network_evals(GuidanceSpec.from_settings([point.guidance], [0]), plan)
+        # network evaluations per sample with the point's sampler (Heun: 2K - 1; x0-space backward passes included)
+        cost = network_evals(GuidanceSpec.from_settings([point.guidance], [0]), plan, point.sampler)
         row = {**point.settings(), "n": n, **metrics, "grad_nonfinite_share": (bad > 0).double().mean().item(),
                **{k: int(v[0]) for k, v in cost.items()}, "wall_s": draw_s + time.perf_counter() - t1}
         yield point, row, grid
