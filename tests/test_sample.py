@@ -80,7 +80,7 @@ def _edited_ckpt(src, dst, edit):
     ("classes=[3,12]", r"target class out of range: got \[3, 12\].*classes 0\.\.9"),
     ("guidance.interval=[0.8,0.2]", r"needs \[t_lo, t_hi\] with 0 <= t_lo <= t_hi <= 1, got \[0.8, 0.2\]"),
     ("guidance.interval=[0.5]", r"needs \[t_lo, t_hi\] .* got \[0.5\]; fix guidance.interval"),
-    ("sampler.name=euler", r"unknown sampler 'euler' in sampler.name; known: ddpm, ddim"),
+    ("sampler.name=eulr", r"unknown sampler 'eulr' in sampler.name; registered: .*ddim.*ddpm"),
     ("sampler.eta=nan", r"sampler.eta must be finite and >= 0, got nan"),
     ("sampler.steps=500", r"sampling steps must be in \[1, T=100\]"),
     ("classes=[]", r"classes is empty"),
