@@ -5,6 +5,9 @@ SamplerSpec, MetricSettings, ...), once."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -12,6 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .data import DataConfig
+from .diffusion import SamplerSpec
+from .guidance import GuidanceSetting
 
 
 def plain(node) -> Any:
@@ -149,35 +154,40 @@ class TrainConfig(TrainingParts):
 # ---------------------------------------------------------------- sampling parts
 
 
-@dataclass
-class SamplerConfig:
-    """group sampler/: how x_T becomes x_0 (checked by cguide.diffusion.SamplerSpec)."""
-    name: str = "ddim"  # ddim | ddpm
-    steps: Optional[int] = 50  # respaced steps; null = all T training steps
-    eta: float = 0.0  # DDIM noise (0 = deterministic); ignored by DDPM
-    var_type: str = "fixed_small"  # DDPM variance: fixed_small | fixed_large | learned (learn_sigma nets); DDIM: none
-    clip_x0: bool = True  # clamp the predicted x_0 to [-1, 1] at each step (guided-diffusion's default)
-    dynamic_threshold: Optional[float] = None  # Imagen's dynamic thresholding at percentile p in (0, 1]; replaces clip_x0
-    clip_order: str = "clip_then_guide"  # clip_then_guide (guided-diffusion's) | guide_then_clip: see SamplerSpec
-    spacing: str = "uniform"  # uniform | leading
+def schema_of(spec: type, name: str, doc: str) -> type:
+    """A structured config with the fields and defaults of the core's checked ``spec`` dataclass (less its
+    ``source``, which names the config section in messages): one definition per concept, so the config schema
+    and the spec cannot disagree. Tuples become lists (Hydra's overrides give lists; the spec checks lengths)."""
+    hints = typing.get_type_hints(spec)
+    out = []
+    for f in dataclasses.fields(spec):
+        if f.name == "source":
+            continue
+        typ = _listed(hints[f.name])
+        default = f.default
+        out.append((f.name, typ, field(default_factory=functools.partial(list, default)) if isinstance(default, tuple)
+                    else field(default=default)))
+    cls = dataclasses.make_dataclass(name, out)
+    cls.__doc__, cls.__module__ = doc, __name__
+    return cls
 
 
-@dataclass
-class GuidanceConfig:
-    """group guidance/: eps_hat = eps - s * c_t * grad log p(y | x_t, t) (checked by cguide.guidance.GuidanceSetting)."""
-    method: str = "classifier"  # classifier | cond | cfg | cfg_w | cond_classifier (cguide.guidance.METHODS)
-    scale: float = 1.0  # the method's scale: s >= 0 (0 = unguided) | cfg: gamma (1 = cond) | cfg_w: w | cond: unused
-    variant: str = "score"  # the c_t factor; see cguide.guidance.VARIANTS
-    interval: List[float] = field(default_factory=lambda: [0.0, 1.0])  # [t_lo, t_hi] as fractions of T
-    nonfinite: str = "zero"  # zero | clamp | raise: what to do with a NaN/inf classifier gradient
-    schedule: str = "constant"  # s(t) = s w(t): constant | linear | cosine | linear_rev | cosine_rev
-    sigma_interval: Optional[List[float]] = None  # [sigma_lo, sigma_hi] on sigma_t = sqrt((1 - ab) / ab); null: none
-    entropy_scale: bool = False  # ED-DPM: s times min(entropy_cap, log C / H(p(. | x_t)))
-    entropy_cap: float = 10.0
-    grad_at: str = "x_t"  # x_t | posterior_mean (DDPM only)
-    # x_t: g from the noisy classifier | x0: g = grad_{x_t} log p_psi(y | x0_hat(x_t)) from the clean guide
-    # (guide_ckpt), through the eps-model: one more eps forward + backward per guided step
-    grad_space: str = "x_t"
+def _listed(typ):
+    """tuple[X, ...] -> List[X], tuple | None -> Optional[List[X]]; other types unchanged."""
+    args = typing.get_args(typ)
+    if typing.get_origin(typ) is tuple:
+        return List[args[0]]
+    if type(None) in args and any(typing.get_origin(a) is tuple for a in args):
+        return Optional[List[next(typing.get_args(a)[0] for a in args if typing.get_origin(a) is tuple)]]
+    return typ
+
+
+# group sampler/ and guidance/: the fields and defaults of SamplerSpec and GuidanceSetting themselves (their
+# docstrings say what each field means); conf/sampler/*.yaml and conf/guidance/*.yaml set only what differs
+SamplerConfig = schema_of(SamplerSpec, "SamplerConfig",
+                          "group sampler/: how x_T becomes x_0; the fields of cguide.diffusion.SamplerSpec.")
+GuidanceConfig = schema_of(GuidanceSetting, "GuidanceConfig",
+                           "group guidance/: what guides a point; the fields of cguide.guidance.GuidanceSetting.")
 
 
 @dataclass

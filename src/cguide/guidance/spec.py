@@ -8,6 +8,7 @@ settings, passed whole from the entry point to the guided-eps wrapper."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -155,11 +156,16 @@ class GuidanceSetting:
 
     @classmethod
     def from_config(cls, node, source: str = "guidance") -> "GuidanceSetting":
-        sig = getattr(node, "sigma_interval", None)
-        return cls(node.scale, node.variant, tuple(node.interval), node.nonfinite, source, node.method,
-                   getattr(node, "schedule", "constant"), tuple(sig) if sig is not None else None,
-                   getattr(node, "entropy_scale", False), getattr(node, "entropy_cap", 10.0),
-                   getattr(node, "grad_at", "x_t"), getattr(node, "grad_space", "x_t"))
+        """From a guidance/ config node (any subset of the fields: the rest keep their defaults here, the one
+        definition of each; ``cguide.config.GuidanceConfig`` is made from these fields)."""
+        get = node.get if hasattr(node, "get") else lambda k, d: getattr(node, k, d)
+        missing = object()
+        values = {f.name: v for f in dataclasses.fields(cls) if f.name != "source"
+                  and (v := get(f.name, missing)) is not missing}
+        for k in ("interval", "sigma_interval"):  # config lists become the spec's tuples
+            if values.get(k) is not None:
+                values[k] = tuple(values[k])
+        return cls(**values, source=source)
 
 
 @dataclass(frozen=True, eq=False)
