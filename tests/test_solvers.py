@@ -280,3 +280,50 @@ def test_network_evals_counts_what_the_sampler_runs(name):
     assert cost["eps_evals"].tolist() == [len(calls)] * 3
     assert cost["clf_grads"].tolist() == [0, guide.classifier_calls, guide.classifier_calls]
     assert 0 < guide.classifier_calls < len(calls)
+
+
+def test_sweep_samplers_axis_runs_every_sampler_with_its_cost(tiny_ckpts, tmp_path):
+    """`cguide.sweep sweep.samplers=[ddim,dpmpp_2m,heun] sweep.steps=[2,4]`: one row per (sampler, steps, scale),
+    keyed by sampler, each with its own evaluation counts (Heun 2K - 1 eps forwards, and its classifier gradients
+    at every guided evaluation) and finite samples. Fails if the sweep drops or mislabels the samplers axis, or if
+    network_evals ignores the sampler (Heun would report K)."""
+    import json
+
+    from cguide.grid.runner import run_sweep
+    from helpers.config import compose_cfg
+
+    args = [f"eps_ckpt={tiny_ckpts['eps_model']}", f"judge_ckpt={tiny_ckpts['judge']}",
+            f"classifier_ckpt={tiny_ckpts['noisy_classifier']}", "data.image_size=8", "sweep.n_per_point=10",
+            "sweep.batch_size=40", "progress=false", "logger=none", "metrics.names=[accuracy,nonfinite]",
+            "sweep.samplers=[ddim,dpmpp_2m,heun]", "sweep.steps=[2,4]", "sweep.scales=[0,2]"]
+    out = tmp_path / "out"
+    run_sweep(compose_cfg("sweep", args, out))
+    rows = {(r["sampler"], r["steps"], r["scale"]): r for r in
+            map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert sorted(rows) == sorted((s, k, c) for s in ("ddim", "dpmpp_2m", "heun") for k in (2, 4) for c in (0.0, 2.0))
+    for (s, k, c), r in rows.items():
+        n = 2 * k - 1 if s == "heun" else k
+        assert r["point"].startswith(f"{s}-{k}-") and r["eps_evals"] == n and r["clf_grads"] == (n if c else 0)
+        assert r["nonfinite"] == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph capture needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["euler", "heun", "dpmpp_2m", "unipc"])
+def test_cuda_graph_capture_matches_the_eager_steps(name):
+    """Captured and replayed (one graph per step kind and guided evaluations: Heun's last step has its own) the
+    samplers give what their eager steps give; the s = 0 row stays bitwise the captured unguided draw."""
+    from cguide.runtime.cuda_graph import sample_static
+    from helpers.nets import eps_model
+
+    plan = make_plan(make_schedule("linear", 1000), 9)
+    clf = TinyClassifier(dim=4, dtype=torch.float32).cuda()
+    spec = GuidanceSpec.of([2, 0, 1], torch.tensor([0.0, 2.0, 5.0]), "score", (0.1, 0.8))
+    runs = []
+    for capture in (False, True):
+        guide = ClassifierGuidance(eps_model, clf, plan, spec, static=True)
+        runs.append(sample_static(eps_model, guide, SHAPE, plan, SEEDS, sampler=SamplerSpec(name), device="cuda",
+                                  capture=capture))
+        assert guide.classifier_calls > 0
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-5, atol=1e-6)
+    plain = sample_static(eps_model, None, SHAPE, plan, SEEDS, sampler=SamplerSpec(name), device="cuda")
+    assert torch.equal(runs[1][0], plain[0]) and not torch.allclose(runs[1][1:], plain[1:])
