@@ -238,7 +238,7 @@ def test_check_against_refuses_what_needs_the_schedule_or_the_sampler():
     pm.check_against(schedule, SamplerSpec("ddpm"))
     for check in [pm.check_against, GuidanceSpec.from_settings([pm], [0]).check_against]:
         with pytest.raises(ValueError, match="guidance.grad_at=posterior_mean needs sampler.name=ddpm, got ddim: "
-                                             "DDIM's deterministic update draws from no posterior"):
+                                             "its deterministic update \\(DDIM, the ODE solvers\\) draws from no posterior"):
             check(schedule, SamplerSpec("ddim", eta=1.0))
 
 

@@ -49,9 +49,10 @@ def check_sigma_interval(lo: float, hi: float, schedule, key: str = "guidance.si
 def check_grad_at(grad_at: str, sampler) -> None:
     """grad_at=posterior_mean is defined for DDPM only (sampler: a SamplerSpec, or anything with .name)."""
     if grad_at == "posterior_mean" and sampler.name != "ddpm":
-        raise ValueError(f"guidance.grad_at=posterior_mean needs sampler.name=ddpm, got {sampler.name}: DDIM's "
-                         "deterministic update draws from no posterior N(mu_theta(x_t), Sigma), so it has no "
-                         "posterior mean of the same meaning; fix guidance.grad_at=x_t or sampler.name=ddpm")
+        raise ValueError(f"guidance.grad_at=posterior_mean needs sampler.name=ddpm, got {sampler.name}: its "
+                         "deterministic update (DDIM, the ODE solvers) draws from no posterior N(mu_theta(x_t), "
+                         "Sigma), so it has no posterior mean of the same meaning; fix guidance.grad_at=x_t or "
+                         "sampler.name=ddpm")
 
 
 @dataclass(frozen=True)
