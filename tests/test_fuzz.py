@@ -9,8 +9,11 @@ files it was given) byte for byte as it was.
 
 The grammar (GRAMMAR): per entry point, config keys with values of their kind and the bad ones of it: NaN, inf,
 negative, zero and int64-overflowing numbers, strings for numbers, empty / short / long / non-numeric lists,
-misspelt names, missing, truncated, zero-byte, text and folder "checkpoints", and output folders that are an
-existing file or lie under one (tests run as root: chmod cannot make a folder unwritable). A draw is one to
+misspelt names, missing, truncated, zero-byte, text and folder "checkpoints", a checkpoint with NaN weights,
+settings that make every sample NaN (guidance.scale / sampler.eta = 1e30, with and without allow_nonfinite), output
+folders that are an existing file or lie under one (tests run as root: chmod cannot make a folder unwritable), and
+image folders for training (IMAGE_ROOTS: 8-bit, 16-bit, float, 32-bit integer and mixed image modes, hidden entries,
+a symlink loop and a link out of the folder, truncated, damaged and 20000x20000 images, a root that is a file). A draw is one to
 three such overrides on top of a fast base command on the tiny checkpoints. Counts that only scale the work
 (samples per class, training steps, image size in training, threads) get no huge values: those would just run
 (or allocate) for hours, which is what they ask for.
@@ -30,12 +33,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import struct
 import time
 import traceback
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -50,6 +56,7 @@ MISSING, TRUNCATED, EMPTY, TEXT, FOLDER = "{work}/nope.ckpt", "{work}/trunc.ckpt
     "{work}/text.ckpt", "{work}/a_folder"
 A_FILE, UNDER_FILE = "{work}/a_file", "{work}/a_file/sub"
 BAD_PATHS = [MISSING, TRUNCATED, EMPTY, TEXT, FOLDER, A_FILE, "''"]
+NAN_EPS = "{work}/nan_eps.ckpt"  # the tiny eps-model with NaN weights: every sample NaN
 BAD_OUT = [A_FILE, UNDER_FILE]
 
 FLOAT = ["nan", "inf", "-inf", "-1", "-1e-30", "0", "-0.0", "1e30", "abc", "''", "null", "[0.5]", "true"]
@@ -107,10 +114,11 @@ GRAMMAR = {
         "num_threads": THREADS,
         "device": DEVICE,
         "seed": SEED,
-        "eps_ckpt": [*BAD_PATHS, "{clf}", "{judge}", "null"],
+        "eps_ckpt": [*BAD_PATHS, "{clf}", "{judge}", "null", NAN_EPS],
         "classifier_ckpt": [*BAD_PATHS, "{eps}", "{judge}", "null"],
         "cond_ckpt": [*BAD_PATHS, "{eps}", "{clf}"],
         "out_dir": BAD_OUT,
+        "allow_nonfinite": BOOL,
     },
     "sweep": {
         **GUIDANCE, **SAMPLER, **SPEED,
@@ -195,6 +203,12 @@ GRAMMAR = {
     },
 }
 
+# data.root for train draws with data=image_folder (see draws): folders of two classes a, b of 20 8x8 images each,
+# built by materialise when drawn (make_image_folder), and roots that are no image folder
+IMAGE_KINDS = ["ok", "bit16", "float01", "modes", "hidden", "float255", "float_nan", "int32", "loop", "link_out",
+               "truncated", "damaged", "huge", "empty_class"]
+IMAGE_ROOTS = [*(f"{{work}}/img/{k}" for k in IMAGE_KINDS), "{work}/img/ok/a", "{work}/nope", A_FILE, "''"]
+
 BASES = {
     "sample": ["eps_ckpt={eps}", "classifier_ckpt={clf}", "sampler.steps=3", "progress=false", "n_per_class=1",
                "out_dir={work}/out"],
@@ -235,6 +249,8 @@ def draws(draw, entries=tuple(MAINS)):
     entry = draw(st.sampled_from(entries))
     keys = draw(st.lists(st.sampled_from(sorted(GRAMMAR[entry])), min_size=1, max_size=3, unique=True))
     over = [(k, draw(st.sampled_from(GRAMMAR[entry][k]))) for k in keys]
+    if entry == "train" and not {"data.name", "data.root"} & set(keys) and draw(st.integers(0, 2)) == 0:
+        over += [("data", "image_folder"), ("data.root", draw(st.sampled_from(IMAGE_ROOTS)))]
     if entry == "train" and draw(st.integers(0, 4)) > 0:  # mostly a smoke run (1 batch, no checkpoint)
         over.append(("trainer.fast_dev_run", "true"))
     return Draw(entry, tuple(over))
@@ -242,8 +258,73 @@ def draws(draw, entries=tuple(MAINS)):
 
 # ---------------------------------------------------------------- running one draw
 
-def materialise(work: Path, ckpts: dict) -> dict:
-    """The draw's folder: the output folder with a marker file, and the damaged inputs the grammar names."""
+def _save_image(stem: Path, mode: str, rng) -> None:
+    """An 8x8 image of random pixels in PIL mode `mode`, in a file format that keeps it."""
+    from PIL import Image
+
+    u8 = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    if mode == "I;16":
+        Image.fromarray(u8.astype(np.uint16) * 257).save(stem.with_suffix(".png"))
+    elif mode == "F":
+        Image.fromarray(u8.astype(np.float32) / 255, "F").save(stem.with_suffix(".tif"))
+    elif mode == "CMYK":
+        Image.fromarray(u8).convert("CMYK").save(stem.with_suffix(".jpg"))
+    else:
+        Image.fromarray(u8).convert(mode).save(stem.with_suffix(".png"))
+
+
+def make_image_folder(root: Path, kind: str) -> None:
+    """IMAGE_KINDS: classes a and b of 20 images each (8-bit grey unless the kind says otherwise), and the odd
+    entries of the kind."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    modes = {"bit16": ["I;16"], "float01": ["F"],
+             "modes": ["L", "RGB", "RGBA", "LA", "P", "1", "I;16", "F", "CMYK"]}.get(kind, ["L"])
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(20):
+            _save_image(root / c / str(i), modes[i % len(modes)], rng)
+    odd = root / "a"
+    if kind == "hidden":  # all ignored: the run trains on a and b
+        (root / ".thumbnails").mkdir()
+        _save_image(root / ".thumbnails" / "0", "L", rng)
+        (root / ".ipynb_checkpoints").mkdir()
+        (odd / ".cache").mkdir()
+        _save_image(odd / ".cache" / "0", "L", rng)
+        (odd / "._0.png").write_bytes(b"not an image")
+    elif kind == "float255":
+        Image.fromarray(np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8), "F").save(odd / "odd.tif")
+    elif kind == "float_nan":
+        Image.fromarray(np.full((8, 8), np.nan, np.float32), "F").save(odd / "odd.tif")
+    elif kind == "int32":
+        Image.fromarray(np.full((8, 8), 70000, np.int32), "I").save(odd / "odd.tif")
+    elif kind == "loop":
+        os.symlink("..", odd / "up")
+    elif kind == "link_out":
+        _save_image(root.parent / "outside", "L", rng)
+        os.symlink(root.parent / "outside.png", odd / "linked.png")
+    elif kind == "truncated":
+        Image.effect_noise((64, 64), 60).save(odd / "cut.jpg")
+        (odd / "cut.jpg").write_bytes((odd / "cut.jpg").read_bytes()[:400])
+    elif kind == "damaged":
+        data = bytearray((odd / "0.png").read_bytes())
+        data[45:60] = b"\xff" * 15  # inside IDAT: the header reads, decoding fails
+        (odd / "0.png").write_bytes(bytes(data))
+    elif kind == "huge":  # a 20000x20000 PNG's header: over PIL's decompression-bomb limit
+        def chunk(tag: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+        (odd / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0,
+                                                                                         0, 0, 0))
+                                       + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    elif kind == "empty_class":
+        (root / "c").mkdir()
+        (root / "c" / "notes.txt").write_text("no images here")
+
+
+def materialise(work: Path, ckpts: dict, d: Draw | None = None) -> dict:
+    """The draw's folder: the output folder with a marker file, and the damaged inputs the grammar names (the
+    NaN-weight checkpoint and the image folders only when the draw names them)."""
     (work / "out").mkdir(parents=True)
     (work / "out" / "keep.txt").write_text("an earlier output")
     eps = ckpts["eps_model"].read_bytes()
@@ -253,6 +334,16 @@ def materialise(work: Path, ckpts: dict) -> dict:
     (work / "a_folder").mkdir()
     (work / "a_folder" / "inside.txt").write_text("a file in a folder")
     (work / "a_file").write_text("a file where a folder is expected")
+    values = [v for _, v in d.over] if d else []
+    if NAN_EPS in values:
+        ckpt = torch.load(ckpts["eps_model"], weights_only=True)
+        for v in ckpt["state_dict"].values():
+            if v.is_floating_point():
+                v.fill_(float("nan"))
+        torch.save(ckpt, work / "nan_eps.ckpt")
+    for kind in IMAGE_KINDS:
+        if f"{{work}}/img/{kind}" in values or (kind == "ok" and "{work}/img/ok/a" in values):
+            make_image_folder(work / "img" / kind, kind)
     return {"work": work, "eps": ckpts["eps_model"], "clf": ckpts["noisy_classifier"], "judge": ckpts["judge"]}
 
 
@@ -347,7 +438,7 @@ def verdict(o: Outcome) -> str:
 def check_draw(d: Draw, ckpts: dict, base: Path, run=run_in_process, stats: Counter | None = None) -> Outcome:
     work = Path(tempfile.mkdtemp(dir=base))
     try:
-        names = materialise(work, ckpts)
+        names = materialise(work, ckpts, d)
         before = snapshot(work, *ckpts.values())
         o = run(MAINS[d.entry], d.args(names), work)
         v = verdict(o)
@@ -421,3 +512,29 @@ def test_fuzz_subprocess_agrees(tiny_ckpts, base):
 
     fuzz()
     _report("subprocess", stats)
+
+
+# The input classes of issue #28, each drawn once (the random draws above meet them only now and then): every image
+# folder kind through cguide.train, and the settings that make every sample NaN through cguide.sample, with the
+# verdict each must get (the property itself is checked by check_draw as for any draw).
+ISSUE_28 = [
+    *(Draw("train", (("data", "image_folder"), ("data.root", f"{{work}}/img/{kind}"), ("trainer.fast_dev_run", "true")))
+      for kind in IMAGE_KINDS),
+    *(Draw("train", (("data", "image_folder"), ("data.root", root), ("trainer.fast_dev_run", "true")))
+      for root in IMAGE_ROOTS[len(IMAGE_KINDS):]),
+    *(Draw("sample", over) for over in [(("guidance.scale", "1e30"),), (("sampler.eta", "1e30"),),
+                                        (("eps_ckpt", NAN_EPS),), (("guidance.scale", "1e30"), ("allow_nonfinite", "true")),
+                                        (("eps_ckpt", NAN_EPS), ("allow_nonfinite", "true"))]),
+]
+ISSUE_28_OK = {"ok", "bit16", "float01", "modes", "hidden"}
+
+
+@pytest.mark.parametrize("d", ISSUE_28, ids=str)
+def test_fuzz_issue_28_classes(d, tiny_ckpts, base):
+    o = check_draw(d, tiny_ckpts, base)
+    over = dict(d.over)
+    ok = over.get("data.root", "").rsplit("/", 1)[-1] in ISSUE_28_OK or over.get("allow_nonfinite") == "true"
+    assert verdict(o) == ("ok" if ok else "error"), f"{d}: {verdict(o)}\n{o.err[-2000:]}"
+    if not ok:
+        line = messages(o.err)[0]
+        assert "image folder" in line or "non-finite" in line, line
