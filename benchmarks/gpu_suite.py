@@ -595,7 +595,21 @@ def sweep_rows(folder: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def with_logger(overrides: dict, rows: Rows) -> dict:
+    """The profile logs to W&B (offline); where wandb cannot be imported (a GPU image without its dependencies)
+    the run logs to CSV instead, and says so. The logger defines no stage: the e2e and bf16 parts decide alike."""
+    if "debug" in overrides or overrides.get("logger", "wandb") != "wandb":
+        return overrides
+    try:
+        import wandb  # noqa: F401
+    except Exception as e:  # noqa: BLE001 -- ImportError, or a dependency that breaks on import
+        rows.add("note", text=f"wandb cannot be imported here ({_error(e)}): logger=csv")
+        return {**overrides, "logger": "csv"}
+    return overrides
+
+
 def part_e2e(cfg: dict, rows: Rows, deadline: float) -> None:
+    cfg = dict(cfg, overrides=with_logger(cfg["overrides"], rows))
     cmd = [sys.executable, "-u", "-m", "cguide.pipeline", *overrides_list(cfg["overrides"])]
     rows.add("note", text="command: python -m cguide.pipeline " + " ".join(overrides_list(cfg["overrides"])))
     rows.add("note", text=f"scale: {cfg['scale']}")
@@ -623,7 +637,7 @@ def part_e2e(cfg: dict, rows: Rows, deadline: float) -> None:
 
 
 def part_bf16_point(cfg: dict, rows: Rows, deadline: float) -> None:
-    overrides = dict(cfg["overrides"])
+    overrides = with_logger(dict(cfg["overrides"]), rows)
     work = Path(overrides["out_dir"]).parent
     overrides.update({"hydra.sweep.dir": str(work / "multirun"), "sweep.scales": f"[{cfg['scale']}]",
                       "sweep.variants": f"[{cfg['variant']}]", "sweep.n_per_point": str(cfg["n"]),

@@ -30,6 +30,7 @@ from cguide.nets import (EncoderClassifier, UNet, adm_encoder_config, adm_unet_c
                          build_unet)
 from cguide.runtime.draw import Models, RunOptions, draw
 from cguide.runtime.speed import SpeedOptions
+from where import where, where_line  # benchmarks/where.py
 
 SHAPES = {"tiny": (8, 1), "small": (16, 1), "bench32": (32, 3), "cifar": (32, 3)}  # preset -> (image size, channels)
 OPTIONS = {  # the order of the table; on a GPU the likely fastest come early
@@ -252,17 +253,17 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown or unavailable option(s) {sorted(unknown)} on {device.type}; "
                          f"here: {', '.join(options)}")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    stamp = where_line(where(device))  # the card or CPU, date, commit and torch of every row below
     cuda = device.type == "cuda"
     pairs = [p for p in (("adm64,adm256" if cuda else "adm64") if args.adm == "auto" else args.adm).split(",") if p]
     adm_batches = [int(b) for b in (args.adm_batch or ("16,64" if cuda else "2")).split(",")]
     if args.adm_only:
-        print(f"device: {name}; torch {torch.__version__}")
+        print(stamp)
         failed = adm_table(pairs, adm_batches, args.adm_steps or (10 if cuda else 1), device)
         if failed:
             raise SystemExit(f"\nFAILED: {', '.join(failed)}")
         return
-    print(f"device: {name}; torch {torch.__version__}; DDIM, {args.steps} timed steps (a CUDA-graph run's capture is "
+    print(f"{stamp}; DDIM, {args.steps} timed steps (a CUDA-graph run's capture is "
           f"inside them); diff = guided samples vs eager fp32, same seeds; check: mean abs diff <= "
           f"{TOLERANCE['fp32']:g} (fp32) / {TOLERANCE['bf16']:g} (bf16)\n")
     print("| model config | params (UNet / clf) | batch | precision | option | sampler | unguided ms/step | "

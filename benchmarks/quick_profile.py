@@ -29,6 +29,7 @@ from cguide.diffusion import make_schedule, q_sample
 from cguide.guidance import classifier_log_prob_grad
 from cguide.modules.diffusion import ema_lerp_
 from cguide.nets import build_encoder, build_judge, build_unet
+from where import where, where_line  # benchmarks/where.py: the machine, date, commit and torch of the tables
 
 SETTINGS = ("eager", "channels_last", "bf16", "compile")
 
@@ -133,7 +134,7 @@ def main() -> None:
     def batches():
         while True:
             yield from loader
-    print(f"CPU, {torch.get_num_threads()} threads; ms per step, median of {args.steps} after 3 warm-up steps")
+    print(f"{where_line(where('cpu'))}; ms per step, median of {args.steps} after 3 warm-up steps")
     tasks = [t for t in args.tasks.split(",") if t != "none"]
     if tasks:
         print("\n| task | setting | data | forward | backward | optimizer | EMA | step |")

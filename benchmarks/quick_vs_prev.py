@@ -52,10 +52,12 @@ def run(root: Path, name: str, experiment: str, overrides: list[str], fresh: boo
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    from where import where  # benchmarks/where.py: the machine, date, commit (+ uncommitted files) and torch
+
+    w = where("cpu")
     info = {"name": name, "experiment": experiment, "overrides": overrides, "wall_s": round(wall, 1),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": commit, "cpu": cpu_name(),
-            "cores": len(os.sched_getaffinity(0))}
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": w["commit"], "dirty": w["dirty"],
+            "cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "torch": w["torch"], "date": w["date"]}
     record.write_text(json.dumps(info, indent=1))
     print(f"[{name}] {wall:.0f} s", flush=True)
     return info
@@ -109,8 +111,16 @@ def table(root: Path) -> None:
     if not infos:
         raise SystemExit(f"no recorded runs in {root}; run: python benchmarks/quick_vs_prev.py run old")
     s = [summary(root, i) for i in infos]
+    for cpu in dict.fromkeys(x["cpu"] for x in s):  # runs on different processors are never compared
+        _table(root, [x for x in s if x["cpu"] == cpu])
+
+
+def _table(root: Path, s: list[dict]) -> None:
+    """One processor's runs; the bar compares with the old run measured on that same processor."""
     old = next((x for x in s if x["name"] == "old"), None)
-    print(f"\n{s[0]['cpu']}, {s[0]['cores']} cores\n")
+    torches = ", ".join(dict.fromkeys(x.get("torch") or "not recorded" for x in s))
+    print(f"\n{s[0]['cpu']}, {s[0]['cores']} cores; runs finished {s[0]['finished']} to {s[-1]['finished']}; "
+          f"torch {torches}" + ("" if old else "; no old run on this processor: no bar") + "\n")
     print("| run | experiment | commit | wall | judge test acc | s = 0 FID / acc | best point | best FID / acc | bar |")
     print("|---|---|---|---|---|---|---|---|---|")
     for x in s:
@@ -124,7 +134,8 @@ def table(root: Path) -> None:
             fails += [f"FID > {old['best']['fid']:.2f}"] if b["fid"] > old["best"]["fid"] else []
             verdict = "; ".join(fails) or "holds"
         extra = " ".join(x["overrides"])
-        print(f"| {x['name']} | {x['experiment']}{' ' + extra if extra else ''} | {x['commit']} | "
+        commit = x["commit"] + (f" + {len(x['dirty'])} uncommitted file(s)" if x.get("dirty") else "")
+        print(f"| {x['name']} | {x['experiment']}{' ' + extra if extra else ''} | {commit} | "
               f"{int(x['wall_s'] // 60)} min "
               f"{x['wall_s'] % 60:.0f} s | {x['judge_acc']:.3f} | {x['fid0']:.2f} / {x['acc0']:.3f} | "
               f"{b['variant']} s = {b['scale']:g} | "

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from cguide.diffusion import make_plan, make_schedule, sample
 from cguide.guidance import ClassifierGuidance, GuidanceSpec
 from cguide.nets import build_encoder, build_unet
+from where import where, where_line  # benchmarks/where.py: the machine, date, commit and torch of the table
 
 # preset -> (image size, channels): the resolution each preset is meant for
 SHAPES = {"tiny": (8, 1), "small": (16, 1), "bench32": (32, 3)}
@@ -67,8 +68,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; fp32 eager; train = fwd+bwd+AdamW; sampling = DDIM, per step")
+    print(f"{where_line(where(device))}; fp32 eager; train = fwd+bwd+AdamW; sampling = DDIM, per step")
     print("| preset | image | UNet params | classifier params | batch | eps-model train img/s | "
           "classifier train img/s | unguided ms/step | guided ms/step | overhead |")
     print("|---|---|---|---|---|---|---|---|---|---|")
