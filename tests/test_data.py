@@ -477,3 +477,19 @@ def test_image_folder_problems_are_named_by_kind(tmp_path):
     msg = refused(root)
     assert re.fullmatch(rf"image folder {re.escape(str(root))}: 5 image file\(s\) are truncated or damaged and "
                         r"cannot be decoded \(a/0\.png: .+; \.\.\.\); remove or replace them", msg), msg
+
+
+def test_truncated_image_stops_the_pipeline_before_any_training(tmp_path, cfg_pipeline):
+    """Issue #28: a truncated JPEG passed the up-front check, the pipeline trained all three nets, wrote judge.ckpt
+    and crashed in the judge's test (and every rerun reused that judge and crashed again). Now it is named
+    before the first net trains, and no checkpoint is written."""
+    from cguide.pipeline import run_pipeline
+
+    root = tmp_path / "images"
+    _write_folder(root, {"a": 20, "b": 20}, size=(8, 8), mode="L")
+    Image.effect_noise((64, 64), 60).save(root / "a" / "cut.jpg")
+    (root / "a" / "cut.jpg").write_bytes((root / "a" / "cut.jpg").read_bytes()[:400])
+    with pytest.raises(ValueError, match=r"^image folder .*images: 1 image file\(s\) are truncated or damaged and "
+                                         r"cannot be decoded \(a/cut\.jpg: image file is truncated"):
+        run_pipeline(cfg_pipeline("data=image_folder", f"data.root={root}", "data.image_size=8"))
+    assert not list((tmp_path / "pipeline").rglob("*.ckpt"))
