@@ -879,7 +879,7 @@ def main() -> None:
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds for all parts together (default 500 on a GPU, 900 in --smoke)")
-    ap.add_argument("--e2e-scale", type=float, default=0.02, help="share of mnist5k_full's training steps (GPU)")
+    ap.add_argument("--e2e-scale", type=float, default=0.01, help="share of mnist5k_full's training steps (GPU)")
     ap.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     ap.add_argument("--part-config", help=argparse.SUPPRESS)
     ap.add_argument("--rows", help=argparse.SUPPRESS)

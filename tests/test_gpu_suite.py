@@ -140,3 +140,27 @@ def test_targets_pass_or_miss_on_the_card_they_name():
     assert (step["verdict"], step["margin_ms"], adm["verdict"]) == ("miss", -0.5, "miss")
     step, _ = gpu_suite.targets(_result("NVIDIA H100 80GB HBM3 (81559 MiB)", 15.0, 100.0, 40.0))
     assert step["verdict"].startswith("not judged: the 16 ms target is for an H200")
+
+
+def test_adm_reference_nets_are_guided_diffusions_at_the_released_shapes():
+    """The adm part builds guided-diffusion's UNetModel / EncoderUNetModel from their classes (create_model takes
+    released sizes only): at adm256's flags they are create_model / create_classifier's nets, weight for weight
+    (shapes, on the meta device), with the UNet in fp16 and the classifier in fp32 as those flags say."""
+    gd_script = pytest.importorskip("guided_diffusion.script_util")
+    import torch
+    from cguide.io.adm_checkpoints import preset_flags
+
+    u, _ = preset_flags("adm256_uncond", "eps")
+    c, _ = preset_flags("adm256_classifier", "classifier")
+    with torch.device("meta"):
+        unet, clf, uf, cf = gpu_suite.gd_nets(u, c)
+        ref_u = gd_script.create_model(**{k: uf[k] for k in gd_script.create_model.__code__.co_varnames[
+            :gd_script.create_model.__code__.co_argcount]})
+        ref_c = gd_script.create_classifier(**{k: cf[k] for k in gd_script.create_classifier.__code__.co_varnames[
+            :gd_script.create_classifier.__code__.co_argcount]})
+
+    def shapes(m):
+        return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert shapes(unet) == shapes(ref_u) and shapes(clf) == shapes(ref_c)
+    assert round(sum(p.numel() for p in unet.parameters()) / 1e6) == 553
+    assert (uf["use_fp16"], cf["classifier_use_fp16"]) == (True, False)
