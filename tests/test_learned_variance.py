@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cguide.diffusion import (SamplerSpec, ddim_step, ddpm_step, learned_log_var_range, make_plan, make_schedule,
-                              posterior, sample, step, x0_from_eps)
+                              posterior, sample, x0_from_eps)
 from cguide.guidance import ClassifierGuidance, GuidanceSpec, MethodEps, classifier_log_prob_grad, variant_factor
 from cguide.guidance.variants import mean_shift_of_variance
 from helpers.nets import TinyClassifier, eps_model
@@ -76,8 +76,10 @@ def test_last_step_adds_no_noise_and_ddim_ignores_v():
     got, x0 = ddpm_step(x, torch.cat([eps, _rand(2, *SHAPE, seed=4)], 1), a_t, a_p, z, "learned", log_var_range=lv)
     assert torch.equal(x0, x0_from_eps(x, eps, a_t))
     torch.testing.assert_close(got, x0, rtol=1e-12, atol=1e-12)  # the posterior mean at ab_prev = 1, no noise
-    ddim = step("ddim", x, torch.cat([eps, _rand(2, *SHAPE, seed=5)], 1), a_t, a_p, z, var_type="learned")
-    assert torch.equal(ddim[0], ddim_step(x, eps, a_t, a_p, z)[0])
+    ddim = SamplerSpec("ddim", var_type="learned").make(PLAN, x.clone(), torch.tensor([0, 1]))  # its last step
+    ddim.load(0)
+    ddim.step([lambda x, t: torch.cat([eps, _rand(2, *SHAPE, seed=5)], 1)])
+    assert torch.equal(ddim.x, ddim_step(x, eps, a_t, a_p, z)[0])
 
 
 @pytest.mark.parametrize("i", [9, 3, 0])
@@ -135,11 +137,11 @@ def test_clip_then_guide_keeps_v_and_static_step_matches_eager(sampler):
 
 
 def test_the_learned_variance_changes_ddpm_samples():
-    a, b = (sample(_learned_eps(v), SHAPE, PLAN, [1, 2], sampler="ddpm", var_type="learned", progress=False,
+    a, b = (sample(_learned_eps(v), SHAPE, PLAN, [1, 2], SamplerSpec("ddpm", var_type="learned"), progress=False,
                    dtype=torch.float64) for v in (-1.0, 1.0))
-    small = sample(eps_model, SHAPE, PLAN, [1, 2], sampler="ddpm", var_type="fixed_small", progress=False,
+    small = sample(eps_model, SHAPE, PLAN, [1, 2], SamplerSpec("ddpm"), progress=False,
                    dtype=torch.float64)
-    large = sample(eps_model, SHAPE, PLAN, [1, 2], sampler="ddpm", var_type="fixed_large", progress=False,
+    large = sample(eps_model, SHAPE, PLAN, [1, 2], SamplerSpec("ddpm", var_type="fixed_large"), progress=False,
                    dtype=torch.float64)
     # v = -1 is fixed_small except at the last step's (noise-free) variance; v = +1 is fixed_large
     torch.testing.assert_close(a, small, rtol=1e-10, atol=1e-10)
@@ -170,7 +172,7 @@ def test_method_eps_acts_on_eps_and_takes_the_conditional_v():
 def test_an_eps_function_of_the_wrong_kind_is_one_clear_error(var_type, channels, match, sampler):
     fn = lambda x, t: torch.cat([x] * 2, 1)[:, :channels]  # noqa: E731
     with pytest.raises(ValueError, match=match):
-        sample(fn, SHAPE, PLAN, [1], sampler=sampler, var_type=var_type, progress=False)
+        sample(fn, SHAPE, PLAN, [1], SamplerSpec(sampler, var_type=var_type), progress=False)
 
 
 def test_unknown_var_type_lists_learned():
