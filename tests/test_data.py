@@ -445,6 +445,10 @@ def test_image_folder_unreadable_root_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"^image folder root .*images cannot be read \(Permission denied\); make "
                                          r"it readable, or set data.root to another folder$"):
         train(cfg)
+    root = root / "a"  # now a class folder below the root cannot be listed
+    with pytest.raises(ValueError, match=r"^image folder .*images: cannot read .*images/a \(Permission denied\); "
+                                         r"make it readable or remove it$"):
+        train(cfg)
 
 
 def test_image_folder_problems_are_named_by_kind(tmp_path):
