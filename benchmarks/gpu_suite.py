@@ -82,8 +82,8 @@ def configs(smoke: bool, e2e_scale: float, work: Path) -> dict[str, dict]:
         e2e = {"experiment": "mnist5k_full", "debug": "default", "data.resize": "resize",
                "speed.channels_last": "false", "speed.compile": "false", "speed.cuda_graph": "false",
                "model.max_steps": "3", "model.warmup_steps": "1", "classifier.max_steps": "3",
-               "classifier.warmup_steps": "1", "judge.max_steps": "3", "judge.warmup_steps": "1", "sweep.n_per_point": "16", "sweep.steps": "[3]",
-               "sweep.scales": "[0,2]", "out_dir": str(e2e_out)}
+               "classifier.warmup_steps": "1", "judge.max_steps": "3", "judge.warmup_steps": "1",
+               "sweep.n_per_point": "16", "sweep.steps": "[3]", "sweep.scales": "[0,2]", "out_dir": str(e2e_out)}
         scale = "smoke: experiment=mnist5k_full with debug=default (tiny nets, 8x8, T = 100, CPU), 3 steps per net"
         return {
             "guided_step": {"device": "cpu", "threads": 1, "preset": "tiny", "batches": [2], "steps": 2,
