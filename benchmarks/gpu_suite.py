@@ -87,10 +87,10 @@ def configs(smoke: bool, e2e_scale: float, work: Path) -> dict[str, dict]:
         scale = "smoke: experiment=mnist5k_full with debug=default (tiny nets, 8x8, T = 100, CPU), 3 steps per net"
         return {
             "guided_step": {"device": "cpu", "threads": 1, "preset": "tiny", "batches": [2], "steps": 2,
-                            "fast_steps": 2, "target_steps": 3, "warm": False,
+                            "fast_steps": 2, "target_steps": 3, "warm": True,
                             "options": ["eager", "bf16+channels_last"], "headline_extra": ["channels_last"],
                             "methods": list(METHODS)},
-            "adm": {"device": "cpu", "threads": 1, "pair": "toy", "batches": [2], "steps": 2, "warm": False,
+            "adm": {"device": "cpu", "threads": 1, "pair": "toy", "batches": [2], "steps": 2, "warm": True,
                     "project_options": ["eager", "bf16"], "extra_options": []},
             "train": {"device": "cpu", "threads": 1, "preset": "tiny", "batch": 8, "steps": 2},
             "e2e": {"overrides": e2e, "scale": scale},
@@ -122,12 +122,13 @@ def configs(smoke: bool, e2e_scale: float, work: Path) -> dict[str, dict]:
 
 
 class Rows:
-    """A part's rows, one JSON line each, flushed as it goes: what was measured survives a kill."""
+    """A part's rows, one JSON line each, flushed as it goes: what was measured survives a kill. Each row is
+    stamped with the device, the time it was measured, the commit the part's process imported and torch."""
 
     def __init__(self, path: Path, device):
         from where import where
 
-        self.path, self.device, self._where = path, device, where
+        self.path, self.device = path, device
         self.info = where(device)
         self.add("where", **self.info)
 
@@ -137,8 +138,12 @@ class Rows:
 
     def row(self, **fields) -> None:
         """A measured row, stamped with where and when."""
-        w = self._where(self.device)
-        self.add("row", **fields, measured={k: w[k] for k in ("device", "date", "commit", "torch")})
+        import datetime as dt
+
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        stamp = {"device": self.info["device"], "date": now, "commit": self.info["commit"],
+                 "torch": self.info["torch"]}
+        self.add("row", **fields, measured=stamp)
         print(json.dumps(fields, default=str), flush=True)
 
 
