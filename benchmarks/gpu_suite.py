@@ -110,7 +110,7 @@ def configs(smoke: bool, e2e_scale: float, work: Path) -> dict[str, dict]:
                         "fast_steps": 20, "target_steps": 50, "warm": True,
                         "options": ["eager", "all"], "headline_extra": ["fp32_fast", "cuda_graph", "compile"],
                         "methods": list(METHODS)},
-        "adm": {"device": "cuda", "pair": "adm256", "batches": [16, 64], "steps": 5, "warm": True,
+        "adm": {"device": "cuda", "pair": "adm256", "batches": [16, 64], "steps": 8, "warm": True,
                 "project_options": ["fp16_graph", "fp16"], "extra_options": ["eager"]},
         "train": {"device": "cuda", "preset": "bench32", "batch": 256, "steps": 20},
         "e2e": {"overrides": e2e, "scale": scale},
