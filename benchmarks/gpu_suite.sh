@@ -8,7 +8,7 @@
 #                                               # guided-diffusion-sdk, the reference of the ADM part) and the
 #                                               # commit being measured into .whl/SOURCE
 #   bash benchmarks/gpu_suite.sh run [OUT]      # there, from the repository root with .whl/ beside it: install
-#                                               # the wheels into /tmp/site and run benchmarks/gpu_suite.py
+#                                               # the wheels into /tmp/site ($SITE) and run benchmarks/gpu_suite.py
 #                                               # (OUT: where gpu_suite.json / .md / .log go; default $OUT, else
 #                                               # outputs/gpu_suite); further arguments go to gpu_suite.py
 set -euo pipefail
@@ -26,8 +26,9 @@ case "${1:-}" in
     ;;
   run)
     out=${2:-${OUT:-outputs/gpu_suite}}
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+    site=${SITE:-/tmp/site}
+    python3 -m pip install -q --no-index --no-deps --target "$site" .whl/*.whl
+    export PYTHONPATH=$site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
     if [ -f .whl/SOURCE ]; then export CGUIDE_COMMIT="$(cat .whl/SOURCE)"; fi
     exec python3 benchmarks/gpu_suite.py --out "$out" "${@:3}"
     ;;

@@ -164,3 +164,17 @@ def test_adm_reference_nets_are_guided_diffusions_at_the_released_shapes():
     assert shapes(unet) == shapes(ref_u) and shapes(clf) == shapes(ref_c)
     assert round(sum(p.numel() for p in unet.parameters()) / 1e6) == 553
     assert (uf["use_fp16"], cf["classifier_use_fp16"]) == (True, False)
+
+
+def test_where_names_the_commit_without_git(monkeypatch):
+    """On a GPU machine the working tree is a copy without .git: the commit comes from $CGUIDE_COMMIT, which
+    gpu_suite.sh sets from .whl/SOURCE (the hash and the files changed since, written by `prepare`)."""
+    import where
+
+    monkeypatch.setattr(where, "_git", lambda *args: None)
+    monkeypatch.setenv("CGUIDE_COMMIT", "abc1234def src/cguide/x.py ")
+    assert where.source() == {"commit": "abc1234", "dirty": ["src/cguide/x.py"]}
+    info = where.where("cpu")
+    assert where.where_line(info).endswith(f"commit abc1234 + 1 uncommitted file(s), torch {info['torch']}")
+    monkeypatch.delenv("CGUIDE_COMMIT")
+    assert where.source() == {"commit": "unknown", "dirty": []}
