@@ -219,6 +219,7 @@ class EvalCounter:
     def __exit__(self, *exc):
         for h in self.handles:
             h.remove()
+        self.handles = []
 
 
 def timed_draw(models, method: str, scale: float, sampler: str, steps: int, batch: int, opts, device,
