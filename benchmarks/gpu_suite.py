@@ -254,8 +254,9 @@ def timed_draw(models, method: str, scale: float, sampler: str, steps: int, batc
 
 def part_guided_step(cfg: dict, rows: Rows, deadline: float) -> None:
     """Rows in the order they matter, while the budget lasts: the target row first (classifier guidance, DDIM,
-    first batch, the best option over target_steps steps, as the 2026-11-28 run timed it), then every sampler
-    x method at the first batch, then at the second, then the first batch's headline with the other options.
+    first batch, the best option over target_steps steps, as the 2026-11-28 run timed it), then every batch x
+    sampler x method in eager fp32 (no compilation: cheap, and the reference of every option), then the same
+    with the best option (each new shape compiles), then the first batch's headline with the other options.
     Eager draws take `steps` steps (their cost per step is flat); the options with a CUDA graph capture inside
     the timed draw, as a sweep does, so they take `fast_steps` steps (the capture shared over more steps),
     and their difference from eager fp32 comes from one more draw of `steps` steps, the same seeds."""
@@ -333,10 +334,10 @@ def part_guided_step(cfg: dict, rows: Rows, deadline: float) -> None:
     b0, s0, best = cfg["batches"][0], names[0], cfg["options"][-1]
     measure(b0, s0, "classifier", "eager")
     measure(b0, s0, "classifier", best, cfg["target_steps"], target=True)
-    for batch in cfg["batches"]:
-        for sampler in names:
-            for method in method_rows:
-                for opt_name in cfg["options"]:
+    for opt_name in cfg["options"]:  # eager everywhere first (no compilation: cheap, and every option's reference)
+        for batch in cfg["batches"]:
+            for sampler in names:
+                for method in method_rows:
                     if not (batch == b0 and sampler == s0 and method == "classifier" and opt_name == "eager"):
                         measure(batch, sampler, method, opt_name)
     for opt_name in cfg["headline_extra"]:  # the headline with the other options, while time is left
