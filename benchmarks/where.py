@@ -70,6 +70,9 @@ def where(device: torch.device | str | None = None) -> dict:
     if device.type == "cuda":
         info["cuda"] = torch.version.cuda
         info["cpu"] = cpu_model()  # the host's, for the CPU-bound parts (compilation, Python overhead)
+        # what "fp32" means on this card: torch's defaults run cuDNN convolutions in TF32
+        info["tf32"] = (f"cudnn convolutions {torch.backends.cudnn.allow_tf32}, "
+                        f"matmul {torch.backends.cuda.matmul.allow_tf32}")
     return info
 
 
