@@ -817,7 +817,8 @@ def markdown(result: dict) -> str:
     from where import commit_label, where_line
 
     w = result["where"]
-    lines = [f"# GPU suite ({result['mode']})", "", where_line(w) + f"; python {w.get('python')}; "
+    gpu = f"; CUDA {w['cuda']}, host CPU {w.get('cpu')}, TF32: {w.get('tf32')}" if w.get("cuda") else ""
+    lines = [f"# GPU suite ({result['mode']})", "", where_line(w) + f"; python {w.get('python')}{gpu}; "
              f"command `{result['command']}`; {result['wall_s']:.0f} s in all (budget {result['budget_s']:.0f} s).",
              ""]
     lines += ["## Targets", ""]
