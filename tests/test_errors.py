@@ -110,6 +110,18 @@ def _weight_removed(src: Path, dst: Path) -> Path:
     return dst
 
 
+_HELD = []  # locks held for the rest of the session, as a live run holds its folder's
+
+
+def _held(folder: Path) -> Path:
+    """The run folder's lock held here, as by another run that is training into it."""
+    from cguide.io.locks import FolderLock
+
+    _HELD.append(FolderLock(folder, "paths.output_dir"))
+    _HELD[-1].acquire()
+    return _HELD[-1].path
+
+
 def _flat_folder(root: Path) -> Path:
     """Images straight in root, without the class subfolders."""
     from PIL import Image
@@ -243,6 +255,7 @@ CASES = {
                                         lambda c, t: {"sweep": _finished_sweep(c, t / "out")}),
     "run-folder-taken": Case("train", {"trainer.fast_dev_run": "false"}, lambda c, t: {"run": _copied(
         c["eps"], t / "out" / "checkpoints" / "diffusion.ckpt")}),
+    "folder-in-use": Case("train", {"trainer.fast_dev_run": "false"}, lambda c, t: {"lock": _held(t / "out")}),
     "resume-changed-settings": Case("train-cli", {"trainer.fast_dev_run": "false", "resume": "true",
                                                   "diffusion.T": "50"},
                                     lambda c, t: {"run": _copied(c["eps"], t / "out" / "checkpoints" / "last.ckpt")}),

@@ -3,6 +3,7 @@ mandatory keys, and bad input reported as one line."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -10,6 +11,7 @@ from typing import Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from .io.atomic import atomic_write_text
+from .io.signals import stop_on_signals
 from .runtime.distributed import ERRORS, is_main
 from .runtime.speed import check_num_threads
 
@@ -19,12 +21,22 @@ TREE_FILE = "config_tree.log"
 
 
 def run_or_exit(fn: Callable, *args):
-    """Call fn; a bad input becomes `error: <one line>` on stderr and exit code 2, not a traceback."""
+    """Call fn; a bad input becomes `error: <one line>` on stderr and exit code 2, not a traceback. SIGINT and
+    SIGTERM stop it (training at the end of a step, after saving last.ckpt) with one line and exit code 128 +
+    the signal (130, 143): what was finished is kept, and the same command goes on from there."""
     try:
-        return fn(*args)
+        with stop_on_signals():
+            return fn(*args)
     except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:  # Stopped too (SIGTERM)
+        sys.stdout.flush()
+        signum = getattr(e, "signum", signal.SIGINT)
+        note = getattr(e, "note", "") or "what was finished is kept (every file is written whole); run the same " \
+            "command again to go on from there"
+        print(f"interrupted by {signal.Signals(signum).name}: {note}", file=sys.stderr)
+        sys.exit(128 + signum)
 
 
 def require(cfg, *keys: str) -> None:

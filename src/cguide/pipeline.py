@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from .cli import CONF_DIR, print_config_tree, run_or_exit
 from .config import SweepConfig, plain, register_configs
 from .io.folders import check_writable
+from .io.locks import FolderLock
 from .stages import STAGES, check_stages, run_stage, stage_key, stages  # noqa: F401  (the stage API, here too)
 from .workers import Helpers, check_workers, draw_sweep, train_stages
 
@@ -134,10 +135,11 @@ def run_pipeline(cfg: DictConfig) -> Path:
     check_workers(cfg)
     check_stages(cfg, out)
     t0 = time.perf_counter()
-    with Helpers(cfg, out) as helpers:  # workers > 1: the other processes, from here to the sweep's end
+    # one pipeline per out_dir (its helpers work for it); each stage's training also locks its own folder
+    with FolderLock(out, "out_dir"), Helpers(cfg, out) as helpers:  # helpers: from here to the sweep's end
         ckpts = train_stages(cfg, out, helpers)
         sweep_dir = draw_sweep(cfg, sweep_config(cfg, ckpts, out), helpers)
-    print_report(sweep_dir)
+        print_report(sweep_dir)
     print(f"pipeline finished in {time.perf_counter() - t0:.0f} s")
     return sweep_dir
 

@@ -24,6 +24,9 @@ STAGES = {"diffusion": ("diffusion", "model", True), "cond_diffusion": ("diffusi
           "guide": ("guide", "guide", False)}
 
 
+STAGE_LOCK_WAIT_S = 30.0
+
+
 def stages(cfg: DictConfig) -> list[str]:
     """The stages the sweep's methods need (the classifier always: it also measures guide_confidence), and the
     guide when a point of the grid guides in x0 space."""
@@ -113,6 +116,7 @@ def run_stage(cfg: DictConfig, stage: str, out: Path, callbacks=()) -> Path:
         print(f"[{stage}] no checkpoint yet: training")
     atomic_write_text(marker, json.dumps(key, indent=1, sort_keys=True))
     t0 = time.perf_counter()
-    path = train(stage_config(cfg, stage, folder), callbacks).checkpoint
+    # the stage folder's lock: a killed run's helper may hold it for the rest of its step (it ends with its run)
+    path = train(stage_config(cfg, stage, folder), callbacks, lock_wait_s=STAGE_LOCK_WAIT_S).checkpoint
     print(f"[{stage}] trained in {time.perf_counter() - t0:.0f} s: {path}")
     return path

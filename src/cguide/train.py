@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import signal
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +32,13 @@ from .data import as_data_config, build_datamodule
 from .io.atomic import atomic_write, remove_stale_temps
 from .io.checkpoints import KINDS, read_checkpoint
 from .io.folders import check_writable, move_aside
+from .io.locks import FolderLock
 from .io.loggers import build_logger, finish_wandb
 from .modules.callbacks import FinalCheckpoint
 from .modules.checkpoint_io import AtomicCheckpointIO
 from .modules.factory import TASKS, build_module, check_resumable, check_task, check_training
+from .io.signals import Stopped, stop_requested
+from .modules.interrupt import SaveOnStop, stop_at_step_end
 
 
 @dataclass
@@ -87,18 +92,37 @@ def clear_killed_writes(ckpt_dir: Path, task: str, step: int) -> list[Path]:
 TOP_K = re.compile(r"-step=(\d+)(-v\d+)?\.ckpt")
 
 
-def prepare_folder(cfg: DictConfig, out: Path, ckpt_dir: Path) -> None:
-    """The run folder must be writable, and a finished or started run in it is never silently replaced."""
+RANK_VARS = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def _first_process() -> bool:
+    """Not a process that a multi-process launcher (Lightning's ddp script launcher, torchrun, SLURM tasks) started
+    beside the first: those train the same run, whose first process holds the folder's lock."""
+    return all(os.environ.get(k, "0") in ("", "0") for k in RANK_VARS)
+
+
+def prepare_folder(cfg: DictConfig, out: Path, ckpt_dir: Path, lock_wait_s: float = 0.0) -> FolderLock | None:
+    """The run folder must be writable, a finished or started run in it is never silently replaced, and no
+    other live run writes there: returns the folder's lock, held (None for fast_dev_run, which writes no
+    checkpoint); the caller releases it when the run ends."""
     check_writable(out, "paths.output_dir")
     if not cfg.trainer.fast_dev_run:
         check_writable(ckpt_dir, "paths.ckpt_dir")
     held = [p.name for p in (ckpt_dir / f"{cfg.task}.ckpt", ckpt_dir / "last.ckpt") if p.is_file()]
-    if not held or cfg.resume or cfg.ckpt_path or cfg.trainer.fast_dev_run:
-        return
-    if not cfg.overwrite:
+    if held and not (cfg.resume or cfg.ckpt_path or cfg.trainer.fast_dev_run or cfg.overwrite):
         raise ValueError(f"{ckpt_dir} already holds a run ({', '.join(held)}); continue it with resume=true, "
                          "train into a new folder (paths.output_dir=...), or pass overwrite=true to move it aside")
-    print(f"overwrite=true: previous run kept in {move_aside(ckpt_dir)}")
+    if cfg.trainer.fast_dev_run or not _first_process():
+        return None
+    lock = FolderLock(out, "paths.output_dir", wait_s=lock_wait_s)
+    lock.acquire()
+    try:
+        if held and cfg.overwrite and not (cfg.resume or cfg.ckpt_path):
+            print(f"overwrite=true: previous run kept in {move_aside(ckpt_dir)}")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def check_train(cfg: DictConfig) -> None:
@@ -170,8 +194,9 @@ def build_callbacks(cfg: DictConfig, out: Path, ckpt_dir: Path, final: Path) -> 
     return callbacks
 
 
-def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> TrainResult:
-    """Fit (and for the judge and the guide, test) one network into ckpt_dir/<task>.ckpt."""
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), lock_wait_s: float = 0.0) -> TrainResult:
+    """Fit (and for the judge and the guide, test) one network into ckpt_dir/<task>.ckpt, holding the run
+    folder's lock (cguide.io.locks; lock_wait_s: how long to wait for another holder before refusing)."""
     check_train(cfg)
     apply_num_threads(cfg.num_threads)
     net_cfg = plain(cfg[TASKS[cfg.task][0]])
@@ -184,16 +209,46 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> TrainR
     module = build_module(cfg.task, net_cfg, plain(cfg.diffusion), dm)
     out, ckpt_dir = Path(cfg.paths.output_dir), Path(cfg.paths.ckpt_dir)
     ckpt_path, resumed_step = resume_path(cfg, ckpt_dir, module)
-    prepare_folder(cfg, out, ckpt_dir)
+    lock = prepare_folder(cfg, out, ckpt_dir, lock_wait_s)
+    try:
+        return _train_in(cfg, module, dm, out, ckpt_dir, (ckpt_path, resumed_step), extra_callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in(cfg: DictConfig, module, dm, out: Path, ckpt_dir: Path, resume: tuple[str | None, int],
+              extra_callbacks: Sequence[L.Callback]) -> TrainResult:
+    """train()'s part in the locked run folder."""
+    ckpt_path, resumed_step = resume
+    net_cfg = plain(cfg[TASKS[cfg.task][0]])
     if not cfg.trainer.fast_dev_run:
         clear_killed_writes(ckpt_dir, cfg.task, resumed_step)
     logger = build_logger(cfg.logger, str(out), name=f"{cfg.task}-{out.name}", config=plain(cfg),
                           tags=list(cfg.tags))
     final = ckpt_dir / f"{cfg.task}.ckpt"
+    on_stop = SaveOnStop(ckpt_dir / "last.ckpt")
     trainer = instantiate(cfg.trainer, max_steps=net_cfg["max_steps"], logger=logger, precision=precision_key(cfg)[1],
-                          callbacks=[*build_callbacks(cfg, out, ckpt_dir, final), *extra_callbacks],
+                          callbacks=[*build_callbacks(cfg, out, ckpt_dir, final), *extra_callbacks, on_stop],
                           default_root_dir=str(out),
                           plugins=[AtomicCheckpointIO()])
+    try:
+        with stop_at_step_end(trainer):
+            metrics = _fit_and_test(cfg, trainer, module, dm, resume, final, on_stop)
+    finally:
+        finish_wandb()
+    return TrainResult(None if trainer.fast_dev_run else final, trainer.global_step, metrics)
+
+
+def _fit_and_test(cfg, trainer, module, dm, resume: tuple[str | None, int], final: Path,
+                  on_stop: SaveOnStop) -> dict:
+    """Fit (and test the judge and the guide); returns the last logged metrics. A SIGINT / SIGTERM stops at the
+    end of a step, with last.ckpt saved there, as Stopped (Lightning's SIGTERMException would exit 0, as if
+    training had finished)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    net_cfg = plain(cfg[TASKS[cfg.task][0]])
+    ckpt_path, resumed_step = resume
     try:
         trainer.fit(module, dm, ckpt_path=ckpt_path)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -204,9 +259,13 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> TrainR
         if cfg.task in ("judge", "guide"):
             trainer.test(module, dm, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    finally:
-        finish_wandb()
-    return TrainResult(None if trainer.fast_dev_run else final, trainer.global_step, metrics)
+        return metrics
+    except SIGTERMException:
+        signum = stop_requested() or signal.SIGTERM
+        saved = f"saved {on_stop.last} at step {on_stop.saved_at}" if on_stop.saved_at is not None else \
+            f"step {trainer.global_step}"
+        raise Stopped(signum, f"training stopped at the end of a step: {saved}; run the same command again with "
+                      "resume=true to continue from there") from None
 
 
 register_configs()

@@ -14,7 +14,10 @@ float32 results by rounding."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from .grid.points import build_grid
 from .grid.results import ResultsFolder
 from .grid.runner import run_sweep
+from .io.signals import stop_on_signals, stop_requested
 from .modules.callbacks import TakeThreadsAtStep
 from .stages import STAGES, run_stage, stage_done, stages
 
@@ -72,9 +76,35 @@ def _join(procs: list, wait: bool = True) -> None:
                 p.join()
 
 
+def _die_with_parent() -> None:
+    """SIGTERM this process when its main process ends, however it ends (SIGKILL, a crash: then no one stops the
+    helper, which would train or draw on beside a rerun). Linux's PR_SET_PDEATHSIG; elsewhere a helper only notices
+    while it waits for the sweep job."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    parent = mp.parent_process()
+    if parent is not None and not parent.is_alive():  # it ended before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _helper(container: dict | None, names: list[str], out: str, signals, jobs) -> None:
     """A helper process: train ``names`` (helper 0 only; signals = its (done, ok, finished) to the main process),
-    then draw the sweep calls it claims when a sweep config arrives (None: the run ends without one)."""
+    then draw the sweep calls it claims when a sweep config arrives (None: the run ends without one). SIGTERM (from
+    the main process stopping it, or the main process's end) and SIGINT end it quietly: training at the end of its
+    step with last.ckpt saved, drawing at once (finished rows kept)."""
+    try:
+        with stop_on_signals():
+            _die_with_parent()
+            _helper_work(container, names, out, signals, jobs)
+    except KeyboardInterrupt as e:  # Stopped too: the main process says why the run ended
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
+
+
+def _helper_work(container: dict | None, names: list[str], out: str, signals, jobs) -> None:
     if signals is not None:
         done, ok, finished = signals
         try:
@@ -150,7 +180,9 @@ class Helpers:
         """Wait for helper 0's stages; their error, if any, stops this run here (at the eps-model's hand-over
         step, or after it when the eps-model was reused). Returns how long ago they finished (s)."""
         while not self.done.wait(timeout=1.0) and self.procs[0].is_alive():
-            pass  # a helper killed (e.g. out of memory) never sets done
+            if stop_requested() is not None:  # SIGINT / SIGTERM here: the eps-model stops at this step's end
+                return 0.0
+        # (a helper killed, e.g. out of memory, never sets done)
         if not self.ok.is_set():
             self.procs[0].join()
             raise RuntimeError(f"the process training {', '.join(self.side)} stopped with exit code "
