@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from .io.atomic import atomic_write_text
+from .io.folders import write_error_line
 from .io.signals import stop_on_signals
 from .runtime.distributed import ERRORS, is_main
 from .runtime.speed import check_num_threads
@@ -29,6 +30,12 @@ def run_or_exit(fn: Callable, *args):
             return fn(*args)
     except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a write that failed: disk full, read-only, a name too long ...
+        line = write_error_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:  # Stopped too (SIGTERM)
         sys.stdout.flush()

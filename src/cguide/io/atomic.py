@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -41,10 +42,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except RuntimeError as e:  # torch.save's writer reports a failed write (disk full, ulimit -f) without errno
+        if not any(s in str(e) for s in ("inline_container", "PytorchStreamWriter", "file write failed")):
+            raise
+        raise write_failed(path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_failed(path: Path) -> OSError:
+    """The OSError a write of ``path`` that torch could not finish stands for: the disk (or quota) is full when
+    little space is left, else the file size limit (ulimit -f) when one is set, else an I/O error."""
+    import errno
+    import resource
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 << 20:
+        code = errno.ENOSPC
+    elif resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        code = errno.EFBIG
+    else:
+        code = errno.EIO
+    return OSError(code, os.strerror(code), str(path))
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

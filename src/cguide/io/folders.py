@@ -39,3 +39,30 @@ def move_aside(folder: str | os.PathLike) -> Path:
     aside = folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
     shutil.move(str(folder), aside)
     return aside
+
+
+# errno -> what to do, for a write that failed: one line instead of a traceback (cguide.cli.run_or_exit)
+WRITE_FIXES = {
+    errno.ENOSPC: "free some space on that disk (or choose another output folder), then run the same command again",
+    errno.EDQUOT: "free some of your disk quota (or choose another output folder), then run the same command again",
+    errno.EFBIG: "the file size limit (ulimit -f) is below what this run writes: raise it, then run the same command "
+                 "again",
+    errno.EROFS: "that file system is read-only: choose another output folder (out_dir / paths.output_dir), or run "
+                 "from a writable working directory",
+    errno.EACCES: "that folder is not writable for you: choose another output folder (out_dir / paths.output_dir), or "
+                  "run from a writable working directory",
+    errno.EPERM: "that folder is not writable for you: choose another output folder (out_dir / paths.output_dir)",
+    errno.ENAMETOOLONG: "a file or folder name there is longer than the file system allows (255 bytes a name): "
+                        "choose a shorter out_dir, sweep.name or name",
+}
+
+
+def write_error_line(e: OSError) -> str | None:
+    """One line for an OSError of a failed write (None: not one of those): what failed, why, and what to do.
+    Whatever was written before is intact (every file is written whole: temp file + rename)."""
+    fix = WRITE_FIXES.get(e.errno)
+    if fix is None:
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    return (f"cannot write{where}: {e.strerror}; {fix} (what was finished before is kept: every file is written "
+            "whole)")
