@@ -10,8 +10,9 @@ measured, and the other parts run on):
   guided_step  the guided step on the bench32 pair at batch 256 and 1024: every guidance method (classifier, cond,
                cfg, cond_classifier) x every sampler the codebase registers (read at run time), in eager fp32 and
                with the best speed option (`all`), through cguide.runtime.draw (the sweep's path): ms/step,
-               images/s at 250 steps, network evaluations per step (counted by hooks on the nets in an eager
-               draw), and the option's max / mean abs difference from eager fp32 on the same seeds
+               images/s at 250 steps, network evaluations per step (counted by forward hooks on copies of the
+               nets in the eager draw), and the option's max / mean abs difference from eager fp32 on the same
+               seeds with guided_step.py's check of it
   adm          ADM-256 (guided-diffusion's 256x256 uncond UNet + classifier at the released shapes, random
                weights, no download): the codebase's fast path against guided-diffusion's own fp16 DDIM step
                (its UNetModel / EncoderUNetModel and ddim_sample_loop with classifier_sample.py's cond_fn), batch
