@@ -120,7 +120,7 @@ def test_folder_with_other_settings_is_refused_untouched(sweep_2x2, tiny_ckpts):
     ("sweep.scales=[-1]", ValueError, r"guidance scale must be finite and >= 0"),
     ("sweep.intervals=[[0.9,0.1]]", ValueError, r"guidance interval needs \[t_lo, t_hi\]"),
     ("sweep.steps=[5,500]", ValueError, r"sampling steps must be in \[1, T=100\], got 500"),
-    ("sweep.samplers=[ddim,euler]", ValueError, r"unknown sampler 'euler' in sweep.samplers; known: ddpm, ddim"),
+    ("sweep.samplers=[ddim,eulr]", ValueError, r"unknown sampler 'eulr' in sweep.samplers; registered: ddim, ddpm, "),
     ("data.image_size=16", ValueError, r"data 'mnist5k' gives 10 classes of images \[1, 16, 16\].*data.image_size"),
 ])
 def test_bad_sweep_inputs_fail_before_writing(tiny_ckpts, tmp_path, override, error, match):
