@@ -233,7 +233,10 @@ def test_check_against_refuses_what_needs_the_schedule_or_the_sampler():
                                r"\(t = 999\); fix guidance.sigma_interval to overlap that range"):
                 check(schedule)
     GuidanceSpec.of(0, 1.0, sigma_interval=(100.0, math.inf), n=1).check_against(schedule)
-    GuidanceSpec.of(0, 1.0, sigma_interval=(500.0, 1000.0), n=1, method="cfg").check_against(schedule)  # no term
+    GuidanceSpec.of(0, 1.0, sigma_interval=(500.0, 1000.0), n=1, method="cond").check_against(schedule)  # no scale
+    for method in ["cfg", "cfg_w"]:  # their sigma interval acts on gamma (#26), so it is checked as well
+        with pytest.raises(ValueError, match=r"guidance.sigma_interval \[500, 1000\] holds no step of the schedule"):
+            GuidanceSpec.of(0, 2.0, sigma_interval=(500.0, 1000.0), n=1, method=method).check_against(schedule)
     pm = GuidanceSetting(1.0, grad_at="posterior_mean")
     pm.check_against(schedule, SamplerSpec("ddpm"))
     for check in [pm.check_against, GuidanceSpec.from_settings([pm], [0]).check_against]:
@@ -312,8 +315,13 @@ def test_dynamic_threshold_is_checked_where_the_sampler_is_made(p):
         SamplerSpec("ddpm", dynamic_threshold=p)
 
 
-def test_settings_without_a_classifier_term_keep_none_of_its_options():
+def test_settings_without_a_classifier_term_keep_none_of_its_own_options():
+    """cfg keeps the schedule and the sigma interval (they act on gamma, #26), not the classifier term's own
+    options; cond keeps neither."""
     g = GuidanceSetting(3.0, method="cfg", schedule="linear", sigma_interval=(0.1, 2.0), entropy_scale=True,
-                        grad_at="posterior_mean")
-    assert (g.schedule, g.sigma_interval, g.entropy_scale, g.grad_at) == ("constant", None, False, "x_t")
+                        grad_at="posterior_mean", grad_space="x0")
+    assert (g.schedule, g.sigma_interval, g.entropy_scale, g.grad_at, g.grad_space) == \
+        ("linear", (0.1, 2.0), False, "x_t", "x_t")
+    c = GuidanceSetting(3.0, method="cond", schedule="linear", sigma_interval=(0.1, 2.0), entropy_scale=True)
+    assert (c.schedule, c.sigma_interval, c.entropy_scale) == ("constant", None, False)
     assert GuidanceSetting(1.0, entropy_cap=4.0) == GuidanceSetting(1.0)  # the cap only matters when on

@@ -94,7 +94,13 @@ def test_method_settings_are_checked_where_they_are_made(kwargs, message):
         GuidanceSetting(**kwargs)
 
 
-def test_settings_without_a_classifier_term_keep_no_variant_or_interval():
-    a = GuidanceSetting(2.0, "seed_literal", (0.2, 0.4), method="cfg")
-    assert (a.variant, a.interval) == ("score", (0.0, 1.0)) and a == GuidanceSetting(2.0, method="cfg")
-    assert GuidanceSetting(5.0, method="cond").scale == 0.0  # cond has no scale
+def test_settings_without_a_classifier_term_keep_no_variant_and_cfg_keeps_its_interval():
+    """Equal terms (#26): cfg / cfg_w keep the interval, sigma interval and schedule (they act on gamma), and
+    drop the classifier term's own options (the variant); cond, with no scale, keeps none of them."""
+    a = GuidanceSetting(2.0, "seed_literal", (0.2, 0.4), method="cfg", schedule="linear", sigma_interval=(0.1, 5))
+    assert (a.variant, a.interval, a.schedule, a.sigma_interval) == ("score", (0.2, 0.4), "linear", (0.1, 5.0))
+    assert a != GuidanceSetting(2.0, method="cfg")
+    assert GuidanceSetting(2.0, "seed_literal", method="cfg") == GuidanceSetting(2.0, method="cfg")
+    assert GuidanceSetting(1.0, interval=(0.3, 0.6), method="cfg_w").interval == (0.3, 0.6)
+    c = GuidanceSetting(5.0, "unit", (0.2, 0.4), method="cond", schedule="cosine", sigma_interval=(0.1, 5))
+    assert c == GuidanceSetting(method="cond") and c.scale == 0.0  # cond has no scale, so nothing to time

@@ -182,13 +182,15 @@ def test_grid_points_and_shared_batches():
     assert len(single) == 8 * 5 and all(len(c) == 1 or {p.guidance.scale for p in c} == {0.0} for c in single)
     assert all(len({p.draw_key for p in c}) == 1 for c in single) and [len(c) for c in single[:2]] == [2, 1]
     assert balanced_targets(23, 10).bincount().tolist() == [3, 3, 3] + [2] * 7
-    # methods: each its own scales; settings without a classifier term drop variant and interval (no duplicates)
+    # methods: each its own scales; settings without a classifier term drop the variant, cond the interval too
+    # (no duplicates); cfg keeps the interval (#26: it acts on gamma)
     methods = build_grid(dict(sweep, methods=["classifier", "cfg", "cond", "cond_classifier"],
                               method_scales={"cfg": [1, 3], "cond": [0]}, samplers=["ddim"], steps=[5]),
                          sampler, guidance)
     keys = [p.key for p in methods]
     assert "ddim-5-cfg-gamma3" in keys and "ddim-5-cond" in keys and "ddim-5-cond_classifier-t0.5_1-unit-s2" in keys
-    assert len(methods) == 3 * 2 * 2 + 2 + 1 + 3 * 2 * 2
+    assert "ddim-5-cfg-t0.5_1-gamma3" in keys
+    assert len(methods) == 3 * 2 * 2 + 2 * 2 + 1 + 3 * 2 * 2
     by_draw = {}
     for p in methods:
         by_draw.setdefault(p.draw_key, []).append(p.key)

@@ -30,13 +30,17 @@ class Point:
     @property
     def key(self) -> str:
         """Stable id: the row's name in results and the point's grid file name (classifier guidance
-        points keep the names they had before methods existed)."""
+        points keep the names they had before methods existed; cfg / cfg_w points name their interval and
+        options only where they differ from the defaults, so points without them keep their old keys)."""
         g, m, smp = self.guidance, self.method, f"{self.sampler.name}-{self.sampler.steps or 'T'}"
+        lo, hi = g.interval
         if m.classifier:
-            lo, hi = g.interval
             prefix = "" if m.name == "classifier" else f"{m.name}-"
             return f"{smp}-{prefix}t{lo:g}_{hi:g}-{g.variant}-s{g.scale:g}" + options_suffix(g)
-        return f"{smp}-{m.name}" + (f"-{m.scale}{g.scale:g}" if m.scale else "")
+        if not m.scale:
+            return f"{smp}-{m.name}"
+        iv = "" if (lo, hi) == (0.0, 1.0) else f"-t{lo:g}_{hi:g}"
+        return f"{smp}-{m.name}{iv}-{m.scale}{g.scale:g}" + options_suffix(g)
 
     @property
     def batch_key(self) -> tuple:
@@ -51,8 +55,10 @@ class Point:
         g, m = self.guidance, self.method
         if m.classifier and g.scale == 0:
             return (m.family, None, 0.0, "", "")
-        if not m.classifier:
+        if not m.classifier and (not m.scale or g.scale == m.neutral):  # cfg at gamma = 1: eps_c at every t
             return (m.family, m.scale, g.scale, "", "")
+        if not m.classifier:  # cfg / cfg_w: the interval and schedule shape gamma_t
+            return (m.family, m.scale, g.scale, g.interval, options_suffix(g))
         return (m.family, m.scale, g.scale, g.variant, options_suffix(g))
 
     def settings(self) -> dict:
@@ -83,10 +89,11 @@ def options_suffix(g: GuidanceSetting) -> str:
 def build_grid(sweep, sampler, guidance) -> list[Point]:
     """Cartesian product of the sweep's axes (sweep.methods, .scales or a method's own .method_scales,
     .variants, .samplers, .steps, .intervals) in a fixed order, duplicates dropped (settings without a
-    classifier term ignore variant and interval); each value becomes a SamplerSpec / GuidanceSetting, with
-    the rest of guidance (nonfinite, schedule, sigma_interval, entropy, grad_at, grad_space) from the guidance
-    node. sweep.settings, when given, names option sets: the grid is the union over them of that product, each
-    set's options (SET_OPTIONS) over the guidance node's and its own `scales` (if given) for every method."""
+    classifier term ignore the variant; cond ignores the interval too); each value becomes a SamplerSpec /
+    GuidanceSetting, with the rest of guidance (nonfinite, schedule, sigma_interval, entropy, grad_at,
+    grad_space) from the guidance node. sweep.settings, when given, names option sets: the grid is the union
+    over them of that product, each set's options (SET_OPTIONS) over the guidance node's and its own `scales`
+    (if given) for every method."""
     axes = {name: list(sweep[name]) for name in AXES}
     for name, values in axes.items():
         if len(values) == 0:

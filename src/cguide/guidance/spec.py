@@ -18,7 +18,7 @@ import torch
 
 from ..diffusion.process import sigma_of
 from .methods import METHODS, check_method
-from .schedules import check_schedule
+from .schedules import check_schedule, schedule_weight
 from .variants import check_variant
 
 NONFINITE_MODES = ("zero", "clamp", "raise")
@@ -62,6 +62,10 @@ class GuidanceSetting:
     sigma_interval, sigma_lo <= sigma_t <= sigma_hi). scale is the method's own (s for classifier methods,
     gamma for cfg, w for cfg_w, unused by cond).
 
+    Equal terms: cfg and cfg_w keep the interval, the sigma interval and the schedule, which act on their
+    guidance strength as on s: gamma_t = 1 + (gamma - 1) * w(t) inside the intervals, 1 (the conditional eps)
+    outside (w_t = w * w(t), or 0, for cfg_w; ``cguide.guidance.methods.cfg``).
+
     schedule: w(t) (cguide.guidance.SCHEDULES; 'constant' is w = 1).
     sigma_interval: (sigma_lo, sigma_hi) on sigma_t = sqrt((1 - alphabar_t) / alphabar_t) at the ORIGINAL t
         (Kynkaanniemi et al. 2024, "Applying Guidance in a Limited Interval ...", arXiv 2404.07724; they use
@@ -78,7 +82,8 @@ class GuidanceSetting:
         backward per guided step; with 'x0' grad_at must be 'x_t' (g goes through x0_hat(x_t) itself).
     nonfinite: what a NaN/inf classifier gradient becomes: 'zero' (that step goes unguided),
     'clamp' (to +-grad_limit) or 'raise'. source names the config section in error messages.
-    Settings without a classifier term keep none of the classifier term's options (they would change nothing)."""
+    Settings without a classifier term keep none of the classifier term's own options (variant, entropy_scale,
+    grad_at, grad_space: they would change nothing); cond (no scale) keeps no interval or schedule either."""
 
     scale: float = 0.0
     variant: str = "score"
@@ -135,15 +140,17 @@ class GuidanceSetting:
         if self.grad_space == "x0" and self.grad_at != "x_t" and m.classifier:
             raise ValueError("guidance.grad_space=x0 takes g through x0_hat(x_t), so it does not combine with "
                              f"guidance.grad_at={self.grad_at}; fix guidance.grad_at=x_t or guidance.grad_space=x_t")
+        timed = m.classifier or m.guides_base  # the interval and the schedule act on its guidance strength
         object.__setattr__(self, "scale", float(s) if m.scale else 0.0)
-        object.__setattr__(self, "interval", (float(iv[0]), float(iv[1])) if m.classifier else (0.0, 1.0))
-        object.__setattr__(self, "sigma_interval", (float(sig[0]), float(sig[1])) if sig and m.classifier else None)
+        object.__setattr__(self, "interval", (float(iv[0]), float(iv[1])) if timed else (0.0, 1.0))
+        object.__setattr__(self, "sigma_interval", (float(sig[0]), float(sig[1])) if sig and timed else None)
         on = self.entropy_scale and m.classifier
         object.__setattr__(self, "entropy_scale", on)
         object.__setattr__(self, "entropy_cap", float(cap) if on else 10.0)  # unused when off: one setting
+        if not timed:
+            object.__setattr__(self, "schedule", "constant")
         if not m.classifier:
             object.__setattr__(self, "variant", "score")
-            object.__setattr__(self, "schedule", "constant")
             object.__setattr__(self, "grad_at", "x_t")
             object.__setattr__(self, "grad_space", "x_t")
 
@@ -261,13 +268,15 @@ class GuidanceSpec:
                             self.grad_space[sl])
 
     def check_against(self, schedule, sampler=None) -> None:
-        """What needs the schedule (a Schedule) or the sampler (a SamplerSpec), for every row with a
-        classifier term: a sigma interval must hold a step of the schedule, grad_at=posterior_mean needs DDPM.
-        The runtime calls this before drawing (as GuidanceSetting.check_against for one setting)."""
-        rows = self.with_classifier
-        for lo, hi in dict.fromkeys(zip(self.sigma_lo[rows].tolist(), self.sigma_hi[rows].tolist())):
+        """What needs the schedule (a Schedule) or the sampler (a SamplerSpec): a sigma interval (of a row with
+        a classifier term, or a cfg / cfg_w row) must hold a step of the schedule; grad_at=posterior_mean (of a
+        row with a classifier term) needs DDPM. The runtime calls this before drawing (as
+        GuidanceSetting.check_against for one setting)."""
+        timed = self.with_classifier | self.guides_base
+        for lo, hi in dict.fromkeys(zip(self.sigma_lo[timed].tolist(), self.sigma_hi[timed].tolist())):
             if (lo, hi) != (0.0, math.inf):
                 check_sigma_interval(lo, hi, schedule)
+        rows = self.with_classifier
         if sampler is not None:
             for g in set(a for a, c in zip(self.grad_at, rows.tolist()) if c):
                 check_grad_at(g, sampler)
@@ -276,6 +285,51 @@ class GuidanceSpec:
     def with_classifier(self) -> torch.Tensor:
         """[B] bool: rows whose method adds the classifier term."""
         return torch.tensor([METHODS[m].classifier for m in self.method], dtype=torch.bool)
+
+    @cached_property
+    def guides_base(self) -> torch.Tensor:
+        """[B] bool: rows whose scale guides the base eps (cfg, cfg_w; ``Method.guides_base``)."""
+        return torch.tensor([METHODS[m].guides_base for m in self.method], dtype=torch.bool)
+
+    @cached_property
+    def timed_base(self) -> bool:
+        """Does any cfg / cfg_w row have an interval, a sigma interval or a schedule (so its scale depends on t)?"""
+        rows = self.guides_base
+        default = ((self.t_lo == 0) & (self.t_hi == 1) & (self.sigma_lo == 0) & (self.sigma_hi == math.inf)
+                   & torch.tensor([s == "constant" for s in self.schedule], dtype=torch.bool))
+        return bool((rows & ~default).any())
+
+    def in_interval(self, t: torch.Tensor, T: int, alphabar: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] bool: rows whose intervals hold original steps t [B] (or [T', 1]: a [T', B] table): t_lo <= t / T
+        <= t_hi and (with a sigma interval) sigma_lo <= sigma_t <= sigma_hi. alphabar: the schedule's [T]
+        alphabar, needed when a row has a sigma interval. Says nothing of the method or the scale (``active``
+        does)."""
+        dev = t.device
+        frac = t.double() / T
+        on = (frac >= self.t_lo.to(dev)) & (frac <= self.t_hi.to(dev))
+        if self.has_sigma_interval:
+            if alphabar is None:
+                raise ValueError("a sigma interval needs the schedule's alphabar: pass alphabar")
+            sig = sigma_of(alphabar.to(dev, torch.float64)[t])
+            on = on & (sig >= self.sigma_lo.to(dev)) & (sig <= self.sigma_hi.to(dev))
+        return on
+
+    def base_scale_table(self, T: int, alphabar: torch.Tensor | None = None) -> torch.Tensor:
+        """[T, B] float64: each row's scale of its base eps at every original step t (``MethodEps``). A cfg / cfg_w
+        row (``Method.guides_base``) gets neutral + (scale - neutral) * w(t) where its intervals hold t and
+        neutral elsewhere (cfg: gamma_t = 1 + (gamma - 1) * w(t), or 1; cfg_w: w_t = w * w(t), or 0), with
+        w(t) its scale schedule; where w(t) = 1 the row's scale itself, bit for bit. Other rows keep their scale
+        at every t (a classifier term's s(t) is ``ClassifierGuidance``'s)."""
+        steps = torch.arange(T)
+        inside = self.in_interval(steps.view(-1, 1), T, alphabar)  # [T, B]: the comparisons of active(), broadcast
+        names = list(dict.fromkeys(self.schedule))
+        idx = torch.tensor([names.index(n) for n in self.schedule])
+        w = torch.stack([schedule_weight(n, steps, T) for n in names])[idx].T  # [T, B]
+        neutral = torch.tensor([METHODS[m].neutral or 0.0 for m in self.method], dtype=torch.float64)
+        timed = neutral + (self.scale - neutral) * w
+        timed = torch.where(w == 1, self.scale, timed)  # constant (and a ramp's end at 1): the scale exactly
+        timed = torch.where(inside, timed, neutral)
+        return torch.where(self.guides_base, timed, self.scale)
 
     @cached_property
     def x0_space(self) -> torch.Tensor:
@@ -308,18 +362,10 @@ class GuidanceSpec:
 
     def active(self, t: torch.Tensor, T: int, alphabar: torch.Tensor | None = None) -> torch.Tensor:
         """[B] bool: rows with a classifier term at original steps t [B] (a classifier method, s != 0,
-        t / T inside the row's interval and sigma_t inside its sigma interval). alphabar: the schedule's
-        [T] alphabar, needed when a row has a sigma interval."""
+        t / T inside the row's interval and sigma_t inside its sigma interval: ``in_interval``). alphabar: the
+        schedule's [T] alphabar, needed when a row has a sigma interval."""
         dev = t.device
-        frac = t.double() / T
-        on = ((self.scale.to(dev) != 0) & self.with_classifier.to(dev) & (frac >= self.t_lo.to(dev))
-              & (frac <= self.t_hi.to(dev)))
-        if self.has_sigma_interval:
-            if alphabar is None:
-                raise ValueError("a sigma interval needs the schedule's alphabar: pass alphabar to active()")
-            sig = sigma_of(alphabar.to(dev, torch.float64)[t])
-            on = on & (sig >= self.sigma_lo.to(dev)) & (sig <= self.sigma_hi.to(dev))
-        return on
+        return (self.scale.to(dev) != 0) & self.with_classifier.to(dev) & self.in_interval(t, T, alphabar)
 
     def active_at(self, t: int, T: int, alphabar: torch.Tensor | None = None) -> bool:
         """Host-side: does any row get guided at original step t? (lets a caller skip the classifier)"""

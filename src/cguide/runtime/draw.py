@@ -179,7 +179,7 @@ def draw(models: Models, guidance: GuidanceSpec, sampler: SamplerSpec, seeds: Se
             eps_fn = lambda x, t: uncond(x, t)  # noqa: E731
             eps_grad = lambda x, t, rows: uncond(x, t)  # noqa: E731
         else:
-            eps_fn = MethodEps(uncond, cond, spec, null=models.cond.net.null_label if cond is not None else None)
+            eps_fn = MethodEps(uncond, cond, spec, models.cond.net.null_label if cond is not None else None, schedule)
             eps_grad = eps_fn.rows_eps
         eps_fn = sampler.base_eps(eps_fn, schedule)  # x0-space g goes through the unclipped eps_grad
         fn, nonfinite_steps = None, torch.zeros(len(seeds[sl]), dtype=torch.long)
