@@ -278,6 +278,9 @@ CASES = {
         "root": _odd_folder(t / "images", odd)}) for odd in ("symlink-loop", "truncated", "too-large", "float-range")},
     "output-is-file": Case("sample", {"out_dir": "{tmp}/a_file"}, lambda c, t: {
         "file": _written(t / "a_file")}),
+    "output-name-too-long": Case("sweep-cli", {"out_dir": "{tmp}/" + "n" * 300}),
+    "pipeline-output-is-file": Case("pipeline-cli", {"out_dir": "{tmp}/a_file"}, lambda c, t: {
+        "file": _written(t / "a_file")}),
     "too-few-real": Case("sweep", {"metrics.n_real": "1", "metrics.names": "[fid]"}),
     "zero-grid-per-class": Case("sweep", {"sweep.grid_per_class": "0"}),
     "unknown-device": Case("sample-cli", {"device": "tpu7"}),
@@ -375,7 +378,8 @@ def test_catalogued_error(case_id, ckpts, tmp_path, monkeypatch, capsys):
     before = snapshot(tmp_path, *ckpts.values())
 
     if case.entry.endswith("-cli"):
-        main = {"train": "cguide.train", "sample": "cguide.sample", "sweep": "cguide.sweep"}[entry]
+        main = {"train": "cguide.train", "sample": "cguide.sample", "sweep": "cguide.sweep",
+                "pipeline": "cguide.pipeline"}[entry]
         monkeypatch.setattr(sys, "argv", [main, *args])
         with pytest.raises(SystemExit) as e:
             __import__(main, fromlist=["main"]).main()

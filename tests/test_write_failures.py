@@ -74,3 +74,58 @@ def test_a_failed_torch_save_is_named_by_its_cause(free, limit, code, tmp_path, 
         atomic.atomic_torch_save({}, tmp_path / "x.ckpt")
     assert e.value.errno == code and e.value.filename == str(tmp_path / "x.ckpt")
     assert (tmp_path / "x.ckpt").read_text() == "before" and sorted(p.name for p in tmp_path.iterdir()) == ["x.ckpt"]
+
+
+# ------------------------------------------------------------------ read-only output folders (Hydra's run folder too)
+
+RO = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && cd "$1" && shift && exec "$@"'
+
+
+def _can_mount_read_only(tmp: Path) -> bool:
+    probe = tmp / "probe"
+    probe.mkdir()
+    try:
+        r = subprocess.run(["unshare", "-rm", "sh", "-c", RO, str(probe), str(tmp), "touch", str(probe / "x")],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode != 0 and "Read-only file system" in r.stderr
+
+
+def _in_read_only(ro: Path, cwd: Path, module: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``python -m module args`` in cwd, with the folder ro mounted read-only (a user and mount namespace of its
+    own: nothing outside the run sees the mount)."""
+    if not _can_mount_read_only(ro.parent):
+        pytest.skip("no read-only bind mount here (unshare -rm)")
+    return subprocess.run(["unshare", "-rm", "sh", "-c", RO, str(ro), str(cwd), sys.executable, "-m", module, *args],
+                          env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("module", ["cguide.sweep", "cguide.pipeline"])
+def test_a_read_only_out_dir_is_one_line_before_hydra_makes_its_run_folder(module, tmp_path):
+    """Hydra made its run folder (out_dir/hydra/<time>) before any check: a traceback."""
+    ro = tmp_path / "ro"
+    (ro / "old").mkdir(parents=True)
+    (ro / "old" / "keep.txt").write_text("an earlier output")
+    args = ["debug=default"] if module == "cguide.pipeline" else ["eps_ckpt=e.ckpt", "judge_ckpt=j.ckpt"]
+    line = _one_error_line(_in_read_only(ro, tmp_path, module, [*args, f"out_dir={ro / 'new'}"]))
+    assert line == f"error: output folder {ro / 'new'} is not writable (Read-only file system: {ro}); choose " \
+        "another out_dir"
+    assert sorted(p.name for p in ro.rglob("*")) == ["keep.txt", "old"]
+
+
+def test_a_read_only_working_directory_is_one_line(tmp_path):
+    """cguide.train without hydra.run.dir makes its run folder under the working directory: a Hydra traceback."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    line = _one_error_line(_in_read_only(ro, ro, "cguide.train", ["debug=default"]))
+    assert line == f"error: output folder outputs is not writable (Read-only file system: {ro}); choose another " \
+        f"hydra.run.dir (the default folder is under the working directory {ro})"
+    assert list(ro.iterdir()) == []

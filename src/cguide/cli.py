@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from .io.atomic import atomic_write_text
-from .io.folders import write_error_line
+from .io.folders import check_creatable, write_error_line
 from .io.signals import stop_on_signals
 from .runtime.distributed import ERRORS, is_main
 from .runtime.speed import check_num_threads
@@ -44,6 +44,22 @@ def run_or_exit(fn: Callable, *args):
             "command again to go on from there"
         print(f"interrupted by {signal.Signals(signum).name}: {note}", file=sys.stderr)
         sys.exit(128 + signum)
+
+
+OUTPUT_KEYS = ("out_dir", "paths.output_dir", "hydra.run.dir", "hydra.sweep.dir")
+
+
+def check_output_args(argv: Sequence[str], default_key: str) -> None:
+    """Before Hydra makes its run folder (a traceback when it cannot): every output folder given on the command
+    line, and when the run folder would be the default under the working directory (no ``default_key`` given:
+    out_dir for sweep and pipeline, hydra.run.dir for train), that directory: not a file, not read-only, no name
+    over 255 bytes. One line (exit 2) instead; nothing is created."""
+    given = dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
+    checks = [(given[k], k) for k in OUTPUT_KEYS if given.get(k) and "${" not in given[k]]
+    if not any(given.get(k) for k in (default_key, "hydra.run.dir")):
+        checks.append(("outputs", f"{default_key} (the default folder is under the working directory {Path.cwd()})"))
+    for folder, key in checks:
+        run_or_exit(check_creatable, folder, key)
 
 
 def require(cfg, *keys: str) -> None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import CONF_DIR, print_config_tree, run_or_exit
+from .cli import CONF_DIR, check_output_args, print_config_tree, run_or_exit
 from .config import SweepConfig, plain, register_configs
 from .io.folders import check_writable
 from .io.locks import FolderLock
@@ -148,9 +149,15 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pipeline")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     print_config_tree(cfg, first=("name", "data", "model", "classifier", "judge", "sweep", "guidance", "sampler"))
     run_or_exit(run_pipeline, cfg)
+
+
+def main():
+    """Output folders checked before Hydra makes its run folder in out_dir (cguide.cli.check_output_args)."""
+    check_output_args(sys.argv[1:], "out_dir")
+    return hydra_main()
 
 
 if __name__ == "__main__":

@@ -25,11 +25,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import CONF_DIR, check_int64, print_config_tree, require, run_or_exit
+from .cli import CONF_DIR, check_int64, check_output_args, print_config_tree, require, run_or_exit
 from .config import register_configs
 from .grid.objective import check_objective, objective
 from .grid.runner import run_sweep
-from .io.folders import check_not_a_file
 from .runtime.distributed import init_from_env, is_main, spawn
 
 register_configs()
@@ -69,12 +68,10 @@ def hydra_main(cfg: DictConfig):
 
 def main():
     """Hydra makes its run folder inside out_dir (hydra.run.dir in conf/sweep.yaml) before the sweep starts,
-    so an out_dir given on the command line that is a file, or lies under one, is refused first as one line
-    (Hydra's own mkdir would end in a traceback)."""
-    given = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("-"))
-    key = next((k for k in ("out_dir", "paths.output_dir") if given.get(k)), None)
-    if key:
-        run_or_exit(check_not_a_file, given[key], key)
+    so an out_dir given on the command line that is a file, lies under one, is read-only or has a name too long
+    (or a read-only working directory, for the default out_dir) is refused first as one line (Hydra's own mkdir
+    would end in a traceback)."""
+    check_output_args(sys.argv[1:], "out_dir")
     return hydra_main()
 
 

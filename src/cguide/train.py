@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from .cli import CONF_DIR, apply_num_threads, check_int64, check_num_threads, print_config_tree, run_or_exit
+from .cli import (CONF_DIR, apply_num_threads, check_int64, check_num_threads, check_output_args, print_config_tree,
+                  run_or_exit)
 from .config import net_precision, plain, register_configs
 from .data import as_data_config, build_datamodule
 from .io.atomic import atomic_write, remove_stale_temps
@@ -272,13 +274,19 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     print_config_tree(cfg, first=("task", "data", TASKS.get(cfg.task, ("model",))[0], "trainer"))
     result = run_or_exit(train, cfg)
     if result.checkpoint is None:
         print(f"fast_dev_run: {result.steps} step(s) ran as a smoke test; no checkpoint written")
     else:
         print(f"checkpoint: {result.checkpoint}")
+
+
+def main():
+    """Output folders checked before Hydra makes its run folder (cguide.cli.check_output_args)."""
+    check_output_args(sys.argv[1:], "hydra.run.dir")
+    return hydra_main()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,30 @@ def check_not_a_file(folder: str | os.PathLike, key: str) -> Path:
     return folder
 
 
+NAME_MAX = 255  # bytes in one file or folder name, on every common file system
+
+
+def check_creatable(folder: str | os.PathLike, key: str) -> Path:
+    """What check_writable refuses, checked without creating anything: a file in the way, a name longer than the
+    file system takes, and a folder (or, when it does not exist yet, the nearest folder above it) that is
+    read-only or not writable for this user."""
+    folder = Path(folder)
+    long = next((part for part in folder.parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if long is not None:  # first: a stat of such a path fails itself
+        raise ValueError(f"output folder {folder} is not writable ({os.strerror(errno.ENAMETOOLONG)}: a name of "
+                         f"{len(os.fsencode(long))} bytes, '{long[:24]}...', over the {NAME_MAX} a file system takes); "
+                         f"choose another {key}")
+    check_not_a_file(folder, key)
+    here = folder.absolute()
+    here = next((p for p in (here, *here.parents) if p.exists()), None)
+    if here is not None and not os.access(here, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(here).f_flag & os.ST_RDONLY)
+        why = os.strerror(errno.EROFS if read_only else errno.EACCES)
+        raise ValueError(f"output folder {folder} is not writable ({why}{'' if here == folder.absolute() else f': {here}'}"
+                         f"); choose another {key}")
+    return folder
+
+
 def check_writable(folder: str | os.PathLike, key: str) -> Path:
     """Create ``folder`` if needed and prove a file can be written in it; one line naming ``key`` if not."""
     folder = check_not_a_file(folder, key)
