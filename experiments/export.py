@@ -10,17 +10,19 @@ sample grid (when the run drew one); writes results.md (the table, every number 
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
 
-from cguide.grid.results import options_label
+from cguide.grid.results import ResultsFolder, options_label
+from cguide.metrics.intervals import base_name, find_key
 
+# (metric, title, format); feature metrics are found under their row name (fid -> fid_judge) and titled with
+# their feature space; a value with an interval prints as "3.15 [2.81, 3.52]"
 COLUMNS = [("method", "method", "{}"), ("scale", "scale", "{:g}"), ("variant", "variant", "{}"), ("fid", "FID", "{:.2f}"),
-           ("kid_mean", "KID", "{:.3f}"), ("is_mean", "IS", "{:.2f}"), ("accuracy", "accuracy", "{:.3f}"),
-           ("guide_confidence", "guide_conf", "{:.3f}"), ("precision", "precision", "{:.3f}"),
-           ("recall", "recall", "{:.3f}"), ("classwise_fid", "class-wise FID", "{:.1f}"),
+           ("fid_inf", "FID_inf", "{:.2f}"), ("kid", "KID", "{:.3f}"), ("is", "IS", "{:.2f}"),
+           ("accuracy", "accuracy", "{:.3f}"), ("guide_confidence", "guide_conf", "{:.3f}"),
+           ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"), ("classwise_fid", "class-wise FID", "{:.1f}"),
            ("grad_nonfinite_share", "non-finite g", "{:.3f}"), ("wall_s", "wall s", "{:.0f}")]
 
 
@@ -34,9 +36,23 @@ def cell(row: dict, key: str, fmt: str) -> str:
         return options_label(row)
     v = row.get(key, "") if key != "method" else row.get(key) or "classifier"
     try:
-        return fmt.format(float(v)) if fmt != "{}" else str(v)
+        text = fmt.format(float(v)) if fmt != "{}" else str(v)
     except (TypeError, ValueError):
         return "" if v is None else str(v)
+    lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+        text += f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return text
+
+
+def resolve(rows: list[dict], columns: list[tuple]) -> list[tuple]:
+    """Columns under the rows' own key names (fid -> fid_judge), titled with the feature space; dropped when absent."""
+    out = []
+    for key, title, fmt in columns:
+        found = key if key in ("method", "scale", "variant", "options") else find_key(rows, key)
+        if found:
+            out.append((found, title if found == base_name(found) else f"{title} ({found.rsplit('_', 1)[-1]})", fmt))
+    return out
 
 
 def table(rows: list[dict]) -> str:
@@ -44,10 +60,14 @@ def table(rows: list[dict]) -> str:
                                        float(r["scale"])))
     opts = OPTIONAL[:1] if any(options_label(r) != "-" for r in rows) else []
     cost = [c for c in OPTIONAL[1:] if any(c[0] in r for r in rows)]
-    columns = COLUMNS[:3] + opts + COLUMNS[3:] + cost
+    columns = resolve(rows, COLUMNS[:3] + opts + COLUMNS[3:] + cost)
     lines = ["| " + " | ".join(t for _, t, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in columns) + " |" for r in rows]
-    return "\n".join(lines)
+    level = next((r["interval_level"] for r in rows if r.get("interval_level")), None)
+    note = (f"\n\n[lo, hi]: {100 * level:g} % intervals (bootstrap over the generated samples; Wilson for accuracy). "
+            "FID's interval is for FID at this n, which is biased upwards; FID_inf is extrapolated to n -> inf."
+            if level else "")
+    return "\n".join(lines) + note
 
 
 def main(run_dir: str, exp_dir: str, sweep_dir: str | None = None) -> None:
@@ -70,7 +90,7 @@ def main(run_dir: str, exp_dir: str, sweep_dir: str | None = None) -> None:
         shutil.copy(grids[-1], eps_grid)
     elif eps_grid.exists():  # an earlier export's: this run drew no end-of-training grid
         eps_grid.unlink()
-    rows = [json.loads(line) for line in (sweep / "results.jsonl").read_text().splitlines() if line.strip()]
+    rows = ResultsFolder(sweep).rows()  # rows from before the feature-space names under today's names
     (exp / "results.md").write_text(table(rows) + "\n")
     print(f"exported {len(rows)} rows from {sweep} to {exp}")
 

@@ -145,7 +145,8 @@ def test_experiment_runs_end_to_end_on_stand_ins(name, tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * len(cfg.sweep.variants) and {r["sampler"] for r in rows} == {sampler}
     for r in rows:
-        assert all(np.isfinite(r[k]) for k in ("fid", "is_mean", "precision", "recall", "guide_confidence"))
+        assert all(np.isfinite(r[k]) for k in ("fid_inception", "is_inception", "precision_inception",
+                                               "recall_inception", "guide_confidence", "fid_inception_lo"))
         assert "accuracy" not in r and r["nonfinite"] == 0.0
         with np.load(out / "samples" / f"{r['point']}.npz") as z:  # the paper's evaluator reads these
             assert z["arr_0"].shape == (10, 16, 16, 3) and z["arr_0"].dtype == np.uint8
@@ -160,7 +161,7 @@ def test_experiment_runs_end_to_end_on_stand_ins(name, tmp_path, monkeypatch):
     first_gen = next(f for x, f in StubInception.seen if len(x) == 10)
     with np.load(ref) as z:
         stats = {"mu": z["mu"], "sigma": z["sigma"]}
-    assert rows[0]["fid"] == pytest.approx(frechet_distance(feature_stats(first_gen), stats), rel=1e-6)
+    assert rows[0]["fid_inception"] == pytest.approx(frechet_distance(feature_stats(first_gen), stats), rel=1e-6)
     assert list((out / "real_stats").glob("real-stats__reference-*")), "the reference features were not cached"
     defines = json.loads((out / "sweep.json").read_text())["defines"]
     assert "data" not in defines and defines["reference"]["fid_stats"] and defines[f"{role}_preset"] == flags

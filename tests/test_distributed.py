@@ -109,5 +109,5 @@ def test_sweep_on_two_processes_equals_one_process(tiny_ckpts, tmp_path):
     assert set(rows["one"]) == set(rows["two"]) and len(rows["one"]) == 4
     for key, one in rows["one"].items():
         two = rows["two"][key]
-        for metric in ("fid", "accuracy", "guide_confidence", "grad_nonfinite_share", "n"):
+        for metric in ("fid_judge", "fid_judge_lo", "accuracy", "guide_confidence", "grad_nonfinite_share", "n"):
             assert two[metric] == pytest.approx(one[metric], rel=1e-6, abs=1e-9), (key, metric)

@@ -169,3 +169,15 @@ def test_wilson_interval_matches_the_closed_form():
 def test_bad_interval_settings_get_one_line(resamples, level, message):
     with pytest.raises(ValueError, match=message):
         bs.check_interval_settings(resamples, level)
+
+
+def test_replicates_in_blocks_equal_one_block(monkeypatch):
+    a, b = gauss(300, 16, 0.2, 1.0, 11), gauss(400, 16, 0.0, 1.0, 12)
+    w = bs.counts(bs.resample_order(torch.arange(300) % 3, 50, 0), 300)
+    moments = fr.real_moments(b)
+    whole = fr.frechet_weighted(a, w, *moments)
+    monkeypatch.setattr(fr, "CHUNK_ELEMENTS", 300 * 16 * 7)  # blocks of 7 replicates
+    torch.testing.assert_close(fr.frechet_weighted(a, w, *moments), whole, rtol=1e-12, atol=1e-12)
+    per_rep = fr.real_moments(b, bs.counts(bs.resample_order(torch.zeros(400, dtype=torch.long), 50, 1), 400))
+    torch.testing.assert_close(fr.frechet_weighted(a, w, *per_rep), torch.cat(
+        [fr._frechet_block(a, w[i:i + 1], *(x[i:i + 1] for x in per_rep)) for i in range(50)]), rtol=1e-12, atol=1e-12)

@@ -75,7 +75,7 @@ def test_guidance_fid_search_finds_best_fid_at_min_accuracy(tiny_ckpts, tmp_path
     bound = cfg.objective.min_accuracy
 
     def value(r):
-        return r["fid"] + penalty * max(0.0, bound - r["accuracy"])
+        return r["fid_judge"] + penalty * max(0.0, bound - r["accuracy"])
 
     best = _row_of(res["best_params"], rows)
     assert res["best_value"] == pytest.approx(value(best), rel=1e-12)
@@ -91,10 +91,10 @@ def test_guidance_pareto_search_writes_the_front(tiny_ckpts, tmp_path, monkeypat
     assert front
     for sol in front:
         r = _row_of(sol["params"], rows)
-        assert sol["values"] == [r["fid"], r["accuracy"]]
+        assert sol["values"] == [r["fid_judge"], r["accuracy"]]
         # no row is at least as good in both and better in one (fid minimised, accuracy maximised)
-        assert not any(o["fid"] <= r["fid"] and o["accuracy"] >= r["accuracy"]
-                       and (o["fid"], o["accuracy"]) != (r["fid"], r["accuracy"]) for o in rows)
+        assert not any(o["fid_judge"] <= r["fid_judge"] and o["accuracy"] >= r["accuracy"]
+                       and (o["fid_judge"], o["accuracy"]) != (r["fid_judge"], r["accuracy"]) for o in rows)
 
 
 def test_objective_not_measured_stops_the_search_before_drawing(tiny_ckpts, tmp_path, monkeypatch, capsys):

@@ -24,8 +24,8 @@ def test_a_sweep_compares_methods_on_shared_seeds(cfg_sweep, tiny_cond_ckpt, tmp
                                    "ddim-2-cond_classifier-t0_1-score-s2"])
     assert {r["method"] for r in rows.values()} == {"classifier", "cfg", "cond", "cond_classifier"}
     cond, adm0 = rows["ddim-2-cond"], rows["ddim-2-cond_classifier-t0_1-score-s0"]
-    assert cond["fid"] == adm0["fid"] and cond["accuracy"] == adm0["accuracy"]  # the same samples
-    assert rows["ddim-2-cfg-gamma3"]["fid"] != rows["ddim-2-cfg-gamma1"]["fid"]
+    assert cond["fid_judge"] == adm0["fid_judge"] and cond["accuracy"] == adm0["accuracy"]  # the same samples
+    assert rows["ddim-2-cfg-gamma3"]["fid_judge"] != rows["ddim-2-cfg-gamma1"]["fid_judge"]
     for plot in ("fid_vs_accuracy", "is_vs_fid", "precision_vs_recall"):
         assert (out / "plots" / f"{plot}.png").is_file()
     defines = json.loads((out / "sweep.json").read_text())["defines"]
@@ -88,13 +88,13 @@ def test_a_sweep_runs_the_classifier_term_options_each_under_its_own_key(cfg_swe
     assert guided == sorted(["ddpm-2-t0_1-score-s2-linear", "ddpm-2-t0_1-score-s2-sig0.5_20",
                              "ddpm-2-t0_1-score-s2-ent10", "ddpm-2-t0_1-score-s2-posterior_mean",
                              "ddpm-2-t0_1-score-s2"])
-    unguided = [rows[k]["fid"] for k in rows if "-s0" in k]
+    unguided = [rows[k]["fid_judge"] for k in rows if "-s0" in k]
     assert len(unguided) == 5 and len(set(unguided)) == 1  # at s = 0 every option is the same unguided draw
     assert rows["ddpm-2-t0_1-score-s2-linear"]["schedule"] == "linear"
     assert rows["ddpm-2-t0_1-score-s2-sig0.5_20"]["sigma_lo"] == 0.5
-    plain = rows["ddpm-2-t0_1-score-s2"]["fid"]  # (with 2 steps of tiny nets the entropy factor and the
+    plain = rows["ddpm-2-t0_1-score-s2"]["fid_judge"]  # (with 2 steps of tiny nets the entropy factor and the
     for key in ("linear", "posterior_mean"):  # sigma interval may change nothing; their math is in test_guidance_options)
-        assert rows[f"ddpm-2-t0_1-score-s2-{key}"]["fid"] != plain, key
+        assert rows[f"ddpm-2-t0_1-score-s2-{key}"]["fid_judge"] != plain, key
 
 
 def test_dynamic_thresholding_is_part_of_what_defines_a_sweep_folder(cfg_sweep):

@@ -126,8 +126,8 @@ def test_compute_metrics_all_keys_finite():
             return torch.zeros(xb.shape[0], K)
 
     out = M.compute_metrics(x, y, (r, rl), judge=StandInJudge(3), guide=UniformGuide())
-    assert set(out) == {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "accuracy",
-                        "guide_confidence", "classwise_fid", "nonfinite"}
+    assert set(out) == {"fid", "fid_inf", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall",
+                        "accuracy", "guide_confidence", "classwise_fid", "nonfinite"}
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.values()), out
     assert out["guide_confidence"] == pytest.approx(1 / K)
 
@@ -270,7 +270,7 @@ def test_inception_found_in_hub_cache(hub_dir, monkeypatch):
 
 def test_unknown_names():
     x, y, r, _ = data(8, 8)
-    with pytest.raises(ValueError, match="known: fid, kid, is, prc, accuracy"):
+    with pytest.raises(ValueError, match="known: fid, fid_inf, kid, is, prc, accuracy"):
         M.compute_metrics(x, y, r, judge=StandInJudge(), settings=M.MetricSettings(names=("fid", "sharpness")))
     with pytest.raises(ValueError, match="known: judge, inception"):
         M.build_extractor("vgg", judge=StandInJudge())
@@ -282,7 +282,8 @@ def test_unknown_names():
 # --- MetricSettings: checked once, at construction (no judge, data or network involved) ---
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(names=("fid", "fidd")), "unknown metric(s) ['fidd'] in metrics.names; known: fid, kid, is, prc, accuracy, "
+    (dict(names=("fid", "fidd")), "unknown metric(s) ['fidd'] in metrics.names; known: fid, fid_inf, kid, is, prc, "
+                                  "accuracy, "
                                   "guide_confidence, classwise_fid, nonfinite"),
     (dict(extractor="clip"), "unknown feature extractor 'clip' (metrics.extractor); known: judge, inception"),
     (dict(extractor="clip", names=("accuracy",)),  # refused even when no feature metric would use it

@@ -241,8 +241,8 @@ def test_nan_gradients_are_contained_and_reported_through_a_sweep(tiny_ckpts, tm
     rows = {r["scale"]: r for r in _sweep(ckpts, tmp_path / "out", "sweep.scales=[0,2]", "sweep.points_per_call=1")}
     assert rows[0.0]["grad_nonfinite_share"] == 0.0 and rows[2.0]["grad_nonfinite_share"] == 1.0
     for r in rows.values():  # every gradient zeroed: the samples stay finite, and so do the metrics
-        assert r["nonfinite"] == 0.0 and math.isfinite(r["fid"]) and math.isfinite(r["accuracy"])
-    assert rows[2.0]["fid"] == rows[0.0]["fid"]  # 'zero' mode: NaN steps go unguided
+        assert r["nonfinite"] == 0.0 and math.isfinite(r["fid_judge"]) and math.isfinite(r["accuracy"])
+    assert rows[2.0]["fid_judge"] == rows[0.0]["fid_judge"]  # 'zero' mode: NaN steps go unguided
 
 
 def test_blown_up_samples_are_counted_and_the_sweep_goes_on(tiny_ckpts, tmp_path):
@@ -251,8 +251,8 @@ def test_blown_up_samples_are_counted_and_the_sweep_goes_on(tiny_ckpts, tmp_path
                                           "sampler.clip_x0=false")}
     huge = rows[1e30]
     assert huge["nonfinite"] == 1.0 and huge["grad_nonfinite_share"] == 1.0  # reported...
-    assert huge["fid"] is None and huge["accuracy"] is None  # ...nothing left to measure: null, not a crash
-    assert math.isfinite(rows[0.0]["fid"]) and rows[0.0]["nonfinite"] == 0.0
+    assert huge["fid_judge"] is None and huge["accuracy"] is None and huge["fid_judge_lo"] is None  # ...nothing left to measure: null, not a crash
+    assert math.isfinite(rows[0.0]["fid_judge"]) and rows[0.0]["nonfinite"] == 0.0
     assert (tmp_path / "out" / "plots" / "fid_vs_scale.png").is_file()
 
 

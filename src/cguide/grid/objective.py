@@ -12,15 +12,23 @@ from pathlib import Path
 
 from omegaconf import ListConfig
 
+from ..metrics.intervals import find_key
 from .points import build_grid
 from .results import ResultsFolder
 
 log = logging.getLogger(__name__)
 
-# Row key -> the metrics.names entry that measures it (see cguide/metrics/suite.py).
-ROW_METRICS = {"fid": "fid", "kid_mean": "kid", "kid_std": "kid", "is_mean": "is", "is_std": "is",
-               "precision": "prc", "recall": "prc", "accuracy": "accuracy", "guide_confidence": "guide_confidence",
-               "classwise_fid": "classwise_fid", "nonfinite": "nonfinite"}
+# Objective name -> the metrics.names entry that measures it (see cguide/metrics/suite.py). Rows hold feature
+# metrics under their feature space's name (fid -> fid_judge): ROW_BASE names the metric an objective reads.
+ROW_METRICS = {"fid": "fid", "fid_inf": "fid_inf", "kid": "kid", "is": "is", "precision": "prc", "recall": "prc",
+               "accuracy": "accuracy", "guide_confidence": "guide_confidence", "classwise_fid": "classwise_fid",
+               "nonfinite": "nonfinite", "kid_mean": "kid", "is_mean": "is"}  # the last two: names before #26
+ROW_BASE = {"kid_mean": "kid", "is_mean": "is"}
+
+
+def row_value(row: dict, name: str):
+    key = find_key([row], ROW_BASE.get(name, name))
+    return row.get(key) if key else None
 
 
 def _sweeper_directions(cfg) -> list | None:
@@ -86,9 +94,9 @@ def objective(cfg, out: str | Path) -> float | tuple[float, ...] | None:
         raise RuntimeError(f"no row for point {key} in {out}/results.jsonl")
     ob = cfg.objective
     names = list(ob.metrics) + (["accuracy"] if ob.min_accuracy is not None else [])
-    if any(n not in row for n in names):  # not measured: a plain run (check_objective guards sweepers)
+    values = {n: row_value(row, n) for n in names}
+    if any(find_key([row], ROW_BASE.get(n, n)) is None for n in names):  # not measured: a plain run
         return None
-    values = {n: row[n] for n in names}
     nulls = [n for n, v in values.items() if v is None or not math.isfinite(v)]
     if nulls:
         log.warning(f"objective: {nulls} of point {key} is null (NaN); no value, so the sweeper fails this trial")

@@ -12,15 +12,19 @@ matplotlib.use("Agg")  # files only: no display on servers and in multirun jobs
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..io.atomic import atomic_write  # noqa: E402
+from ..metrics.intervals import base_name, find_key  # noqa: E402
 from .results import options_label  # noqa: E402
 
 SERIES_AXES = ("method", "variant", "sampler", "steps", "t_lo", "t_hi", "schedule", "sigma_lo", "sigma_hi",
                "entropy_cap", "grad_at", "grad_space")
-# file stem -> (title, [(row key, legend suffix)]); a plot is skipped when none of its keys was measured
+# file stem -> (title, [(metric, legend suffix)]); a plot is skipped when none of its metrics was measured.
+# Feature metrics are found under their row name (fid -> fid_judge / fid_inception) and titled with the space.
 VS_SCALE = {
     "fid_vs_scale": ("FID", [("fid", "")]),
+    "fid_inf_vs_scale": ("FID_inf (extrapolated to n -> inf)", [("fid_inf", "")]),
+    "kid_vs_scale": ("KID (unbiased MMD^2)", [("kid", "")]),
     "accuracy_vs_scale": ("judge accuracy on target class", [("accuracy", "")]),
-    "is_vs_scale": ("Inception score (extractor logits)", [("is_mean", "")]),
+    "is_vs_scale": ("Inception score (extractor logits)", [("is", "")]),
     "precision_recall_vs_scale": ("precision (solid) and recall (dashed)", [("precision", " precision"),
                                                                             ("recall", " recall")]),
 }
@@ -63,13 +67,33 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def error_bars(rs: list[dict], key: str):
+    """[[below], [above]] for matplotlib from each row's <key>_lo / <key>_hi; None when no row has them."""
+    if not any(f"{key}_lo" in r for r in rs):
+        return None
+    ys = [num(r.get(key)) for r in rs]
+    below = [y - num(r.get(f"{key}_lo")) for y, r in zip(ys, rs)]
+    above = [num(r.get(f"{key}_hi")) - y for y, r in zip(ys, rs)]
+    return [[0.0 if math.isnan(v) else max(v, 0.0) for v in side] for side in (below, above)]
+
+
+def space_title(title: str, key: str) -> str:
+    space = key.rsplit("_", 1)[-1] if base_name(key) != key else None
+    return f"{title}, {space} features" if space else title
+
+
 def plot_vs_scale(rows: list[dict], title: str, keys: list[tuple[str, str]], path: Path) -> Path:
+    """Metric against s, one line per series, with each point's interval as an error bar."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, (label, rs) in enumerate(series(rows).items()):
         for j, (key, suffix) in enumerate(keys):
-            ax.plot([num(r["scale"]) for r in rs], [num(r.get(key)) for r in rs], marker="o", color=f"C{i}",
-                    linestyle="-" if j == 0 else "--", label=label + suffix)
-    ax.set(xlabel="guidance scale s", ylabel=title, title=f"{title} vs s")
+            ax.errorbar([num(r["scale"]) for r in rs], [num(r.get(key)) for r in rs], yerr=error_bars(rs, key),
+                        marker="o", color=f"C{i}", linestyle="-" if j == 0 else "--", label=label + suffix,
+                        capsize=2, elinewidth=0.8)
+    title = space_title(title, keys[0][0])
+    level = next((r["interval_level"] for r in rows if r.get("interval_level")), None)
+    ax.set(xlabel="guidance scale s", ylabel=title,
+           title=f"{title} vs s" + (f"\n(bars: {100 * level:g} % intervals)" if level else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
@@ -91,7 +115,8 @@ def plot_pairs(rows: list[dict], x_key: str, y_key: str, labels: tuple[str, str]
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, (label, rs) in enumerate(series(rows).items()):
         xs, ys = [num(r.get(x_key)) for r in rs], [num(r.get(y_key)) for r in rs]
-        ax.plot(xs, ys, marker="o", color=f"C{i}", label=label, alpha=0.8)
+        ax.errorbar(xs, ys, xerr=error_bars(rs, x_key), yerr=error_bars(rs, y_key), marker="o", color=f"C{i}",
+                    label=label, alpha=0.8, capsize=2, elinewidth=0.8)
         for r, x, y in zip(rs, xs, ys):
             ax.annotate(f"{r.get('method', 'classifier')[:4]} {num(r['scale']):g}", (x, y), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
@@ -100,15 +125,15 @@ def plot_pairs(rows: list[dict], x_key: str, y_key: str, labels: tuple[str, str]
             if len(front) > 1:
                 ax.plot([p[0] for p in front], [p[1] for p in front], color=f"C{i}", linewidth=3, alpha=0.35,
                         linestyle="--")
-    ax.set(xlabel=labels[0], ylabel=labels[1], title=title)
+    ax.set(xlabel=space_title(labels[0], x_key), ylabel=space_title(labels[1], y_key), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
 
 
-def plot_tradeoff(rows: list[dict], path: Path) -> Path:
+def plot_tradeoff(rows: list[dict], path: Path, fid_key: str = "fid_judge") -> Path:
     """FID against accuracy per series (method), with each series' Pareto front (low FID, high accuracy)."""
-    return plot_pairs(rows, "accuracy", "fid", ("judge accuracy", "FID"), "FID vs accuracy (dashed: Pareto front)",
+    return plot_pairs(rows, "accuracy", fid_key, ("judge accuracy", "FID"), "FID vs accuracy (dashed: Pareto front)",
                       path, minimise=(False, True))
 
 
@@ -117,17 +142,18 @@ def write_plots(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     if not rows:
         return {}
-    have = {k for r in rows for k in r}
     paths = {}
     for name, (title, keys) in VS_SCALE.items():
-        if any(k in have for k, _ in keys):
-            paths[name] = plot_vs_scale(rows, title, keys, out_dir / f"{name}.png")
-    if {"fid", "accuracy"} <= have:
-        paths["fid_vs_accuracy"] = plot_tradeoff(rows, out_dir / "fid_vs_accuracy.png")
-    if {"fid", "is_mean"} <= have:
-        paths["is_vs_fid"] = plot_pairs(rows, "fid", "is_mean", ("FID", "Inception score (extractor logits)"),
+        found = [(find_key(rows, base), suffix) for base, suffix in keys]
+        if all(k is not None for k, _ in found):
+            paths[name] = plot_vs_scale(rows, title, found, out_dir / f"{name}.png")
+    fid, acc, is_, prec, rec = (find_key(rows, b) for b in ("fid", "accuracy", "is", "precision", "recall"))
+    if fid and acc:
+        paths["fid_vs_accuracy"] = plot_tradeoff(rows, out_dir / "fid_vs_accuracy.png", fid)
+    if fid and is_:
+        paths["is_vs_fid"] = plot_pairs(rows, fid, is_, ("FID", "Inception score (extractor logits)"),
                                         "IS vs FID", out_dir / "is_vs_fid.png")
-    if {"precision", "recall"} <= have:
-        paths["precision_vs_recall"] = plot_pairs(rows, "recall", "precision", ("recall", "precision"),
+    if prec and rec:
+        paths["precision_vs_recall"] = plot_pairs(rows, rec, prec, ("recall", "precision"),
                                                   "precision vs recall", out_dir / "precision_vs_recall.png")
     return paths

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 from ..io.atomic import atomic_write_text
+from ..metrics.intervals import upgrade_row
 
 def options_label(r: dict) -> str:
     """A result row's classifier-term options that differ from their defaults (as its point key names them)."""
@@ -95,7 +96,7 @@ class ResultsFolder:
         then bring results.csv in line with results.jsonl."""
         path = self.root / MANIFEST
         with self.locked():
-            rows = self.rows()  # a damaged record fails here, before sweep.json is written
+            rows = read_rows(self.root / JSONL)  # a damaged record fails here, before sweep.json is written
             if path.is_file():
                 old = read_manifest(path).get("defines", {})
                 if old != defines:
@@ -108,7 +109,14 @@ class ResultsFolder:
             self._sync_csv(rows)
 
     def rows(self) -> list[dict]:
-        return read_rows(self.root / JSONL)
+        """The rows, those written before metric names carried their feature space under today's names."""
+        rows = read_rows(self.root / JSONL)
+        if any("fid" in r or "kid_mean" in r or "is_mean" in r for r in rows):
+            path = self.root / MANIFEST
+            space = read_manifest(path).get("defines", {}).get("metrics", {}).get("extractor", "judge") \
+                if path.is_file() else "judge"
+            rows = [upgrade_row(r, space) for r in rows]
+        return rows
 
     def done(self) -> set[str]:
         return {r["point"] for r in self.rows()}
@@ -117,7 +125,7 @@ class ResultsFolder:
         """Add a finished point's row; False (nothing added) when the point is there already."""
         row = {k: _json_safe(v) for k, v in row.items()}  # NaN -> null in both files, as read back
         with self.locked():
-            rows = self.rows()
+            rows = read_rows(self.root / JSONL)  # as written: the record is never renamed in place
             new = not any(r["point"] == row["point"] for r in rows)
             if new:
                 rows.append(row)

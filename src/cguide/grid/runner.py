@@ -19,6 +19,7 @@ from ..io.images import save_grid
 from ..io.npz_batches import write_sample_batch
 from ..io.loggers import finish_wandb
 from ..metrics import MetricSettings, compute_metrics
+from ..metrics.intervals import row_metrics
 from ..metrics.settings import NO_JUDGE
 from ..io.atomic import remove_stale_temps
 from ..io.folders import check_writable
@@ -32,6 +33,8 @@ from .claims import PointClaims, claimed_calls
 from .plots import write_plots
 from .points import Point, balanced_targets, build_grid
 from .real_side import RealSide, real_side
+from .evidence import write_report
+from .evidence_store import EVIDENCE, write_evidence
 from .results import ResultsFolder
 
 
@@ -75,7 +78,9 @@ def manifest(cfg: DictConfig, models: Models, judge: Loaded | None, names: tuple
         "nonfinite": cfg.guidance.nonfinite, **({} if reference else {"data": data}),
         "metrics": {"names": sorted(names), "extractor": m.extractor, "n_real": m.n_real,
                     "inception_weights": file_identity(m.inception_weights) if m.extractor == "inception"
-                    and m.inception_weights else None, "kid_subset_size": m.kid_subset_size, "seed": m.seed},
+                    and m.inception_weights else None, "kid_subset_size": m.kid_subset_size, "seed": m.seed,
+                    "intervals": {"resamples": m.get("interval_resamples", 200), "level": m.get("interval_level", 0.95),
+                                  "resample_reals": m.get("interval_resample_reals", False)}},
     }
 
 
@@ -132,7 +137,7 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
 
     def claim() -> set:
         check_writable(out, "out_dir")
-        remove_stale_temps([out, out / "grids", out / "plots", out / "samples"])
+        remove_stale_temps([out, out / "grids", out / "plots", out / "samples", out / EVIDENCE])
         folder.claim(defines, {"eps_ckpt": cfg.eps_ckpt, "cond_ckpt": cfg.cond_ckpt,
                                "classifier_ckpt": cfg.classifier_ckpt,
                                "judge_ckpt": str(judge.path) if judge else None,
@@ -174,6 +179,7 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
         log_others_rows()  # claimed_calls returns once every row has landed
         rows = folder.rows()
         plots = write_plots(rows, out / "plots")
+        write_report(out, settings.match_accuracy)  # evidence.md: metrics at matched accuracy, paired differences
         wandb_log.log_summary(wb, rows, plots)
     finally:
         claims.release()
@@ -200,15 +206,19 @@ def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judge, y,
         t1 = time.perf_counter()
         xs, bad = x[j * n:(j + 1) * n], nonfinite[j * n:(j + 1) * n]
         clf = models.classifier
-        metrics = compute_metrics(xs, y, (real.images, real.labels), judge=judge.net if judge else None,
-                                  guide=clf.net if clf else None, settings=settings, device=device,
-                                  **real.metric_kwargs)
+        keep: dict = {}
+        values = compute_metrics(xs, y, (real.images, real.labels), judge=judge.net if judge else None,
+                                 guide=clf.net if clf else None, settings=settings, device=device,
+                                 keep=keep, **real.metric_kwargs)
+        metrics, reps = row_metrics(values, keep, settings)  # named for their feature space, with [lo, hi]
+        write_evidence(out, point.key, reps, y, settings)  # before its row, as the samples
         if cfg.sweep.get("save_npz"):  # before its row: a point in results.jsonl has its file
             write_sample_batch(out / "samples" / f"{point.key}.npz", xs, y)
         grid = class_grid(xs, y, cfg.sweep.grid_per_class, out / "grids" / f"{point.key}.png",
                           cfg.sweep.get("grid_classes"))
         # network evaluations per sample with the point's sampler (Heun: 2K - 1; x0-space backward passes included)
         cost = network_evals(GuidanceSpec.from_settings([point.guidance], [0]), plan, point.sampler)
-        row = {**point.settings(), "n": n, **metrics, "grad_nonfinite_share": (bad > 0).double().mean().item(),
+        row = {**point.settings(), "n": n, **metrics, "interval_level": settings.interval_level,
+               "grad_nonfinite_share": (bad > 0).double().mean().item(),
                **{k: int(v[0]) for k, v in cost.items()}, "wall_s": draw_s + time.perf_counter() - t1}
         yield point, row, grid

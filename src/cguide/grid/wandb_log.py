@@ -7,9 +7,10 @@ import math
 from pathlib import Path
 
 from ..io.loggers import init_timeout, start_wandb
+from ..metrics.intervals import find_key
 from .plots import num, series
 
-LINE_METRICS = ("fid", "accuracy", "is_mean", "precision", "recall")
+LINE_METRICS = ("fid", "fid_inf", "kid", "accuracy", "is", "precision", "recall")  # found under their row names
 
 
 def start_run(logger_cfg, out_dir: Path, group: str, name: str, config: dict, tags: list[str] = ()):
@@ -45,7 +46,7 @@ def log_summary(run, rows: list[dict], plots: dict[str, Path]) -> None:
     table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
     payload = {"results": table, **{f"plots/{k}": wandb.Image(str(p)) for k, p in plots.items()}}
     lines = series(rows)
-    for key in LINE_METRICS:
+    for key in filter(None, (find_key(rows, base) for base in LINE_METRICS)):
         if any(key in r for r in rows):
             ys = [[num(r.get(key)) if not math.isnan(num(r.get(key))) else None for r in rs] for rs in lines.values()]
             payload[f"lines/{key}_vs_scale"] = wandb.plot.line_series(

@@ -52,7 +52,8 @@ def check_interval_settings(resamples: int, level: float) -> None:
         raise ValueError(f"metrics.interval_resamples={resamples!r} is too few bootstrap resamples for an interval; "
                          "set metrics.interval_resamples >= 10 (200 is the default; 1000 for final tables)")
     if not isinstance(level, (int, float)) or isinstance(level, bool) or not 0.0 < float(level) < 1.0:
-        raise ValueError(f"metrics.interval_level={level!r} must lie in (0, 1), e.g. 0.95 for 95 % intervals")
+        shown = f"{level:g}" if isinstance(level, (int, float)) and not isinstance(level, bool) else repr(level)
+        raise ValueError(f"metrics.interval_level={shown} must lie in (0, 1), e.g. 0.95 for 95 % intervals")
 
 
 def resample_order(targets: torch.Tensor, resamples: int, seed: int) -> torch.Tensor:
@@ -140,8 +141,10 @@ def prc_indicators(f_gen: torch.Tensor, f_real: torch.Tensor, k: int) -> tuple[t
 
 def replicates(ps: PointSamples, real: RealSet | None, names: set[str], *, resamples: int, seed: int,
                resample_reals: bool = False, isc_splits: int = 10, prc_neighborhood: int = 3,
-               prc_real_rows: torch.Tensor | None = None, fid_inf_sizes: int = 6) -> dict[str, torch.Tensor]:
-    """{metric: [B] replicate values} for the requested metric names (the suite's names; 'fid_inf' too)."""
+               prc_real_rows: torch.Tensor | None = None, fid_inf_sizes: int = 4,
+               points: dict | None = None) -> dict[str, torch.Tensor]:
+    """{metric: [B] replicate values} for the requested metric names (the suite's names; 'fid_inf' too).
+    points: filled with the all-rows value of statistics whose estimator differs from the suite's ('kid')."""
     n = ps.targets.shape[0]
     order = resample_order(ps.targets, resamples, seed)
     w_all = counts(order, n)
@@ -173,12 +176,16 @@ def replicates(ps: PointSamples, real: RealSet | None, names: set[str], *, resam
     if "fid_inf" in names:
         g = torch.Generator().manual_seed(seed + 2)
         shuffled = torch.gather(order, 1, torch.argsort(torch.rand(order.shape, generator=g), dim=1))
-        sizes = fr.fid_inf_sizes(int(ps.finite.sum()), fid_inf_sizes)
-        out["fid_inf"] = fid_inf_replicates(f, shuffled, ps.finite.cpu(), mu_r, sq_r, tr_r, sizes)
+        sizes = fr.fid_inf_sizes(n, fid_inf_sizes)  # the largest is n: all positions, FID's own replicate
+        full = out["fid"] if "fid" in out else None
+        out["fid_inf"] = fid_inf_replicates(f, shuffled, ps.finite.cpu(), mu_r, sq_r, tr_r, sizes, full)
     if "kid" in names:
         ok = ps.finite.cpu()
         kgg = _poly_kernel(f, f) * (ok[:, None] & ok[None, :])
-        out["kid"] = _kid(kgg, _poly_kernel(f, fr_), w, _real_kid_term(_poly_kernel(fr_, fr_), v), v)
+        kgr, krr = _poly_kernel(f, fr_), _poly_kernel(fr_, fr_)
+        out["kid"] = _kid(kgg, kgr, w, _real_kid_term(krr, v), v)
+        if points is not None:
+            points["kid"] = _kid(kgg, kgr, fin[None], _real_kid_term(krr))[0].item()
     if "is" in names and ps.logits is not None:
         probs = torch.softmax(ps.logits.cpu().double(), -1)
         out["is"] = _inception_score(probs, order, ps.finite.cpu(), min(isc_splits, n))
@@ -205,17 +212,22 @@ def replicates(ps: PointSamples, real: RealSet | None, names: set[str], *, resam
     return out
 
 
-def fid_inf_replicates(f, order, finite, mu_r, sq_r, tr_r, sizes: list[int]) -> torch.Tensor:
-    """FID_inf of each replicate: FID of its first `size` positions (order [B, N], shuffled), fitted in 1/size."""
+def fid_inf_replicates(f, order, finite, mu_r, sq_r, tr_r, sizes: list[int],
+                       at_all: torch.Tensor | None = None) -> torch.Tensor:
+    """FID_inf of each replicate: FID of its first `size` positions (order [B, N], shuffled), fitted in 1/size.
+    at_all: the FIDs at size N (all positions) when already computed."""
     fids = []
     for m in sizes:
+        if m == order.shape[1] and at_all is not None:
+            fids.append(at_all)
+            continue
         w = counts(order[:, :m], f.shape[0]) * finite.double()
         fids.append(fr.frechet_weighted(f, w, mu_r, sq_r, tr_r))
     return fr.extrapolate_inf(sizes, torch.stack(fids, -1))
 
 
 def fid_inf_point(f: torch.Tensor, finite: torch.Tensor, real: RealSet, *, seed: int, draws: int = 20,
-                  sizes: int = 6) -> float:
+                  sizes: int = 4) -> float:
     """FID_inf of all rows: FID of `draws` random subsets (without replacement) at each size, then the fit."""
     rows = finite.cpu().nonzero().flatten()
     g = torch.Generator().manual_seed(seed)

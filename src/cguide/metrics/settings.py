@@ -7,10 +7,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .bootstrap import check_interval_settings
+from .matched import check_targets
 from .extractors import EXTRACTOR_NAMES, check_inception_weights
 
-METRIC_NAMES = ("fid", "kid", "is", "prc", "accuracy", "guide_confidence", "classwise_fid", "nonfinite")
-FEATURE_METRICS = ("fid", "kid", "is", "prc", "classwise_fid")
+METRIC_NAMES = ("fid", "fid_inf", "kid", "is", "prc", "accuracy", "guide_confidence", "classwise_fid", "nonfinite")
+FEATURE_METRICS = ("fid", "fid_inf", "kid", "is", "prc", "classwise_fid")
 _POSITIVE = ("batch_size", "kid_subset_size", "isc_splits", "prc_neighborhood")
 _NOT_METRIC_KNOBS = ("n_real", "reference_npz")  # config keys that belong to the real split, not the suite
 NO_JUDGE = ("metrics accuracy and the judge extractor need a judge classifier: set judge_ckpt=<path> (train one "
@@ -34,6 +36,10 @@ class MetricSettings:
     prc_match_sizes: bool = True
     isc_splits: int = 10
     seed: int = 2020
+    interval_resamples: int = 200  # bootstrap replicates per point (intervals.py)
+    interval_level: float = 0.95
+    interval_resample_reals: bool = False  # redraw the real rows too (within their labels)
+    match_accuracy: tuple[float, ...] = (0.9, 0.95, 0.975)  # judge accuracies for the matched tables (grid/evidence)
 
     def __post_init__(self):
         if isinstance(self.names, str):  # tuple("fid") would report 'f', 'i', 'd' as unknown
@@ -47,6 +53,8 @@ class MetricSettings:
                              f"{', '.join(EXTRACTOR_NAMES)}")
         if self.extractor == "inception" and self.feature_metrics_wanted:
             check_inception_weights(self.inception_weights)  # missing (where to put it) or unsafe: one line
+        check_interval_settings(self.interval_resamples, self.interval_level)
+        object.__setattr__(self, "match_accuracy", tuple(check_targets(self.match_accuracy)))
         for key in _POSITIVE:
             value = getattr(self, key)
             if value < 1:

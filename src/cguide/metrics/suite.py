@@ -1,7 +1,7 @@
 """The metric suite: one call from final samples to a flat dict of floats.
 
 Keys by requested metric:
-  fid -> 'fid'; kid -> 'kid_mean', 'kid_std'; is -> 'is_mean', 'is_std'; prc -> 'precision', 'recall';
+  fid -> 'fid'; fid_inf -> 'fid_inf' (FID extrapolated to n -> inf); kid -> 'kid_mean', 'kid_std'; is -> 'is_mean', 'is_std'; prc -> 'precision', 'recall';
   accuracy -> 'accuracy'; guide_confidence -> 'guide_confidence'; classwise_fid -> 'classwise_fid';
   nonfinite -> 'nonfinite'.
 
@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.utils import get_featuresdict_from_dataset
 
 from . import feature_metrics as fm
+from .bootstrap import PointSamples, RealSet, fid_inf_point
 from .extractors import build_extractor, eval_mode, extractor_id, module_device, to_uint8_rgb
 from .real_stats import content_id, load_or_compute
 from .settings import (FEATURE_METRICS, METRIC_NAMES, NO_JUDGE,  # noqa: F401 (METRIC_NAMES re-exported)
@@ -93,6 +94,7 @@ def compute_metrics(
     real_id: str | None = None,
     device: torch.device | str | None = None,
     real_fid_stats: dict | None = None,
+    keep: dict | None = None,
 ) -> dict[str, float]:
     """Sample-quality metrics of `samples` [N,C,H,W] in [-1,1] with target labels `targets` [N].
 
@@ -104,6 +106,8 @@ def compute_metrics(
         batch's whole-dataset statistics, as guided-diffusion's evaluator uses them); KID, PRC and
         class-wise FID still use the real images.
     guide: noisy classifier forward(x, t); guide_confidence = mean p(y | x, t=0), NaN without a guide.
+    keep: a dict to fill with the per-sample values behind the numbers ('samples': bootstrap.PointSamples,
+        'real': bootstrap.RealSet, 'prc_real_rows'), for intervals (intervals.py) without a second extraction.
     settings: which metrics (settings.names) and how; checked when built (settings.py). Its knobs:
       extractor: 'judge' (offline default) or 'inception' (local weights: `inception_weights` or hub cache).
       real_stats_cache: dir for cached real features/statistics (None: no disk cache). The key is
@@ -136,11 +140,14 @@ def compute_metrics(
         out["nonfinite"] = 1.0 - finite.double().mean().item() if samples.shape[0] else NAN
     x, y = samples.detach().cpu()[finite], targets.detach().cpu().long()[finite]
     n = x.shape[0]
+    per = PointSamples(targets.detach().cpu().long(), finite) if keep is not None else None
 
     if "accuracy" in want:
         with eval_mode(judge):
             logits = _batched_logits(judge, x, s.batch_size, device) if n else None
         out["accuracy"] = (logits.argmax(1) == y).double().mean().item() if n else NAN
+        if per is not None:
+            per.correct = _full(finite, logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool))
     if "guide_confidence" in want:
         out["guide_confidence"] = NAN
         if guide is not None and n:
@@ -148,19 +155,31 @@ def compute_metrics(
             with eval_mode(guide):
                 logits = _batched_logits(lambda xb: guide(xb, torch.zeros(xb.shape[0], dtype=torch.long,
                                                                           device=gdev)), x, s.batch_size, gdev)
-            out["guide_confidence"] = F.softmax(logits.double(), 1).gather(1, y[:, None]).mean().item()
+            conf = F.softmax(logits.double(), 1).gather(1, y[:, None]).flatten()
+            out["guide_confidence"] = conf.mean().item()
+            if per is not None:
+                per.guide_conf = _full(finite, conf)
 
     if feat_ext is not None:
         out.update(_feature_metrics(feat_ext, want, x, y, real, real_labels, s, device=device,
                                     dataset_id=real_id, ext_id=extractor_id(s.extractor, judge),
-                                    fid_stats=real_fid_stats))
+                                    fid_stats=real_fid_stats, keep=keep, per=per, finite=finite))
+    if keep is not None:
+        keep["samples"] = per
     return {k: float(v) for k, v in out.items()}
 
 
+def _full(finite: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Per-sample values of the finite rows, put back at their rows (zeros at non-finite ones)."""
+    out = torch.zeros((finite.shape[0], *values.shape[1:]), dtype=values.dtype)
+    out[finite] = values.cpu()
+    return out
+
+
 def _feature_metrics(feat_ext, want, x, y, real, real_labels, s: MetricSettings, *, device, dataset_id,
-                     ext_id, fid_stats=None) -> dict[str, float]:
+                     ext_id, fid_stats=None, keep=None, per=None, finite=None) -> dict[str, float]:
     keys = {"fid": ["fid"], "kid": ["kid_mean", "kid_std"], "is": ["is_mean", "is_std"],
-            "prc": ["precision", "recall"], "classwise_fid": ["classwise_fid"]}
+            "prc": ["precision", "recall"], "classwise_fid": ["classwise_fid"], "fid_inf": ["fid_inf"]}
     if x.shape[0] == 0:
         return {k: NAN for m in FEATURE_METRICS if m in want for k in keys[m]}
     layer = feat_ext.get_default_feature_layer_for_metric("fid")  # the same layer for FID, KID and PRC
@@ -170,7 +189,11 @@ def _feature_metrics(feat_ext, want, x, y, real, real_labels, s: MetricSettings,
     if "is" in want:
         logits = gen[logits_layer]
         out["is_mean"], out["is_std"] = fm.inception_score(logits, s.isc_splits, s.seed)
-    if not want & {"fid", "kid", "prc", "classwise_fid"}:
+        if per is not None:
+            per.logits = _full(finite, logits)
+    if per is not None:
+        per.features = _full(finite, gen[layer])
+    if not want & {"fid", "kid", "prc", "classwise_fid", "fid_inf"}:
         return out
 
     rl = None if real_labels is None else real_labels.detach().cpu().long()
@@ -178,6 +201,11 @@ def _feature_metrics(feat_ext, want, x, y, real, real_labels, s: MetricSettings,
                          cache_dir=s.real_stats_cache, dataset_id=dataset_id or content_id(real, rl),
                          extractor_id=ext_id, layer=layer)
     f_gen = gen[layer]
+    real_set = RealSet(rs.features, rs.labels, fid_stats)
+    if keep is not None:
+        keep["real"] = real_set
+    if "fid_inf" in want:
+        out["fid_inf"] = fid_inf_point(f_gen, torch.ones(f_gen.shape[0], dtype=torch.bool), real_set, seed=s.seed)
     if "fid" in want:
         if fid_stats is not None and fid_stats["mu"].shape != (f_gen.shape[1],):
             raise ValueError(f"the real side's FID statistics are {fid_stats['mu'].shape[0]}-d, the extractor's "
@@ -192,6 +220,8 @@ def _feature_metrics(feat_ext, want, x, y, real, real_labels, s: MetricSettings,
         if s.prc_match_sizes and f_real.shape[0] > f_gen.shape[0]:
             pick = torch.randperm(f_real.shape[0], generator=torch.Generator().manual_seed(s.seed))
             f_real = f_real[pick[: f_gen.shape[0]]]
+            if keep is not None:
+                keep["prc_real_rows"] = pick[: f_gen.shape[0]]
         out["precision"], out["recall"] = fm.precision_recall(f_gen, f_real, s.prc_neighborhood)
     if "classwise_fid" in want:
         out["classwise_fid"] = classwise_fid(f_gen, y, rs.features, rs.labels)

@@ -1,0 +1,184 @@
+"""A sweep's evidence report (<sweep>/evidence.md, matched.csv, plots/*_at_matched_accuracy.png): each series'
+metrics at matched judge accuracy with intervals, and every pair of series compared there by a paired bootstrap
+of the difference, with a verdict in words ("not separated" when the interval holds 0).
+
+It reads only what the sweep wrote: the rows and each point's replicates (evidence_store.py). Series are the
+plots' lines (method, variant, sampler, steps, options), each ordered by scale.
+
+    python -m cguide.grid.evidence <sweep_dir> [0.9,0.95,0.975]
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+from itertools import combinations
+from pathlib import Path
+
+import torch
+
+from ..io.atomic import atomic_write_text
+from ..metrics.bootstrap import basic_interval, paired_difference
+from ..metrics.intervals import LOWER_IS_BETTER, base_name, find_key
+from ..metrics.matched import at_accuracy, check_targets
+from .evidence_store import read_evidence
+from .plots import _save, num, plt, series
+from .results import ResultsFolder
+
+DEFAULT_TARGETS = (0.90, 0.95, 0.975)
+MATCHED = ("fid", "fid_inf", "kid", "is", "precision", "recall", "classwise_fid")  # metrics reported at a*
+
+
+def _curve(rs: list[dict], evidence: dict, acc_key: str, key: str):
+    """(point values [K], replicates [B, K]) of `key` along a series; None when a point has no replicates."""
+    reps, vals = [], []
+    for r in rs:
+        ev = evidence.get(r["point"])
+        if ev is None or key not in ev["replicates"] or acc_key not in ev["replicates"] or r.get(key) is None:
+            return None
+        reps.append(ev["replicates"][key].double())
+        vals.append(num(r[key]))
+    return torch.tensor(vals, dtype=torch.float64), torch.stack(reps, -1)
+
+
+def matched_table(rows: list[dict], out: Path, targets=DEFAULT_TARGETS) -> list[dict]:
+    """One entry per (series, target): point value and interval of each metric at the target accuracy, the
+    scale there, and the share of replicates whose curve reaches the target."""
+    targets = check_targets(targets)
+    acc_key = "accuracy"
+    keys = [k for k in (find_key(rows, m) for m in MATCHED) if k]
+    level = next((r["interval_level"] for r in rows if r.get("interval_level")), 0.95)
+    evidence = {r["point"]: read_evidence(out, r["point"]) for r in rows}
+    ids = {ev["resample_id"] for ev in evidence.values() if ev is not None}
+    if len(ids) > 1:
+        raise ValueError(f"{out}: the points hold replicates of {len(ids)} different resamplings (other seeds, targets "
+                         "or metrics.interval_resamples); they cannot be compared pair by pair: draw them again")
+    entries = []
+    for label, rs in series(rows).items():
+        acc = _curve(rs, evidence, acc_key, acc_key)
+        if acc is None or len(rs) < 2:
+            continue
+        scales = torch.tensor([num(r["scale"]) for r in rs], dtype=torch.float64)
+        for t in targets:
+            e = {"series": label, "target": t, "acc_range": (acc[0].min().item(), acc[0].max().item()),
+                 "level": level, "values": {}, "replicates": {}}
+            e["scale"] = at_accuracy(acc[0], scales, t).item()
+            for key in keys:
+                curve = _curve(rs, evidence, acc_key, key)
+                if curve is None:
+                    continue
+                point = at_accuracy(acc[0], curve[0], t).item()
+                reps = at_accuracy(acc[1], curve[1], t)
+                e["reached"] = torch.isfinite(reps).double().mean().item()
+                lo, hi = basic_interval(point, reps, level) if math.isfinite(point) else (math.nan, math.nan)
+                e["values"][key], e["replicates"][key] = (point, lo, hi), reps
+            entries.append(e)
+    return entries
+
+
+def comparisons(entries: list[dict]) -> list[dict]:
+    """Every pair of series at each target, for each metric both have there: the paired difference."""
+    out = []
+    by_target: dict[float, list[dict]] = {}
+    for e in entries:
+        by_target.setdefault(e["target"], []).append(e)
+    for t, es in by_target.items():
+        for a, b in combinations(es, 2):
+            for key in a["values"]:
+                if key not in b["values"]:
+                    continue
+                va, vb = a["values"][key][0], b["values"][key][0]
+                if not (math.isfinite(va) and math.isfinite(vb)):
+                    continue
+                ra, rb = a["replicates"][key], b["replicates"][key]
+                both = torch.isfinite(ra) & torch.isfinite(rb)
+                d = paired_difference(a["series"], b["series"], key, va, vb, ra[both], rb[both], a["level"])
+                out.append({"target": t, "diff": d, "lower_better": base_name(key) in LOWER_IS_BETTER})
+    return out
+
+
+def _fmt(v: float, digits: int = 3) -> str:
+    return "-" if not math.isfinite(v) else f"{v:.{digits}g}"
+
+
+def write_report(out: str | Path, targets=DEFAULT_TARGETS) -> Path | None:
+    """evidence.md + matched.csv + the matched-accuracy plots of a sweep folder; None when it has no replicates."""
+    out = Path(out)
+    rows = ResultsFolder(out).rows()
+    entries = matched_table(rows, out, targets)
+    if not entries:
+        return None
+    keys = list(dict.fromkeys(k for e in entries for k in e["values"]))
+    level = entries[0]["level"]
+    pct = f"{100 * level:g} %"
+    lines = [f"# Evidence: metrics at matched judge accuracy ({pct} intervals)", "",
+             "Each series' value where its scale curve first reaches the target accuracy (linear in accuracy between",
+             "the two points that bracket it), computed inside every bootstrap replicate: [lo, hi] is the basic",
+             "bootstrap interval over the generated samples at this n (FID's, of the biased FID at this n).",
+             "'reached': share of replicates whose curve reaches the target. Generated by cguide.grid.evidence",
+             "from results.jsonl and evidence/*.pt: do not edit.", "",
+             "| series | target acc | scale | " + " | ".join(keys) + " | reached |",
+             "|" + "---|" * (len(keys) + 4)]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["series", "target", "scale", *[f"{k}{s}" for k in keys for s in ("", "_lo", "_hi")], "reached"])
+    for e in entries:
+        cells = []
+        for k in keys:
+            v, lo, hi = e["values"].get(k, (math.nan,) * 3)
+            cells.append("-" if not math.isfinite(v) else f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]")
+        if not math.isfinite(e["scale"]):
+            a0, a1 = e["acc_range"]
+            cells = [f"outside its range [{a0:.3f}, {a1:.3f}]"] + ["-"] * (len(keys) - 1)
+        lines.append(f"| {e['series']} | {e['target']:g} | {_fmt(e['scale'])} | " + " | ".join(cells)
+                     + f" | {e.get('reached', math.nan):.2f} |")
+        writer.writerow([e["series"], e["target"], e["scale"],
+                         *[x for k in keys for x in e["values"].get(k, (math.nan,) * 3)], e.get("reached")])
+    pairs = comparisons(entries)
+    if pairs:
+        lines += ["", f"## Paired differences at matched accuracy ({pct} intervals of the difference)", ""]
+        for p in pairs:
+            lines.append(f"- acc {p['target']:g}: {p['diff'].verdict()}")
+    atomic_write_text(out / "matched.csv", buf.getvalue())
+    plot_matched(entries, keys, out / "plots")
+    return atomic_write_text(out / "evidence.md", "\n".join(lines) + "\n")
+
+
+def plot_matched(entries: list[dict], keys: list[str], plots: Path) -> dict[str, Path]:
+    """Per metric: its value at each target accuracy, one line per series, interval bars."""
+    paths = {}
+    labels = list(dict.fromkeys(e["series"] for e in entries))
+    for key in keys[:2]:  # FID and FID_inf: the headline pair
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for i, label in enumerate(labels):
+            es = [e for e in entries if e["series"] == label and key in e["values"]]
+            xs = [e["target"] for e in es]
+            v = [e["values"][key] for e in es]
+            ys = [p[0] for p in v]
+            err = [[max(0.0, y - lo) if math.isfinite(lo) else 0.0 for y, (_, lo, _) in zip(ys, v)],
+                   [max(0.0, hi - y) if math.isfinite(hi) else 0.0 for y, (_, _, hi) in zip(ys, v)]]
+            ax.errorbar([x + 0.001 * (i - len(labels) / 2) for x in xs], ys, yerr=err, marker="o", capsize=3,
+                        color=f"C{i}", label=label)
+        space = key.rsplit("_", 1)[-1]
+        ax.set(xlabel="target judge accuracy", ylabel=f"{base_name(key)} ({space} features)",
+               title=f"{base_name(key)} at matched accuracy\n(bars: {100 * entries[0]['level']:g} % intervals)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        plots.mkdir(parents=True, exist_ok=True)
+        paths[key] = _save(fig, plots / f"{base_name(key)}_at_matched_accuracy.png")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        raise SystemExit("usage: python -m cguide.grid.evidence <sweep_dir> [0.9,0.95,0.975]")
+    targets = [float(t) for t in args[1].split(",")] if len(args) > 1 else DEFAULT_TARGETS
+    path = write_report(args[0], targets)
+    print(path.read_text() if path else f"{args[0]}: no point has bootstrap replicates (evidence/*.pt)")
+
+
+if __name__ == "__main__":
+    main()

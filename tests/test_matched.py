@@ -1,0 +1,94 @@
+"""Metrics at matched judge accuracy (metrics/matched.py) and the sweep's evidence report (grid/evidence.py),
+on hand-made curves whose interpolated values are known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cguide.grid.evidence import comparisons, matched_table, write_report
+from cguide.grid.evidence_store import write_evidence
+from cguide.grid.results import ResultsFolder
+from cguide.metrics import MetricSettings
+from cguide.metrics.matched import at_accuracy, check_targets
+
+
+def test_linear_interpolation_between_the_bracketing_points():
+    acc = torch.tensor([0.1, 0.8, 0.9, 1.0], dtype=torch.float64)
+    fid = torch.tensor([20.0, 6.0, 4.0, 5.0], dtype=torch.float64)
+    assert at_accuracy(acc, fid, 0.85).item() == pytest.approx(5.0)  # halfway between 6 and 4
+    assert at_accuracy(acc, fid, 0.9).item() == pytest.approx(4.0)  # a point itself
+    assert at_accuracy(acc, fid, 0.1).item() == pytest.approx(20.0)
+    assert math.isnan(at_accuracy(acc, fid, 0.05).item())  # below the curve: outside
+    assert math.isnan(at_accuracy(torch.tensor([0.1, 0.5]), torch.tensor([1.0, 2.0]), 0.9).item())  # never reached
+
+
+def test_a_dip_after_a_peak_keeps_the_first_crossing():
+    # accuracy 0.1, 0.95, 0.90 (dip), 0.97: 0.92 is first reached between s0 and s1, not after the dip
+    acc = torch.tensor([0.1, 0.95, 0.90, 0.97])
+    fid = torch.tensor([10.0, 2.0, 3.0, 4.0])
+    assert at_accuracy(acc, fid, 0.92).item() == pytest.approx(10.0 + (0.92 - 0.1) / 0.85 * (2.0 - 10.0))
+    # 0.96 lies above the peak: between the dip (0.90) and 0.97, on the curve itself
+    assert at_accuracy(acc, fid, 0.96).item() == pytest.approx(3.0 + (0.96 - 0.90) / 0.07 * 1.0)
+
+
+def test_replicates_are_interpolated_row_by_row():
+    acc = torch.tensor([[0.1, 0.9], [0.2, 0.8], [0.1, 1.0]])
+    fid = torch.tensor([[10.0, 2.0], [10.0, 2.0], [10.0, 1.0]])
+    got = at_accuracy(acc, fid, 0.85)
+    assert got[0].item() == pytest.approx(10 - 8 * 0.75 / 0.8) and math.isnan(got[1].item())
+    assert got[2].item() == pytest.approx(10 - 9 * 0.75 / 0.9)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, 1.5, -0.1, "x", True])
+def test_targets_outside_the_open_unit_interval_are_refused(bad):
+    with pytest.raises(ValueError, match=r"target accuracy .* in metrics.match_accuracy must lie in \(0, 1\)"):
+        check_targets([0.9, bad])
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
+        MetricSettings(match_accuracy=(bad,))
+
+
+def _sweep(tmp_path, shift_b: float, noise: float = 0.01, resamples: int = 200):
+    """Two series (a, b) at scales 0, 1, 2, the same rows; b's FID is a's + shift_b at every replicate +- noise."""
+    settings = MetricSettings(interval_resamples=resamples)
+    folder = ResultsFolder(tmp_path)
+    targets = torch.arange(40) % 4
+    g = torch.Generator().manual_seed(0)
+    accs = [0.2, 0.9, 1.0]
+    base_fid = [10.0, 4.0, 3.0]
+    for variant, shift in (("a", 0.0), ("b", shift_b)):
+        for scale, acc, fid in zip((0.0, 1.0, 2.0), accs, base_fid):
+            key = f"{variant}-{scale}"
+            acc_r = acc + 0.01 * torch.randn(resamples, generator=torch.Generator().manual_seed(int(scale)))
+            fid_r = fid + shift + noise * torch.randn(resamples, generator=g)
+            write_evidence(tmp_path, key, {"accuracy": acc_r.clamp(0, 1), "fid_judge": fid_r}, targets, settings)
+            folder.append({"point": key, "method": "classifier", "variant": variant, "scale": scale, "sampler": "ddim",
+                           "steps": 5, "accuracy": acc, "fid_judge": fid + shift, "interval_level": 0.95})
+    return folder.rows()
+
+
+def test_report_separates_a_real_difference_and_not_a_null_one(tmp_path):
+    rows = _sweep(tmp_path / "shifted", shift_b=1.0)
+    entries = matched_table(rows, tmp_path / "shifted", (0.95,))
+    (a, b) = entries
+    assert a["values"]["fid_judge"][0] == pytest.approx(3.5) and b["values"]["fid_judge"][0] == pytest.approx(4.5)
+    assert a["scale"] == pytest.approx(1.5)
+    (cmp,) = comparisons(entries)
+    assert cmp["diff"].separated and cmp["diff"].verdict().startswith("a lower fid_judge than b: 95 % interval")
+    path = write_report(tmp_path / "shifted", (0.95, 0.1))
+    text = path.read_text()
+    assert "| a | 0.95 | 1.5 | 3.5 [" in text and "| a | 0.1 | - | outside its range [0.200, 1.000]" in text
+    assert (tmp_path / "shifted" / "plots" / "fid_at_matched_accuracy.png").is_file()
+    same = _sweep(tmp_path / "same", shift_b=0.0, noise=0.5)
+    (cmp,) = comparisons(matched_table(same, tmp_path / "same", (0.95,)))
+    assert not cmp["diff"].separated and "not separated" in cmp["diff"].verdict()
+
+
+def test_points_with_other_resamplings_are_not_paired(tmp_path):
+    _sweep(tmp_path, shift_b=1.0)
+    write_evidence(tmp_path, "a-1.0", {"accuracy": torch.rand(200), "fid_judge": torch.rand(200)},
+                   torch.arange(41) % 4, MetricSettings())  # other targets: other replicates
+    with pytest.raises(ValueError, match="replicates of 2 different resamplings"):
+        matched_table(ResultsFolder(tmp_path).rows(), tmp_path, (0.95,))
