@@ -223,6 +223,7 @@ class MetricsConfig:
     interval_resamples: int = 200  # >= 10; 1000 for final tables
     interval_level: float = 0.95
     interval_resample_reals: bool = False  # redraw the real rows too
+    match_accuracy: List[float] = field(default_factory=lambda: [0.9, 0.95, 0.975])  # evidence.md's targets
     real_stats_cache: Optional[str] = "${out_dir}/real_stats"  # null = no disk cache
     # guided-diffusion's reference batch (.npz, arr_0 = uint8 NHWC images, arr_1 = labels if present) as the
     # real side of FID/KID/IS/PRC instead of data's test split; null = the test split

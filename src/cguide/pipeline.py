@@ -26,9 +26,9 @@ from .io.locks import FolderLock
 from .stages import STAGES, check_stages, run_stage, stage_key, stages  # noqa: F401  (the stage API, here too)
 from .workers import Helpers, check_workers, draw_sweep, train_stages
 
-TABLE = [("method", "method"), ("scale", "scale"), ("variant", "variant"), ("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"),
-         ("accuracy", "accuracy"), ("guide_confidence", "guide_conf"), ("precision", "precision"),
-         ("recall", "recall")]
+TABLE = [("method", "method"), ("scale", "scale"), ("variant", "variant"), ("fid", "FID"), ("fid_inf", "FID_inf"),
+         ("kid", "KID"), ("is", "IS"), ("accuracy", "accuracy"), ("guide_confidence", "guide_conf"),
+         ("precision", "precision"), ("recall", "recall")]
 
 
 def _digest(obj) -> str:
@@ -61,6 +61,14 @@ def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConf
 
 def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _cell(r: dict, key: str) -> str:
+    """A value with its interval when the row has one: '3.150 [2.81, 3.52]'."""
+    v, lo, hi = r.get(key), r.get(f"{key}_lo"), r.get(f"{key}_hi")
+    if isinstance(v, float) and isinstance(lo, float) and isinstance(hi, float):
+        return f"{v:.3f} [{lo:.3g}, {hi:.3g}]"
+    return _fmt(v)
 
 
 KEYS = ("method", "scale", "variant", "options")  # the columns that say which point a row is
@@ -100,15 +108,18 @@ def print_report(sweep_dir: Path) -> None:
     from rich.table import Table
 
     from .grid.results import ResultsFolder, options_label
+    from .metrics.intervals import base_name, find_key
 
     rows = sorted(ResultsFolder(sweep_dir).rows(),
                   key=lambda r: (r.get("method", "classifier"), r["variant"], options_label(r), float(r["scale"])))
-    columns = list(TABLE)
+    columns = [(k, t) if k in KEYS else (find_key(rows, k), t) for k, t in TABLE]
+    columns = [(k, t if k == base_name(k) else f"{t}_{k.rsplit('_', 1)[-1]}") for k, t in columns if k]
     if any(options_label(r) != "-" for r in rows):  # option sets: say which row is which
         columns.insert(3, ("options", "options"))
     header = [title for _, title in columns]
-    cells = [[options_label(r) if k == "options" else _fmt(r.get(k)) for k, _ in columns] for r in rows]
-    title = f"guidance sweep ({len(rows)} points)"
+    cells = [[options_label(r) if k == "options" else _cell(r, k) for k, _ in columns] for r in rows]
+    level = next((r["interval_level"] for r in rows if r.get("interval_level")), None)
+    title = f"guidance sweep ({len(rows)} points" + (f"; [{100 * level:g} % intervals])" if level else ")")
     console = Console()
     groups = _column_groups(header, cells, sum(k in KEYS for k, _ in columns), console.width) \
         if console.is_terminal else None
