@@ -92,3 +92,39 @@ def test_points_with_other_resamplings_are_not_paired(tmp_path):
                    torch.arange(41) % 4, MetricSettings())  # other targets: other replicates
     with pytest.raises(ValueError, match="replicates of 2 different resamplings"):
         matched_table(ResultsFolder(tmp_path).rows(), tmp_path, (0.95,))
+
+
+def _replicate(root, fid_shift: float, n_per_point: int = 40):
+    folder = ResultsFolder(root)
+    folder.claim({"eps_ckpt": {"sha256": f"{fid_shift}"}, "n_per_point": n_per_point, "seed": 0}, {})
+    for scale, acc, fid in ((0.0, 0.2, 10.0), (1.0, 0.9, 4.0)):
+        folder.append({"point": f"p{scale:g}", "method": "classifier", "variant": "score", "scale": scale,
+                       "accuracy": acc, "fid_judge": fid + fid_shift, "fid_judge_lo": fid + fid_shift - 0.2,
+                       "fid_judge_hi": fid + fid_shift + 0.2})
+    return root
+
+
+def test_replicates_report_the_mean_over_seeds_with_a_t_interval(tmp_path):
+    from cguide.grid.replicates import aggregate, main
+
+    folders = [_replicate(tmp_path / f"s{i}", shift) for i, shift in enumerate((0.0, 0.5, 1.0))]
+    points, _ = aggregate(folders)
+    p1 = next(p for p in points if p["point"] == "p1")
+    half = 4.302653 * 0.5 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert (p1["fid_judge"], p1["fid_judge_lo"], p1["fid_judge_hi"]) == pytest.approx((4.5, 4.5 - half, 4.5 + half))
+    assert p1["fid_judge_sampling_width"] == pytest.approx(0.4) and p1["seeds"] == 3
+    main([str(tmp_path / "report"), *map(str, folders)])
+    assert "| p1 | fid_judge | 4.5 [" in (tmp_path / "report" / "replicates.md").read_text()
+
+
+def test_replicates_of_other_settings_are_refused_with_one_line(tmp_path, capsys):
+    from cguide.grid.replicates import main
+
+    a, b = _replicate(tmp_path / "a", 0.0), _replicate(tmp_path / "b", 1.0, n_per_point=80)
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "report"), str(a), str(b)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err == [f"error: sweep folders {a} and {b} differ in n_per_point: replicates must "
+                                         "share every setting but the training seed (their checkpoints); report them "
+                                         "apart"]
+    assert not (tmp_path / "report").exists()

@@ -26,6 +26,7 @@ from .io.locks import FolderLock
 from .stages import STAGES, check_stages, run_stage, stage_key, stages  # noqa: F401  (the stage API, here too)
 from .workers import Helpers, check_workers, draw_sweep, train_stages
 
+# (metric, title); feature metrics are found under their row name (fid -> fid_judge) and titled with it
 TABLE = [("method", "method"), ("scale", "scale"), ("variant", "variant"), ("fid", "FID"), ("fid_inf", "FID_inf"),
          ("kid", "KID"), ("is", "IS"), ("accuracy", "accuracy"), ("guide_confidence", "guide_conf"),
          ("precision", "precision"), ("recall", "recall")]
@@ -47,7 +48,10 @@ def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConf
         del grid["methods"], grid["method_scales"]
     if not grid.get("settings", True):  # likewise before named option sets
         del grid["settings"]
-    defines = {"ckpts": {k: file_identity(p) for k, p in ckpts.items()}, "sweep": grid, "sampler": parts["sampler"]}
+    defines = {"ckpts": {k: file_identity(p) for k, p in ckpts.items()}, "sweep": grid, "sampler": parts["sampler"],
+               # what rows hold (names, intervals) since #26: a rerun after the upgrade draws a fresh folder
+               "metrics": {k: parts["metrics"].get(k) for k in ("names", "extractor", "interval_resamples",
+                                                                 "interval_level", "interval_resample_reals")}}
     if parts["speed"]["bf16"] or parts["speed"].get("fp16"):  # they define results (cguide.grid.runner.manifest);
         defines["speed"] = {k: True for k in ("bf16", "fp16") if parts["speed"].get(k)}  # only when on: old digests
     sweep_dir = out / "sweep" / _digest(defines)
