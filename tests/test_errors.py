@@ -122,6 +122,12 @@ def _held(folder: Path) -> Path:
     return _HELD[-1].path
 
 
+def _text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def _flat_folder(root: Path) -> Path:
     """Images straight in root, without the class subfolders."""
     from PIL import Image
@@ -268,6 +274,10 @@ CASES = {
         c["clf"], t / "clf.ckpt", lambda m: m.update(kind="noisy_classifier_v2"))}),
     "incomplete-checkpoint": Case("sample", {"eps_ckpt": "{bad}"}, lambda c, t: {"bad": _edited(
         c["eps"], t / "eps.ckpt", lambda m: m.pop("net_config"))}),
+    "checkpoint-bad-metadata": Case("sample", {"classifier_ckpt": "{bad}"}, lambda c, t: {"bad": _edited(
+        c["clf"], t / "clf.ckpt", lambda m: m.update(num_classes="ten"))}),
+    "checkpoint-bad-net-config": Case("sample", {"eps_ckpt": "{bad}"}, lambda c, t: {"bad": _edited(
+        c["eps"], t / "eps.ckpt", lambda m: m["net_config"].update(model_channels="many"))}),
     "checkpoint-weights-mismatch": Case("sample", {"eps_ckpt": "{bad}"}, lambda c, t: {
         "bad": _weight_removed(c["eps"], t / "eps.ckpt")}),
     "unreadable-image": Case("train", {"data": "image_folder", "data.root": "{root}"}, lambda c, t: {
@@ -281,6 +291,12 @@ CASES = {
     "output-name-too-long": Case("sweep-cli", {"out_dir": "{tmp}/" + "n" * 300}),
     "pipeline-output-is-file": Case("pipeline-cli", {"out_dir": "{tmp}/a_file"}, lambda c, t: {
         "file": _written(t / "a_file")}),
+    "samples-over-memory": Case("sweep", {"sweep.n_per_point": "1000000000000"}),
+    "stage-marker-damaged": Case("pipeline", {}, lambda c, t: {"marker": _text(t / "out" / "judge" / "stage.json",
+                                                                                 "{not json")}),
+    "pipeline-no-inception-weights": Case("pipeline", {"metrics.extractor": "inception",
+                                                       "metrics.inception_weights": "/nowhere/w.pth"},
+                                          error=FileNotFoundError),
     "too-few-real": Case("sweep", {"metrics.n_real": "1", "metrics.names": "[fid]"}),
     "zero-grid-per-class": Case("sweep", {"sweep.grid_per_class": "0"}),
     "unknown-device": Case("sample-cli", {"device": "tpu7"}),

@@ -49,9 +49,9 @@ def test_a_failure_in_the_helper_stops_the_run_with_its_name_and_leaves_no_proce
     import multiprocessing as mp
 
     from cguide.pipeline import run_pipeline
-    marker = tmp_path / "pipeline" / "judge" / "stage.json"
-    marker.parent.mkdir(parents=True)
-    marker.write_text("{not json")  # the helper's judge stage fails on it; this process's eps-model does not
+    in_the_way = tmp_path / "pipeline" / "judge" / "checkpoints"
+    in_the_way.parent.mkdir(parents=True)
+    in_the_way.write_text("a file")  # the helper's judge stage fails on it; this process's eps-model does not
     with pytest.raises(RuntimeError, match=r"^the process training classifier, judge stopped with exit code 1 \(its "
                        r"error is above\); run the same command again: finished stages are reused$"):
         run_pipeline(cfg_pipeline(*FAST, "num_threads=2", "device=cpu", "trainer.accelerator=cpu", "workers=2",

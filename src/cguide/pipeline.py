@@ -23,6 +23,7 @@ from .cli import CONF_DIR, check_output_args, print_config_tree, run_or_exit
 from .config import SweepConfig, plain, register_configs
 from .io.folders import check_writable
 from .io.locks import FolderLock
+from .io.memory import check_samples_fit
 from .stages import STAGES, check_stages, run_stage, stage_key, stages  # noqa: F401  (the stage API, here too)
 from .workers import Helpers, check_workers, draw_sweep, train_stages
 
@@ -146,10 +147,22 @@ def print_report(sweep_dir: Path) -> None:
         console.out(f"W&B (offline): {runs[-1]}\n  upload with: wandb sync {runs[-1]}", highlight=False)
 
 
+def check_sweep_settings(cfg: DictConfig) -> None:
+    """What the sweep would refuse that is known before any stage trains: its numbers, the metric settings (Inception
+    weights present and safe), the samples held in memory."""
+    from .grid.checks import check_sweep_numbers
+    from .metrics import MetricSettings
+
+    check_sweep_numbers(cfg.sweep)
+    MetricSettings.from_config(cfg.metrics, names=list(dict.fromkeys([*cfg.metrics.names, "nonfinite"])))
+    check_samples_fit(cfg.sweep.n_per_point, cfg.data.get("image_size"), "sweep.n_per_point")
+
+
 def run_pipeline(cfg: DictConfig) -> Path:
     out = check_writable(cfg.out_dir, "out_dir")
     check_workers(cfg)
     check_stages(cfg, out)
+    check_sweep_settings(cfg)
     t0 = time.perf_counter()
     # one pipeline per out_dir (its helpers work for it); each stage's training also locks its own folder
     with FolderLock(out, "out_dir"), Helpers(cfg, out) as helpers:  # helpers: from here to the sweep's end

@@ -79,6 +79,7 @@ def check_stages(cfg: DictConfig, out: Path) -> None:
                          "cannot go on; for a quick whole run use debug=default (or cguide.train for a smoke test)")
     for stage in stages(cfg):
         check_train(stage_config(cfg, stage, out / stage))
+        read_marker(out, stage)  # a damaged marker stops the run here, not after the stages before it trained
 
 
 def _files(out: Path, stage: str) -> tuple[Path, Path]:
@@ -86,12 +87,30 @@ def _files(out: Path, stage: str) -> tuple[Path, Path]:
     return out / stage / "checkpoints" / f"{STAGES[stage][0]}.ckpt", out / stage / "stage.json"
 
 
+def read_marker(out: Path, stage: str) -> dict | None:
+    """The settings the stage's folder was trained with (None: no marker yet); a damaged marker is one line
+    naming the file."""
+    marker = _files(out, stage)[1]
+    if not marker.is_file():
+        return None
+    try:
+        old = json.loads(marker.read_bytes())
+        why = None if isinstance(old, dict) else f"a JSON {type(old).__name__}, not a mapping of settings"
+    except ValueError as e:  # JSONDecodeError, or not UTF-8
+        why = " ".join(str(e).split())[:120]
+    if why:
+        raise ValueError(f"{marker} is damaged ({why}); it records the settings the {stage} stage was trained with: "
+                         "delete it and run the same command again (the stage resumes from its checkpoints, or is "
+                         "trained again)")
+    return old
+
+
 def stage_done(cfg: DictConfig, stage: str, out: Path) -> bool:
     """A finished checkpoint with the same defining settings is there, so run_stage will reuse it."""
-    final, marker = _files(out, stage)
+    final = _files(out, stage)[0]
     try:
-        return final.is_file() and json.loads(marker.read_text()) == stage_key(cfg, stage)
-    except (OSError, ValueError):  # no marker, or an unreadable one: run_stage says what it finds
+        return final.is_file() and read_marker(out, stage) == stage_key(cfg, stage)
+    except (OSError, ValueError):  # an unreadable marker: run_stage says what it finds
         return False
 
 
@@ -102,7 +121,7 @@ def run_stage(cfg: DictConfig, stage: str, out: Path, callbacks=()) -> Path:
     folder = out / stage
     final, marker = _files(out, stage)
     key = stage_key(cfg, stage)
-    old = json.loads(marker.read_text()) if marker.is_file() else None
+    old = read_marker(out, stage)
     if old is not None and old != key:
         changed = sorted(k for k in set(key) | set(old) if key.get(k) != old.get(k))
         print(f"[{stage}] settings changed ({', '.join(changed)}): retraining; previous run kept in "

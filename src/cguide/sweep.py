@@ -29,6 +29,7 @@ from .cli import CONF_DIR, check_int64, check_output_args, print_config_tree, re
 from .config import register_configs
 from .grid.objective import check_objective, objective
 from .grid.runner import run_sweep
+from .io.memory import check_samples_fit
 from .runtime.distributed import init_from_env, is_main, spawn
 
 register_configs()
@@ -40,6 +41,7 @@ def run(cfg: DictConfig) -> Path | None:
     check_int64(cfg)
     check_objective(cfg)
     require(cfg, "judge_ckpt")
+    check_samples_fit(cfg.sweep.n_per_point, cfg.data.get("image_size"), "sweep.n_per_point")
     n = cfg.distributed.devices
     if n < 1:
         raise ValueError(f"distributed.devices must be >= 1, got {n}")

@@ -114,20 +114,46 @@ def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.devic
                          f"here; swap the paths")
     if kind == "eps_model" and conditional is not None:
         _check_conditional(path, (meta["net_config"] or {}).get("num_classes") is not None, conditional)
+    _check_meta_values(path, meta)
     net_cls, cfg_cls, _ = KINDS[kind]
-    net = net_cls(cfg_cls.from_dict(meta["net_config"]))
+    try:  # on the meta device first: a net_config edited to a huge size is refused before any memory is taken
+        net_cfg = cfg_cls.from_dict(meta["net_config"])
+        with torch.device("meta"):
+            own = net_cls(net_cfg).state_dict()
+    except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError, RuntimeError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(f"checkpoint {path} is damaged or edited: its net_config does not describe a net "
+                         f"({type(e).__name__}: {why}); retrain it, or point to another file") from None
     prefix = meta["weights_prefix"]
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    own = net.state_dict()
     bad = [f"missing {k}" for k in own if k not in state] + [f"unexpected {k}" for k in state if k not in own]
     bad += [f"{k} is {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the net"
             for k, v in state.items() if k in own and v.shape != own[k].shape]
     if bad:
         raise ValueError(f"checkpoint {path}: its weights do not fit its net_config ({bad[0]}; {len(bad)} problem(s)); "
                          "the file is damaged or edited: retrain it, or point to another file")
+    net = net_cls(net_cfg)  # the size of the weights in the file, which are in memory already
     net.load_state_dict(state)
     return Loaded(net.eval().to(map_location), kind, Path(path), tuple(meta["image_shape"]), int(meta["num_classes"]),
                   meta.get("fingerprint"), meta.get("schedule"), dict(meta.get("extra") or {}))
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _check_meta_values(path, meta: dict) -> None:
+    """The metadata's numbers are numbers (an edited file may say num_classes: 'ten'): one line naming the file."""
+    shape, n = meta["image_shape"], meta["num_classes"]
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(map(_whole, shape))):
+        raise ValueError(f"checkpoint {path} is damaged or edited: its image_shape is {shape!r}, not [channels, "
+                         "height, width] of positive whole numbers; retrain it, or point to another file")
+    if not _whole(n):
+        raise ValueError(f"checkpoint {path} is damaged or edited: its num_classes is {n!r}, not a positive whole "
+                         "number; retrain it, or point to another file")
+    if not isinstance(meta["net_config"], dict):
+        raise ValueError(f"checkpoint {path} is damaged or edited: its net_config is {type(meta['net_config']).__name__}"
+                         ", not a mapping of the net's settings; retrain it, or point to another file")
 
 
 def _adm_hint(path, ckpt: dict, kind: str, conditional: bool | None) -> str:
