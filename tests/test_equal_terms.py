@@ -145,6 +145,27 @@ def test_the_boundaries_stay_exact():
         MethodEps(None, cond_eps, spec, null=NULL)
 
 
+def test_rows_eps_takes_each_rows_gamma_t():
+    """MethodEps.rows_eps (the differentiable base eps of x0-space rows) gives a subset of rows their own gamma_t,
+    as the whole-batch call does."""
+    rows = [GuidanceSetting(3.0, interval=(0.2, 0.6), method="cfg", schedule="cosine"),
+            GuidanceSetting(2.0, method="cond_classifier", grad_space="x0"),
+            GuidanceSetting(2.0, sigma_interval=(0.5, 3.0), method="cfg_w")]
+    y = torch.tensor([0, 1, 2])
+    fn = MethodEps(None, cond_eps, GuidanceSpec.from_settings(rows, y), null=NULL, schedule=SCHED)
+    x = _x(3, 4)
+    for t in [100, 300, 500, 900]:
+        tt = torch.tensor([t, t + 7, t + 13])
+        whole = fn(x, tt)
+        for sub in ([0, 2], [2], [1, 0]):
+            r = torch.tensor(sub)
+            torch.testing.assert_close(fn.rows_eps(x[r], tt[r], r), whole[r], rtol=1e-12, atol=1e-14)
+        r = torch.tensor([0])
+        gamma = 1 + 2 * _w("cosine", t) if _inside(rows[0], t) else 1.0  # the closed form of row 0
+        c, null = cond_eps(x[r], tt[r], y[r]), cond_eps(x[r], tt[r], torch.tensor([NULL]))
+        torch.testing.assert_close(fn.rows_eps(x[r], tt[r], r), null + gamma * (c - null), rtol=1e-12, atol=1e-14)
+
+
 def test_cond_classifier_honours_the_interval_and_the_schedule_as_classifier_does():
     """ADM-G's classifier term: eps_c - s w(t) c_t g inside the row's t / sigma interval, eps_c bit for bit
     outside; the classifier row beside it with the same options gets the same term on eps_u."""
@@ -218,6 +239,31 @@ def test_one_batch_mixes_methods_and_settings_and_the_static_path_agrees(sampler
     plain_cfg = draw(GuidanceSpec.from_settings([rows[2]], y[:1]), seeds[:1])
     cond = draw(GuidanceSpec.from_settings([rows[5]], y[:1]), seeds[:1])
     assert (mixed[0] - plain_cfg[0]).abs().max() > 1e-4 and (mixed[0] - cond[0]).abs().max() > 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph capture needs a CUDA GPU")
+def test_captured_cuda_graphs_sample_cfg_intervals_as_eager_does():
+    """The captured step (capture=True) gathers gamma_t per row from the table made before capture: the same
+    samples as eager on the GPU, rows of cfg with intervals / schedules beside classifier-term rows."""
+    dev = torch.device("cuda")
+    plan = make_plan(SCHED, 8)
+    clf = TinyClassifier(dim=4).to(dev)
+    rows = [GuidanceSetting(3.0, interval=(0.0, 0.5), method="cfg", schedule="linear"),
+            GuidanceSetting(2.0, sigma_interval=(0.2, 4.0), method="cfg_w"), GuidanceSetting(3.0, method="cfg"),
+            GuidanceSetting(2.0, interval=(0.3, 1.0), method="cond_classifier", schedule="cosine_rev"),
+            GuidanceSetting(method="cond")]
+    spec = GuidanceSpec.from_settings(rows, torch.tensor([0, 1, 0, 2, 1]))
+    seeds = list(range(5))
+    eager_base = MethodEps(eps_model, cond_eps, spec, null=NULL, schedule=SCHED)
+    ref = sample(ClassifierGuidance(eager_base, clf, plan, spec), (1, 2, 2), plan, seeds, "ddim", device=dev,
+                 dtype=torch.float64, progress=False)
+    base = MethodEps(eps_model, cond_eps, spec, null=NULL, schedule=SCHED)
+    got = sample_static(base, ClassifierGuidance(base, clf, plan, spec, static=True), (1, 2, 2), plan, seeds,
+                        sampler="ddim", device=dev, dtype=torch.float64, capture=True)
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+    plain = MethodEps(eps_model, cond_eps, GuidanceSpec.from_settings([rows[2]], spec.y[:1]), null=NULL)
+    assert (got[0] - sample(plain, (1, 2, 2), plan, seeds[:1], "ddim", device=dev, dtype=torch.float64,
+                            progress=False)[0]).abs().max() > 1e-4
 
 
 def _grid(*overrides):

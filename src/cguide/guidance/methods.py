@@ -143,14 +143,18 @@ class MethodEps:
         self.uncond, self.cond, self.spec, self.null = uncond, cond, spec, null
         self.methods = list(dict.fromkeys(spec.method))
         self._masks: dict = {}
-        self._scales: dict = {}
+        self._cache: dict = {}
         self.schedule = schedule
         if spec.timed_base and schedule is None:
             raise ValueError("cfg / cfg_w rows with a guidance interval, sigma interval or scale schedule need the "
                              "diffusion schedule (T, alphabar) to place t: pass schedule to MethodEps")
 
     def _evals(self, needs: set[str], x, t, y=None) -> Evals:
-        y = (self.spec.y if y is None else y).to(x.device)
+        if y is None:  # the batch's targets, copied to the device once (a captured step copies nothing from the host)
+            if ("y", x.device) not in self._cache:
+                self._cache[("y", x.device)] = self.spec.y.to(x.device)
+            y = self._cache[("y", x.device)]
+        y = y.to(x.device)
         e: Evals = {}
         if "u" in needs:
             e["u"] = self.uncond(x, t)
@@ -197,14 +201,14 @@ class MethodEps:
         spec's scale, or where a cfg / cfg_w row has an interval or schedule, its entry of the [T, B] table
         (the same float64 values cast once; made once per device and dtype, before any capture)."""
         key = (x.device, x.dtype)
-        if key not in self._scales:
+        if key not in self._cache:
             if self.spec.timed_base:
                 table = self.spec.base_scale_table(self.schedule.T, self.schedule.alphabar)
-                self._scales[key] = (table.to(x.device, x.dtype),
+                self._cache[key] = (table.to(x.device, x.dtype),
                                      torch.arange(len(self.spec), device=x.device))
             else:
-                self._scales[key] = (self.spec.scale.to(x.device, x.dtype), None)
-        values, every = self._scales[key]
+                self._cache[key] = (self.spec.scale.to(x.device, x.dtype), None)
+        values, every = self._cache[key]
         if every is None:  # no row's scale depends on t
             return values if rows is None else values[rows.to(x.device)]
         return values[t.to(x.device), every if rows is None else rows.to(x.device)]
