@@ -181,3 +181,16 @@ def test_replicates_in_blocks_equal_one_block(monkeypatch):
     per_rep = fr.real_moments(b, bs.counts(bs.resample_order(torch.zeros(400, dtype=torch.long), 50, 1), 400))
     torch.testing.assert_close(fr.frechet_weighted(a, w, *per_rep), torch.cat(
         [fr._frechet_block(a, w[i:i + 1], *(x[i:i + 1] for x in per_rep)) for i in range(50)]), rtol=1e-12, atol=1e-12)
+
+
+def test_precision_recall_in_blocks_equal_one_block(monkeypatch):
+    a, b = gauss(70, 6, 0.2, 1.0, 13), gauss(50, 6, 0.0, 1.0, 14)
+    whole = bs.prc_indicators(a, b, 3)
+    present = torch.rand(5, 70, generator=torch.Generator().manual_seed(0)) > 0.5
+    covered = bs._covered(whole[1], present)
+    monkeypatch.setattr(bs, "ROWS", 16)
+    parts = bs.prc_indicators(a, b, 3)
+    # distances of other block shapes may differ in the last bit: an indicator could flip only at a tie
+    assert (parts[0] != whole[0]).sum() <= 1 and (parts[1] != whole[1]).sum() <= 1
+    assert torch.equal(bs._covered(whole[1], present), covered)  # 0/1 sums: exact in any blocking
+    assert torch.equal(covered, (whole[1].double() @ present.double().T) > 0)

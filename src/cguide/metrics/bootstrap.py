@@ -124,19 +124,34 @@ def _inception_score(probs: torch.Tensor, order: torch.Tensor, finite: torch.Ten
     return torch.cat(out)
 
 
+ROWS = 2048  # rows of a distance block: a [2048, 50,000] float64 block is 0.8 GB, never N x N at once
+
+
 def _knn_radius(f: torch.Tensor, k: int) -> torch.Tensor:
-    d = torch.cdist(f, f)
-    return d.kthvalue(k + 1, dim=1).values  # +1: the row itself at distance 0
+    """Distance of each row to its k-th nearest other row (torch-fidelity's manifold radius)."""
+    return torch.cat([torch.cdist(part, f).kthvalue(k + 1, dim=1).values  # +1: the row itself at distance 0
+                      for part in f.split(ROWS)])
 
 
 def prc_indicators(f_gen: torch.Tensor, f_real: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(in_real [N]: gen row inside some real ball, hits [M, N]: real j inside gen row i's ball)."""
+    """(in_real [N]: gen row inside some real ball, hits [M, N] bool: real j inside gen row i's ball)."""
     f_gen, f_real = f_gen.double(), f_real.double()
     k = min(k, f_gen.shape[0] - 1, f_real.shape[0] - 1)
-    d = torch.cdist(f_real, f_gen)  # [M, N]
-    in_real = (d <= _knn_radius(f_real, k)[:, None]).any(0)
-    hits = d <= _knn_radius(f_gen, k)[None, :]
-    return in_real, hits
+    r_real, r_gen = _knn_radius(f_real, k), _knn_radius(f_gen, k)
+    in_real, hits = [], []
+    for start in range(0, f_gen.shape[0], ROWS):
+        d = torch.cdist(f_real, f_gen[start:start + ROWS])  # [M, rows]
+        in_real.append((d <= r_real[:, None]).any(0))
+        hits.append(d <= r_gen[None, start:start + ROWS])
+    return torch.cat(in_real), torch.cat(hits, 1)
+
+
+def _covered(hits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """[M, B]: real j inside the ball of some row present in replicate b (present [B, N] bool)."""
+    out = torch.zeros(hits.shape[0], present.shape[0], dtype=torch.bool)
+    for start in range(0, hits.shape[1], ROWS):
+        out |= (hits[:, start:start + ROWS].float() @ present[:, start:start + ROWS].float().T) > 0
+    return out
 
 
 def replicates(ps: PointSamples, real: RealSet | None, names: set[str], *, resamples: int, seed: int,
@@ -195,7 +210,7 @@ def replicates(ps: PointSamples, real: RealSet | None, names: set[str], *, resam
         in_real, hits = prc_indicators(f[rows], f_real, prc_neighborhood)
         wf = w[:, rows]
         out["precision"] = _wmean(wf, in_real)
-        covered = (hits.double() @ (wf > 0).double().T) > 0  # [M, B]
+        covered = _covered(hits, wf > 0)  # [M, B]
         vr = v if v is not None and prc_real_rows is None else None
         out["recall"] = covered.double().mean(0) if vr is None else (covered.double().T * vr).sum(-1) / vr.sum(-1)
     if "classwise_fid" in names and real.labels is not None:
