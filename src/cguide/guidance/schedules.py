@@ -1,11 +1,13 @@
-"""Scale schedules: the classifier term's scale at original step t is s(t) = s * w(u), u = t / (T - 1).
+"""Scale schedules: the classifier term's scale at original step t is s(t) = s * w(u), u = t / (T - 1); cfg's
+guidance strength likewise, gamma(t) = 1 + (gamma - 1) * w(u) (cfg_w: w * w(u); ``cguide.guidance.methods.cfg``).
 
 u is the fraction of the ORIGINAL timestep (1 at the noisiest step T - 1, 0 at t = 0; u = 0 when T = 1),
 so a respaced sampler sees w at the original steps it visits. Every w lies in [0, 1]. The ramps and their
 reverses pair up, w + w_rev = 1, so on a step grid symmetric in u (all T steps; uniform respacing up to
 rounding) each ramp averages 1/2: a ramp at 2s spends the same total guidance as `constant` at s. Increasing
 schedules (guidance growing as t falls) follow Wang et al. 2024, "Analysis of Classifier-Free Guidance
-Weight Schedulers" (arXiv 2404.13040), here applied to the classifier term. Adding one is one entry here."""
+Weight Schedulers" (arXiv 2404.13040), who schedule CFG's weight; here they act on the classifier term and on
+CFG alike. Adding one is one entry here."""
 
 from __future__ import annotations
 
