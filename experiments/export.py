@@ -5,8 +5,9 @@
 
 The sweep is the run's newest one unless named (several experiments may share a run folder).
 
-Copies: the resolved config, results.csv/.jsonl, plots, per-point grids, the eps-model's final
-sample grid (when the run drew one); writes results.md (the table, every number straight from results.csv)."""
+Copies: the resolved config, results.csv/.jsonl, plots, per-point grids, the evidence report (evidence.md,
+matched.csv, evidence/*.pt), the eps-model's final sample grid (when the run drew one); writes results.md (the
+table, every number straight from results.csv)."""
 
 from __future__ import annotations
 
@@ -75,10 +76,12 @@ def main(run_dir: str, exp_dir: str, sweep_dir: str | None = None) -> None:
     sweep = Path(sweep_dir) if sweep_dir else max((run / "sweep").glob("*/results.csv"),
                                                   key=lambda p: p.stat().st_mtime).parent
     exp.mkdir(parents=True, exist_ok=True)
-    for name in ("results.csv", "results.jsonl", "sweep.json"):
-        shutil.copy(sweep / name, exp / name)
-    for sub in ("plots", "grids"):
-        shutil.copytree(sweep / sub, exp / sub, dirs_exist_ok=True)
+    for name in ("results.csv", "results.jsonl", "sweep.json", "evidence.md", "matched.csv"):
+        if (sweep / name).is_file() or name in ("results.csv", "results.jsonl", "sweep.json"):
+            shutil.copy(sweep / name, exp / name)
+    for sub in ("plots", "grids", "evidence"):  # evidence/: each point's replicates (the report's source)
+        if (sweep / sub).is_dir():
+            shutil.copytree(sweep / sub, exp / sub, dirs_exist_ok=True)
     # the run that made this sweep: the newest config written before its sweep.json
     made = (sweep / "sweep.json").stat().st_mtime
     config = max((p for p in run.glob("hydra/*/.hydra/config.yaml") if p.stat().st_mtime <= made),
