@@ -65,3 +65,22 @@ def test_two_task_submitit_jobs_form_one_process_group(tiny_ckpts, tmp_path):
     texts = [p.read_text() for p in logs]
     assert len(logs) == 4 and sum("1 to run" in t for t in texts) == 2  # rank 0 of each job reports
     assert sum("results:" in t for t in texts) == 2
+
+
+def test_a_multirun_goes_on_past_a_bad_job_and_lists_it_at_the_end(tiny_ckpts, tmp_path):
+    """guidance.scale=0,-1,2: the bad job (-1) stopped the whole multirun, so scale 2 never ran. Now every good
+    job runs, the bad one has its error line, and the end names it (exit 2)."""
+    out = tmp_path / "mr"
+    cmd = [sys.executable, "-m", "cguide.sweep", "-m", "guidance.scale=0,-1,2",
+           f"eps_ckpt={tiny_ckpts['eps_model']}", f"classifier_ckpt={tiny_ckpts['noisy_classifier']}",
+           f"judge_ckpt={tiny_ckpts['judge']}", f"out_dir={out}", "data.image_size=8", "sampler.steps=2",
+           "sweep.n_per_point=10", "metrics.names=[accuracy]", "progress=false", "num_threads=1", "logger=none"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert "error: guidance scale must be finite and >= 0 (s = 0 is unguided), got -1.0; fix sweep.scales" in lines
+    assert lines[-1] == "error: 1 multirun job(s) stopped with an error (its line above), the others ran: " \
+        "#1 (guidance.scale=-1)", lines[-1]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["scale"] for r in rows) == [0.0, 2.0]

@@ -195,8 +195,8 @@ def test_a_second_training_run_into_a_folder_in_use_is_refused_and_a_killed_hold
     try:
         _wait_for(proc, last.is_file, log)
         with pytest.raises(ValueError, match=rf"^{re.escape(str(out))} is in use by another run \(process {proc.pid} "
-                           r"on .+, since .+; lock file .+\.writer\.lock\): one run writes into a folder at a time; wait "
-                           r"for that run to end \(or stop it\), or choose another paths.output_dir$"):
+                           r"on .+, since .+; lock file .+\.writer\.lock\): one run writes into a folder at a time; "
+                           r"wait for that run to end \(or stop it\), or choose another paths.output_dir$"):
             train(compose_cfg("train", [*_train_args(out, 30), "resume=true"], out))
     finally:
         proc.send_signal(signal.SIGKILL)

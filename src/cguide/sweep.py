@@ -58,14 +58,33 @@ def run(cfg: DictConfig) -> Path | None:
     return spawn(run_sweep, n, plain)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sweep")
-def hydra_main(cfg: DictConfig):
-    print_config_tree(cfg, first=("eps_ckpt", "classifier_ckpt", "judge_ckpt", "sweep", "guidance", "sampler"))
+FAILED_JOBS: list[tuple[int, list[str]]] = []  # multirun jobs of this process that stopped with an error line
+
+
+def _job(cfg: DictConfig):
     out = run_or_exit(run, cfg)
     if out is None:  # a rank other than 0
         return None
     print(f"results: {out}/results.csv")
     return run_or_exit(objective, cfg, out)  # what a Hydra sweeper (hparams_search=) optimises
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="sweep")
+def hydra_main(cfg: DictConfig):
+    print_config_tree(cfg, first=("eps_ckpt", "classifier_ckpt", "judge_ckpt", "sweep", "guidance", "sampler"))
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN or not str(hc.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return _job(cfg)  # an optimising sweeper (Optuna) stops at a bad trial: its settings are the search's
+    try:  # a grid multirun goes on past a job with bad settings (its error line is above) and lists it at the end
+        return _job(cfg)
+    except SystemExit as e:
+        if e.code != 2:  # interrupted (130, 143): the whole multirun stops
+            raise
+        FAILED_JOBS.append((hc.job.num, list(hc.overrides.task)))
+        return None
 
 
 def main():
@@ -74,7 +93,18 @@ def main():
     (or a read-only working directory, for the default out_dir) is refused first as one line (Hydra's own mkdir
     would end in a traceback)."""
     check_output_args(sys.argv[1:], "out_dir")
-    return hydra_main()
+    FAILED_JOBS.clear()
+    result = hydra_main()
+    if FAILED_JOBS:  # each named by its job number and its values of the swept keys
+        swept = {k for k, _, v in (a.partition("=") for a in sys.argv[1:] if "=" in a)
+                 if ("," in v and not v.startswith("[")) or v.startswith(("choice(", "range(", "glob("))}
+        named = [(num, [o for o in overrides if o.partition("=")[0] in swept] or overrides)
+                 for num, overrides in FAILED_JOBS]
+        jobs = "; ".join(f"#{num} ({' '.join(values)})" for num, values in named)
+        print(f"error: {len(FAILED_JOBS)} multirun job(s) stopped with an error (its line above), the others ran: "
+              f"{jobs}", file=sys.stderr)
+        sys.exit(2)
+    return result
 
 
 if __name__ == "__main__":

@@ -152,8 +152,9 @@ def _check_meta_values(path, meta: dict) -> None:
         raise ValueError(f"checkpoint {path} is damaged or edited: its num_classes is {n!r}, not a positive whole "
                          "number; retrain it, or point to another file")
     if not isinstance(meta["net_config"], dict):
-        raise ValueError(f"checkpoint {path} is damaged or edited: its net_config is {type(meta['net_config']).__name__}"
-                         ", not a mapping of the net's settings; retrain it, or point to another file")
+        kind = type(meta["net_config"]).__name__
+        raise ValueError(f"checkpoint {path} is damaged or edited: its net_config is {kind}, not a mapping of the "
+                         "net's settings; retrain it, or point to another file")
 
 
 def _adm_hint(path, ckpt: dict, kind: str, conditional: bool | None) -> str:

@@ -40,8 +40,8 @@ def check_creatable(folder: str | os.PathLike, key: str) -> Path:
     if here is not None and not os.access(here, os.W_OK | os.X_OK):
         read_only = bool(os.statvfs(here).f_flag & os.ST_RDONLY)
         why = os.strerror(errno.EROFS if read_only else errno.EACCES)
-        raise ValueError(f"output folder {folder} is not writable ({why}{'' if here == folder.absolute() else f': {here}'}"
-                         f"); choose another {key}")
+        where = "" if here == folder.absolute() else f": {here}"
+        raise ValueError(f"output folder {folder} is not writable ({why}{where}); choose another {key}")
     return folder
 
 
