@@ -14,7 +14,7 @@ from .io.atomic import atomic_write_text
 from .io.folders import check_creatable, write_error_line
 from .io.signals import stop_on_signals
 from .runtime.distributed import ERRORS, is_main
-from .runtime.speed import check_num_threads
+from .runtime.speed import apply_num_threads, check_num_threads  # noqa: F401 (entry points import them from here)
 
 # Absolute: entry points also work when imported (tests), not only under `python -m`.
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -87,15 +87,6 @@ def check_int64(cfg) -> None:
             raise ValueError(f"{key}: {node} does not fit a 64-bit integer; use a value in [-2**63, 2**63 - 1]")
 
     walk(OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg, "")
-
-
-def apply_num_threads(n) -> None:
-    """torch's intra-op threads on CPU (None keeps torch's default)."""
-    check_num_threads(n)
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
 
 
 def print_config_tree(cfg: DictConfig, first: Sequence[str] = ()) -> None:

@@ -26,7 +26,7 @@ from ..io.folders import check_writable
 from ..runtime.distributed import is_main, main_then_share
 from ..runtime.draw import Models, RunOptions, check_device, check_speed, draw_sharded, load_models
 from ..runtime.learned_sigma import check_learned_variance
-from ..runtime.speed import check_num_threads
+from ..runtime.speed import apply_num_threads
 from . import wandb_log
 from .checks import check_same_images, check_sampling, check_sweep_numbers
 from .claims import PointClaims, claimed_calls
@@ -111,9 +111,7 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
     run = RunOptions(sw.batch_size, cfg.device, cfg.progress, cfg.speed)
     device = check_device(cfg.device)
     run.speed.check(device)
-    check_num_threads(cfg.num_threads)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    apply_num_threads(cfg.num_threads)
     spec = GuidanceSpec.from_settings([p.guidance for p in points], torch.zeros(len(points), dtype=torch.long))
     check_speed(spec, run.speed)
     if settings.needs_judge and not cfg.judge_ckpt:

@@ -56,6 +56,13 @@ def check_num_threads(n) -> None:
         raise ValueError(f"num_threads={n} is more than torch takes (2**31 - 1); use about the number of CPU cores")
 
 
+def apply_num_threads(n) -> None:
+    """torch's intra-op threads on CPU (None keeps torch's default), checked first."""
+    check_num_threads(n)
+    if n:
+        torch.set_num_threads(n)
+
+
 class FastNet(nn.Module):
     """net(x, *args) (eps-model and noisy classifier: x, t[, y]; the clean guide: x alone) under the layout
     and autocast options; returns x's dtype (fp32 eps and logits).
