@@ -57,7 +57,10 @@ MISSING, TRUNCATED, EMPTY, TEXT, FOLDER = "{work}/nope.ckpt", "{work}/trunc.ckpt
 A_FILE, UNDER_FILE = "{work}/a_file", "{work}/a_file/sub"
 BAD_PATHS = [MISSING, TRUNCATED, EMPTY, TEXT, FOLDER, A_FILE, "''"]
 NAN_EPS = "{work}/nan_eps.ckpt"  # the tiny eps-model with NaN weights: every sample NaN
-BAD_OUT = [A_FILE, UNDER_FILE]
+LONG_NAME = "{work}/" + "n" * 300  # a name over the 255 bytes a file system takes
+BAD_OUT = [A_FILE, UNDER_FILE, LONG_NAME]
+BAD_META = "{work}/bad_meta.ckpt"  # the tiny judge with num_classes: 'ten' in its metadata
+HUGE_NET = "{work}/huge_net.ckpt"  # the tiny eps-model whose net_config says model_channels=65536 (a 68 GB net)
 
 FLOAT = ["nan", "inf", "-inf", "-1", "-1e-30", "0", "-0.0", "1e30", "abc", "''", "null", "[0.5]", "true"]
 INT = ["-1", "0", "1.5", "abc", "nan", "inf", "null", "''", "[1]", "true", "9223372036854775808"]
@@ -114,7 +117,7 @@ GRAMMAR = {
         "num_threads": THREADS,
         "device": DEVICE,
         "seed": SEED,
-        "eps_ckpt": [*BAD_PATHS, "{clf}", "{judge}", "null", NAN_EPS],
+        "eps_ckpt": [*BAD_PATHS, "{clf}", "{judge}", "null", NAN_EPS, HUGE_NET],
         "classifier_ckpt": [*BAD_PATHS, "{eps}", "{judge}", "null"],
         "cond_ckpt": [*BAD_PATHS, "{eps}", "{clf}"],
         "out_dir": BAD_OUT,
@@ -133,7 +136,7 @@ GRAMMAR = {
         "sweep.methods": ["[classifier]", "[cfg]", "[cond]", "[]", "[nope]", "null", "classifier"],
         "sweep.method_scales": ["{}", "{cfg:[1]}", "{classifier:[0,1]}", "{classifier:[]}", "{classifier:[a]}",
                                 "{classifier:[nan]}", "null"],
-        "sweep.n_per_point": ["10", "11", "20", "9", *INT_SMALL, "9223372036854775808"],
+        "sweep.n_per_point": ["10", "11", "20", "9", *INT_SMALL, "9223372036854775808", "1000000000000"],
         "sweep.batch_size": ["1", "7", *INT],
         "sweep.grid_per_class": ["1", "1000000", *INT],
         "sweep.points_per_call": ["1", "1000000", *INT],
@@ -155,7 +158,7 @@ GRAMMAR = {
         "device": DEVICE,
         "eps_ckpt": [*BAD_PATHS, "{clf}", "{judge}", "null"],
         "classifier_ckpt": [*BAD_PATHS, "{eps}", "{judge}", "null"],
-        "judge_ckpt": [*BAD_PATHS, "{eps}", "{clf}", "null"],
+        "judge_ckpt": [*BAD_PATHS, "{eps}", "{clf}", "null", BAD_META],
         "out_dir": BAD_OUT,
     },
     "train": {
@@ -341,6 +344,14 @@ def materialise(work: Path, ckpts: dict, d: Draw | None = None) -> dict:
             if v.is_floating_point():
                 v.fill_(float("nan"))
         torch.save(ckpt, work / "nan_eps.ckpt")
+    if BAD_META in values:
+        ckpt = torch.load(ckpts["judge"], weights_only=True)
+        ckpt["cguide"]["num_classes"] = "ten"
+        torch.save(ckpt, work / "bad_meta.ckpt")
+    if HUGE_NET in values:
+        ckpt = torch.load(ckpts["eps_model"], weights_only=True)
+        ckpt["cguide"]["net_config"]["model_channels"] = 65536
+        torch.save(ckpt, work / "huge_net.ckpt")
     for kind in IMAGE_KINDS:
         if f"{{work}}/img/{kind}" in values or (kind == "ok" and "{work}/img/ok/a" in values):
             make_image_folder(work / "img" / kind, kind)
@@ -538,3 +549,17 @@ def test_fuzz_issue_28_classes(d, tiny_ckpts, base):
     if not ok:
         line = messages(o.err)[0]
         assert "image folder" in line or "non-finite" in line, line
+
+
+# The write and size classes of issue #28, each drawn once: output folders with a name over 255 bytes (refused before
+# Hydra makes its run folder), a sweep too large for the machine's memory, checkpoint metadata that is not numbers and
+# a net_config edited to a 68 GB net (refused before it is allocated). Each must be one error line.
+ISSUE_28_WRITES = [Draw("sweep", (("out_dir", LONG_NAME),)), Draw("train", (("paths.output_dir", LONG_NAME),)),
+                   Draw("sample", (("out_dir", LONG_NAME),)), Draw("sweep", (("sweep.n_per_point", "1000000000000"),)),
+                   Draw("sweep", (("judge_ckpt", BAD_META),)), Draw("sample", (("eps_ckpt", HUGE_NET),))]
+
+
+@pytest.mark.parametrize("d", ISSUE_28_WRITES, ids=lambda d: str(d).replace("n" * 300, "<300 n>"))
+def test_fuzz_issue_28_write_and_size_classes(d, tiny_ckpts, base):
+    o = check_draw(d, tiny_ckpts, base)
+    assert verdict(o) == "error", f"{d}: {verdict(o)}\n{o.err[-2000:]}"
