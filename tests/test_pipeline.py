@@ -6,17 +6,13 @@ import pytest
 
 from omegaconf import OmegaConf
 
-from helpers.config import compose_cfg
-
-# the tiny pipeline (debug=default), shorter still
-FAST = ["model.max_steps=4", "classifier.max_steps=4", "judge.max_steps=4", "sweep.n_per_point=20", "sweep.steps=[4]",
-        "sweep.batch_size=64"]
+from helpers.config import PIPELINE_FAST, compose_cfg
 
 
 def _run(cfg_pipeline, extra=()):
     from cguide.pipeline import run_pipeline
 
-    return run_pipeline(cfg_pipeline(*FAST, *extra))
+    return run_pipeline(cfg_pipeline(*PIPELINE_FAST, *extra))
 
 
 def test_pipeline_trains_sweeps_then_reuses(cfg_pipeline, capsys):

@@ -20,6 +20,7 @@ import pytest
 
 from cguide.io.checkpoints import read_checkpoint
 from helpers.config import TINY, compose_cfg
+from helpers.processes import running
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true",
        "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
@@ -44,15 +45,6 @@ def _last_line(err: Path) -> str:
     text = err.read_text()
     assert "Traceback" not in text, text[-3000:]
     return text.strip().splitlines()[-1]
-
-
-def _running(pid: int) -> bool:
-    """pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _children(pid: int) -> list[int]:
@@ -149,12 +141,12 @@ def test_a_helper_training_ends_when_its_main_process_is_killed(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         deadline = time.monotonic() + 60
-        while _running(helpers[0]) and time.monotonic() < deadline:
+        while running(helpers[0]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _running(helpers[0]), "the helper trains on after its main process was killed"
+        assert not running(helpers[0]), "the helper trains on after its main process was killed"
     finally:
         for pid in helpers:
-            if _running(pid):
+            if running(pid):
                 os.kill(pid, signal.SIGKILL)
     names = sorted(p.name for p in clf_last.parent.iterdir())
     assert not [n for n in names if "-v" in n], names
@@ -176,10 +168,10 @@ def test_sigterm_to_the_main_process_while_sweeping_ends_its_helper_with_it(tmp_
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(120) == 128 + signal.SIGTERM, err.read_text()[-3000:]
         time.sleep(1)
-        assert not _running(helpers[0]), "the helper draws on after its main process ended"
+        assert not running(helpers[0]), "the helper draws on after its main process ended"
     finally:
         for pid in helpers:
-            if _running(pid):
+            if running(pid):
                 os.kill(pid, signal.SIGKILL)
     assert _last_line(err).startswith("interrupted by SIGTERM: ")
 

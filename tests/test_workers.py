@@ -9,7 +9,8 @@ import threading
 import pytest
 import torch
 
-from test_pipeline import FAST
+from helpers.config import PIPELINE_FAST
+from helpers.processes import running
 
 
 def _rows(sweep_dir):
@@ -20,7 +21,7 @@ def _rows(sweep_dir):
 def test_two_workers_train_and_draw_what_one_process_does(cfg_pipeline, tmp_path, capsys):
     from cguide.pipeline import run_pipeline
     # one thread in all: the split changes no thread count, so the results must be the same to the last bit
-    extra = [*FAST, "num_threads=1", "device=cpu", "trainer.accelerator=cpu", "sweep.points_per_call=1",
+    extra = [*PIPELINE_FAST, "num_threads=1", "device=cpu", "trainer.accelerator=cpu", "sweep.points_per_call=1",
              "sweep.scales=[0,1,2]"]
     par = run_pipeline(cfg_pipeline(*extra, "workers=2"))
     out = capsys.readouterr().out
@@ -54,7 +55,7 @@ def test_a_failure_in_the_helper_stops_the_run_with_its_name_and_leaves_no_proce
     in_the_way.write_text("a file")  # the helper's judge stage fails on it; this process's eps-model does not
     with pytest.raises(RuntimeError, match=r"^the process training classifier, judge stopped with exit code 1 \(its "
                        r"error is above\); run the same command again: finished stages are reused$"):
-        run_pipeline(cfg_pipeline(*FAST, "num_threads=2", "device=cpu", "trainer.accelerator=cpu", "workers=2",
+        run_pipeline(cfg_pipeline(*PIPELINE_FAST, "num_threads=2", "device=cpu", "trainer.accelerator=cpu", "workers=2",
                                   "sweep.points_per_call=1"))
     # it stopped the eps-model at its hand-over step, half-way, not at its end
     assert not (tmp_path / "pipeline" / "diffusion" / "checkpoints" / "diffusion.ckpt").exists()
@@ -109,26 +110,17 @@ def test_a_waiting_helper_ends_when_its_main_process_is_killed(tmp_path):
     try:
         pid = int(main.stdout.readline())
         time.sleep(2)
-        assert _running(pid)  # waiting for a job
+        assert running(pid)  # waiting for a job
     finally:
         main.send_signal(signal.SIGKILL)
         main.wait()
     deadline = time.monotonic() + 60  # its start (imports) may still be under way
-    while _running(pid) and time.monotonic() < deadline:
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    alive = _running(pid)
+    alive = running(pid)
     if alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, "the helper outlived its killed main process"
-
-
-def _running(pid: int) -> bool:
-    """pid exists and is not a zombie (an orphan may wait for a reaper that never comes)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -176,8 +168,8 @@ def test_two_thread_runs_hand_over_at_the_same_step_so_their_weights_agree(cfg_p
     """With 2 threads the eps-model trains on 1 thread, then on 2 from a fixed step: two runs (whose side process
     finishes at different moments) must give the same eps-model bit for bit."""
     from cguide.pipeline import run_pipeline
-    extra = [*FAST, "model.max_steps=12", "num_threads=2", "device=cpu", "trainer.accelerator=cpu", "workers=2",
-             "sweep.points_per_call=1"]
+    extra = [*PIPELINE_FAST, "model.max_steps=12", "num_threads=2", "device=cpu", "trainer.accelerator=cpu",
+             "workers=2", "sweep.points_per_call=1"]
     runs = [run_pipeline(cfg_pipeline(*extra, f"out_dir={tmp_path / name}")) for name in ("a", "b")]
     a, b = (torch.load(r.parents[1] / "diffusion/checkpoints/diffusion.ckpt", weights_only=False)["state_dict"]
             for r in runs)

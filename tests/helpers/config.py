@@ -16,6 +16,10 @@ TINY = ["data.image_size=8", "data.batch_size=32", "model=tiny", "classifier=tin
         "callbacks.sample_grid.steps=3", "callbacks.sample_grid.every_n_steps=0", "diffusion.T=100",
         "model.max_steps=6", "classifier.max_steps=6", "judge.max_steps=6"]
 
+# On top of TINY for conf/pipeline.yaml (the cfg_pipeline fixture): a few steps per net, a 2-point sweep of 20.
+PIPELINE_FAST = ["model.max_steps=4", "classifier.max_steps=4", "judge.max_steps=4", "sweep.n_per_point=20",
+                 "sweep.steps=[4]", "sweep.batch_size=64"]
+
 
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path):
     """Compose conf/<config_name>.yaml as the entry point would, with paths under output_dir."""
