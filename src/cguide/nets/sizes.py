@@ -16,14 +16,18 @@ from .encoder import EncoderClassifier, EncoderConfig
 from .judge import JudgeConfig, JudgeNet
 from .unet import UNet, UNetConfig
 
+# The trunk sizes the UNet and the noisy classifier share (the classifier is the UNet's downsampling half).
+TRUNK_SIZES: dict[str, dict[str, Any]] = {
+    # Unit tests: a forward pass in milliseconds at 8x8 / 16x16; < 100k params.
+    "tiny": dict(model_channels=16, channel_mult=[1, 1], num_res_blocks=1, attention_ds=[2], num_head_channels=8),
+    # 16x16 MNIST on 2 CPU cores (see benchmarks/nets_speed.py).
+    "small": dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_ds=[2],
+                  num_head_channels=32),
+}
+
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "unet": {
-        # Unit tests: a forward pass in milliseconds at 8x8 / 16x16; < 100k params.
-        "tiny": dict(model_channels=16, channel_mult=[1, 1], num_res_blocks=1, attention_ds=[2],
-                     num_head_channels=8),
-        # 16x16 MNIST on 2 CPU cores (see benchmarks/nets_speed.py).
-        "small": dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_ds=[2],
-                      num_head_channels=32),
+        **TRUNK_SIZES,
         # ADM layout at 32px (resblock_updown as in guided-diffusion): ~8.0M params.
         "bench32": dict(model_channels=64, channel_mult=[1, 2, 2], num_res_blocks=2, attention_ds=[2, 4],
                         num_head_channels=32, resblock_updown=True, dropout=0.1),
@@ -32,10 +36,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
                       num_head_channels=32, dropout=0.1),
     },
     "encoder": {
-        "tiny": dict(model_channels=16, channel_mult=[1, 1], num_res_blocks=1, attention_ds=[2],
-                     num_head_channels=8),
-        "small": dict(model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=1, attention_ds=[2],
-                      num_head_channels=32),
+        **TRUNK_SIZES,
         # guided-diffusion's classifier layout (depth 2, width 64, attention pool): ~3.3M params.
         "bench32": dict(model_channels=64, channel_mult=[1, 2, 2], num_res_blocks=2, attention_ds=[2, 4],
                         num_head_channels=32, resblock_updown=True, pool="attention"),
