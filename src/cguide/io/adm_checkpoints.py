@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..diffusion import make_schedule
-from ..nets.adm import (CLASSIFIER_PRESETS, NUM_CLASSES, PRESETS, RELEASED_FILES, UNET_PRESETS, AdmKindError,
-                        adm_unet_config, load_adm_classifier, load_adm_unet, parse_flags)
+from ..nets.adm import (NUM_CLASSES, PRESETS, RELEASED_FILES, AdmKindError, adm_unet_config, load_adm_classifier,
+                        load_adm_unet, preset_or_flags_line)
 from .checkpoints import Loaded
 
 ROLES = ("eps", "cond", "classifier")  # the config keys <role>_ckpt / <role>_preset
@@ -40,17 +40,15 @@ def preset_flags(preset: str, role: str) -> tuple[dict, str]:
     key = f"{role}_preset"
     if not isinstance(preset, str) or not preset.strip():
         raise ValueError(f"{key} must be an ADM preset name or guided-diffusion's flags as one string, got {preset!r}")
-    if preset.lstrip().startswith("--"):
-        return parse_flags(preset), "the given flags"
-    own, other = (CLASSIFIER_PRESETS, UNET_PRESETS) if role == "classifier" else (UNET_PRESETS, CLASSIFIER_PRESETS)
-    if preset in other:
-        what = "a diffusion-model" if role == "classifier" else "a noisy-classifier"
-        raise ValueError(f"{key}={preset} is {what} preset, but {key} takes one of {', '.join(own)}; "
-                         f"swap the presets (and the files)")
-    if preset not in own:
-        raise ValueError(f"unknown ADM preset {preset!r} in {key}; known: {', '.join(own)} (or guided-diffusion's "
-                         "flags as one quoted string, e.g. '--image_size 64 --num_channels 192 ...')")
-    flags = dict(PRESETS[preset])
+    what = "a diffusion-model" if role == "classifier" else "a noisy-classifier"
+    flags, line = preset_or_flags_line(
+        preset, role == "classifier",
+        wrong_kind=lambda own: f"{key}={preset} is {what} preset, but {key} takes one of {own}; swap the presets "
+                               "(and the files)",
+        unknown=lambda own: (f"unknown ADM preset {preset!r} in {key}; known: {own} (or guided-diffusion's flags as "
+                             "one quoted string, e.g. '--image_size 64 --num_channels 192 ...')"))
+    if line:
+        return flags, "the given flags"
     if role == "classifier":  # the classifier's flags hold no schedule: it is the same-size diffusion model's
         flags.update({k: v for k, v in PRESETS[preset.replace("_classifier", "_cond")].items()
                       if k in ("noise_schedule", "diffusion_steps")})

@@ -108,6 +108,21 @@ UNET_PRESETS = tuple(n for n in PRESETS if not n.endswith("_classifier"))
 CLASSIFIER_PRESETS = tuple(n for n in PRESETS if n.endswith("_classifier"))
 
 
+def preset_or_flags_line(preset: str, classifier: bool, wrong_kind: Callable[[str], str],
+                         unknown: Callable[[str], str]) -> tuple[dict[str, str], bool]:
+    """(flags, whether ``preset`` was guided-diffusion's flags as one string) of a preset name or a flags line.
+    A preset of the other net (a diffusion model's where a classifier's belongs, or the reverse) is
+    ValueError(wrong_kind(own)), an unknown name ValueError(unknown(own)); own: the right presets, comma-separated."""
+    if preset.lstrip().startswith("--"):
+        return parse_flags(preset), True
+    own, other = (CLASSIFIER_PRESETS, UNET_PRESETS) if classifier else (UNET_PRESETS, CLASSIFIER_PRESETS)
+    if preset in other:
+        raise ValueError(wrong_kind(", ".join(own)))
+    if preset not in own:
+        raise ValueError(unknown(", ".join(own)))
+    return dict(PRESETS[preset]), False
+
+
 # ----------------------------------------------------------------------------- flags -> configs
 
 
@@ -300,16 +315,13 @@ def _resolve(preset: Preset, kind: str) -> tuple[dict[str, Any], str]:
     """(flags, how to name them in messages) of a preset name, a flags mapping or a flags command line."""
     if isinstance(preset, Mapping):
         return dict(preset), "the given flags"
-    if preset.lstrip().startswith("--"):
-        return parse_flags(preset), "the given flags"
-    own, other = (UNET_PRESETS, CLASSIFIER_PRESETS) if kind == "unet" else (CLASSIFIER_PRESETS, UNET_PRESETS)
-    if preset in other:
-        loader = "load_adm_classifier" if kind == "unet" else "load_adm_unet"
-        raise ValueError(f"{preset} is an ADM {'classifier' if kind == 'unet' else 'diffusion'} preset; load it "
-                         f"with {loader}, or pick one of {', '.join(own)}")
-    if preset not in own:
-        raise ValueError(f"unknown ADM preset {preset!r}; known: {', '.join(own)}")
-    return dict(PRESETS[preset]), f"preset {preset}"
+    loader = "load_adm_classifier" if kind == "unet" else "load_adm_unet"
+    flags, line = preset_or_flags_line(
+        preset, kind != "unet",
+        wrong_kind=lambda own: (f"{preset} is an ADM {'classifier' if kind == 'unet' else 'diffusion'} preset; load "
+                                f"it with {loader}, or pick one of {own}"),
+        unknown=lambda own: f"unknown ADM preset {preset!r}; known: {own}")
+    return flags, "the given flags" if line else f"preset {preset}"
 
 
 def _hint(where: str, src: str) -> str:
