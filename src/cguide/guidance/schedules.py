@@ -16,15 +16,11 @@ from typing import Callable
 
 import torch
 
+from .registry import registrar
+
 ScheduleFn = Callable[[torch.Tensor], torch.Tensor]  # u (float64) -> w (float64)
 SCHEDULES: dict[str, ScheduleFn] = {}
-
-
-def register_schedule(name: str):
-    def deco(fn: ScheduleFn) -> ScheduleFn:
-        SCHEDULES[name] = fn
-        return fn
-    return deco
+register_schedule = registrar(SCHEDULES)  # @register_schedule(name) over a ScheduleFn
 
 
 @register_schedule("constant")

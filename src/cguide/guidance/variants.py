@@ -9,15 +9,11 @@ from typing import Callable
 
 import torch
 
+from .registry import registrar
+
 VariantFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 VARIANTS: dict[str, VariantFn] = {}
-
-
-def register_variant(name: str):
-    def deco(fn: VariantFn) -> VariantFn:
-        VARIANTS[name] = fn
-        return fn
-    return deco
+register_variant = registrar(VARIANTS)  # @register_variant(name) over a VariantFn
 
 
 @register_variant("score")
