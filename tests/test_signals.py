@@ -220,3 +220,20 @@ def test_a_second_pipeline_on_an_out_dir_in_use_is_refused_before_it_writes(tmp_
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+def test_a_bad_input_met_by_the_helper_is_its_line_and_one_line_of_the_main_process(tmp_path):
+    """A helper's bad input (here a file where the judge's checkpoints go) printed the helper's traceback and then the
+    main process's RuntimeError traceback. Now each process says it in one line, and the exit code is 2."""
+    out = tmp_path / "pipe"
+    (out / "judge").mkdir(parents=True)
+    (out / "judge" / "checkpoints").write_text("a file")
+    proc, log, err = _start("cguide.pipeline", [*PIPE, "model.max_steps=8", "classifier.max_steps=4",
+                                                "judge.max_steps=4", f"out_dir={out}"], tmp_path, "pipe")
+    assert proc.wait(600) == 2, err.read_text()[-3000:]
+    assert "Traceback" not in err.read_text(), err.read_text()[-3000:]
+    lines = [line for line in err.read_text().splitlines() if line.startswith("error: ")]
+    assert lines == [f"error: output folder {out / 'judge' / 'checkpoints'} is a file, not a folder; choose another "
+                     "paths.ckpt_dir",
+                     "error: the process training classifier, judge stopped with exit code 2 (its error is above); run "
+                     "the same command again: finished stages are reused"], err.read_text()[-3000:]

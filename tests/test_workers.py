@@ -53,7 +53,7 @@ def test_a_failure_in_the_helper_stops_the_run_with_its_name_and_leaves_no_proce
     in_the_way = tmp_path / "pipeline" / "judge" / "checkpoints"
     in_the_way.parent.mkdir(parents=True)
     in_the_way.write_text("a file")  # the helper's judge stage fails on it; this process's eps-model does not
-    with pytest.raises(RuntimeError, match=r"^the process training classifier, judge stopped with exit code 1 \(its "
+    with pytest.raises(RuntimeError, match=r"^the process training classifier, judge stopped with exit code 2 \(its "
                        r"error is above\); run the same command again: finished stages are reused$"):
         run_pipeline(cfg_pipeline(*PIPELINE_FAST, "num_threads=2", "device=cpu", "trainer.accelerator=cpu", "workers=2",
                                   "sweep.points_per_call=1"))

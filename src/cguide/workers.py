@@ -27,9 +27,16 @@ from omegaconf import DictConfig, OmegaConf
 from .grid.points import build_grid
 from .grid.results import ResultsFolder
 from .grid.runner import run_sweep
+from .io.folders import write_error_line
 from .io.signals import stop_on_signals, stop_requested
+from .runtime.distributed import ERRORS
 from .modules.callbacks import TakeThreadsAtStep
 from .stages import STAGES, run_stage, stage_done, stages
+
+
+class HelperStopped(ValueError, RuntimeError):
+    """A helper process stopped before its stages were done; its own error line is above. A ValueError, so the
+    entry point reports this as one line too."""
 
 
 def check_workers(cfg: DictConfig) -> None:
@@ -102,6 +109,15 @@ def _helper(container: dict | None, names: list[str], out: str, signals, jobs) -
             _helper_work(container, names, out, signals, jobs)
     except KeyboardInterrupt as e:  # Stopped too: the main process says why the run ended
         sys.exit(128 + getattr(e, "signum", signal.SIGINT))
+    except ERRORS as e:  # bad input met here (a file in the way, a damaged checkpoint): its one line, as the CLI
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a write that failed (disk full, ...): one line
+        line = write_error_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _helper_work(container: dict | None, names: list[str], out: str, signals, jobs) -> None:
@@ -185,7 +201,7 @@ class Helpers:
         # (a helper killed, e.g. out of memory, never sets done)
         if not self.ok.is_set():
             self.procs[0].join()
-            raise RuntimeError(f"the process training {', '.join(self.side)} stopped with exit code "
+            raise HelperStopped(f"the process training {', '.join(self.side)} stopped with exit code "
                                f"{self.procs[0].exitcode} (its error is above); run the same command again: "
                                "finished stages are reused")
         return max(0.0, time.time() - self.finished.value)
