@@ -280,6 +280,9 @@ class GridConfig:
     variants: List[str] = field(default_factory=lambda: ["${guidance.variant}"])
     samplers: List[str] = field(default_factory=lambda: ["${sampler.name}"])
     steps: List[Optional[int]] = field(default_factory=lambda: ["${sampler.steps}"])
+    # each sampler its own step counts (e.g. {ddim: [10, 25, 50], heun: [10, 25]}); when given, these (sampler,
+    # steps) pairs are the grid's sampler axis in place of samplers x steps; empty: samplers x steps
+    sampler_steps: Dict[str, Any] = field(default_factory=dict)  # sampler -> list of step counts
     intervals: List[List[float]] = field(default_factory=lambda: ["${guidance.interval}"])
     n_per_point: int = 100  # balanced over classes: sample i has class i % num_classes and seed seed + i
     seed: int = 0

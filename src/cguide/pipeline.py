@@ -49,6 +49,8 @@ def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConf
         del grid["methods"], grid["method_scales"]
     if not grid.get("settings", True):  # likewise before named option sets
         del grid["settings"]
+    if not grid.get("sampler_steps", True):  # likewise before per-sampler steps
+        del grid["sampler_steps"]
     defines = {"ckpts": {k: file_identity(p) for k, p in ckpts.items()}, "sweep": grid, "sampler": parts["sampler"],
                # what rows hold (names, intervals) since #26: a rerun after the upgrade draws a fresh folder
                "metrics": {k: parts["metrics"].get(k) for k in ("names", "extractor", "interval_resamples",

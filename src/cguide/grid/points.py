@@ -4,12 +4,13 @@ packed into shared drawing calls. Every value is checked by the spec it becomes,
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from ..diffusion import SamplerSpec
+from ..diffusion import SamplerSpec, sampler_class
 from ..guidance import METHODS, GuidanceSetting
 
 AXES = {"methods": "method", "scales": "scale", "variants": "variant", "samplers": "sampler", "steps": "steps",
@@ -88,15 +89,17 @@ def options_suffix(g: GuidanceSetting) -> str:
 
 def build_grid(sweep, sampler, guidance) -> list[Point]:
     """Cartesian product of the sweep's axes (sweep.methods, .scales or a method's own .method_scales,
-    .variants, .samplers, .steps, .intervals) in a fixed order, duplicates dropped (settings without a
-    classifier term ignore the variant; cond ignores the interval too); each value becomes a SamplerSpec /
+    .variants, .samplers x .steps or the (sampler, steps) pairs of .sampler_steps, .intervals) in a fixed
+    order, duplicates dropped (settings without a classifier term ignore the variant; cond ignores the
+    interval too); each value becomes a SamplerSpec /
     GuidanceSetting, with the rest of guidance (nonfinite, schedule, sigma_interval, entropy, grad_at,
     grad_space) from the guidance node. sweep.settings, when given, names option sets: the grid is the union
     over them of that product, each set's options (SET_OPTIONS) over the guidance node's and its own `scales`
     (if given) for every method."""
     axes = {name: list(sweep[name]) for name in AXES}
+    pairs = sampler_pairs(sweep.get("sampler_steps"))  # None: sweep.samplers x sweep.steps
     for name, values in axes.items():
-        if len(values) == 0:
+        if len(values) == 0 and not (pairs and name in ("samplers", "steps")):
             raise ValueError(f"empty grid: sweep.{name} is empty; give it at least one value "
                              f"(or drop the override to use {AXES[name]} alone)")
     own = dict(sweep.get("method_scales") or {})
@@ -105,7 +108,7 @@ def build_grid(sweep, sampler, guidance) -> list[Point]:
         raise ValueError(f"sweep.method_scales names method(s) {stray} that are not in sweep.methods "
                          f"{axes['methods']}; add them to sweep.methods or drop their scales")
     samplers = [SamplerSpec.from_config(sampler, name=smp, steps=k, source="sweep")
-                for smp, k in itertools.product(axes["samplers"], axes["steps"])]
+                for smp, k in pairs or itertools.product(axes["samplers"], axes["steps"])]
     rest = dict(nonfinite=guidance.nonfinite, schedule=guidance.schedule, entropy_scale=guidance.entropy_scale,
                 entropy_cap=guidance.entropy_cap, grad_at=guidance.grad_at,
                 grad_space=getattr(guidance, "grad_space", "x_t"), sigma_interval=guidance.sigma_interval)
@@ -120,6 +123,27 @@ def build_grid(sweep, sampler, guidance) -> list[Point]:
                      for iv, v, s in itertools.product(axes["intervals"], axes["variants"],
                                                        list(own.get(m, axes["scales"]) if scales is None else scales))]
     return list(dict.fromkeys(Point(smp, g) for smp, g in itertools.product(samplers, settings)))
+
+
+def sampler_pairs(own) -> list[tuple[str, int | None]] | None:
+    """sweep.sampler_steps (sampler -> its step counts) as (sampler, steps) pairs in the given order, checked;
+    None when empty or absent (the grid is then sweep.samplers x sweep.steps)."""
+    if not own:
+        return None
+    pairs = []
+    for name, steps in dict(own).items():
+        cls = sampler_class(str(name), "sweep.sampler_steps")  # an unknown name: the registry's line
+        if isinstance(steps, (str, bytes, Mapping)) or not isinstance(steps, Sequence) or len(steps) == 0 or any(
+                k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1) for k in steps):
+            shown = list(steps) if isinstance(steps, Sequence) and not isinstance(steps, (str, bytes)) else steps
+            raise ValueError(f"sweep.sampler_steps.{name} must be a non-empty list of step counts >= 1 (or null "
+                             f"for all T), got {shown!r}; fix it or drop {name} from sweep.sampler_steps")
+        for k in steps:
+            if k is not None and k < cls.order:
+                raise ValueError(f"sampler {name} is a solver of order {cls.order}: it needs at least {cls.order} "
+                                 f"steps, got {k}; raise sweep.sampler_steps.{name} (or use ddim)")
+            pairs.append((str(name), k))
+    return list(dict.fromkeys(pairs))
 
 
 def option_sets(sweep) -> dict[str, dict]:

@@ -1,0 +1,83 @@
+"""sweep.sampler_steps (each sampler its own step counts) and the solvers experiment (#27 item 6): the grid's
+(sampler, steps) pairs and their keys, bad input refused with one line, the pipeline's sweep folder names kept
+for configs without it, the FID-vs-evaluations plot, and a tiny sweep end to end."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from helpers.config import compose_cfg
+
+SOLVERS = {"ddim": [10, 25, 50], "euler": [25], "heun": [10, 25], "dpmpp_2m": [10, 15, 20], "unipc": [10]}
+
+
+def _nodes(**sweep):
+    from cguide.config import GuidanceConfig
+
+    sampler = OmegaConf.create(dict(name="ddim", steps=50, spacing="uniform", eta=0.0, var_type="fixed_small",
+                                    clip_x0=True))
+    grid = OmegaConf.create(dict(dict(methods=["classifier"], scales=[0, 2], variants=["score"], samplers=["ddim"],
+                                      steps=[50], intervals=[[0, 1]]), **sweep))
+    return grid, sampler, OmegaConf.structured(GuidanceConfig)
+
+
+def test_sampler_steps_are_the_grids_sampler_axis_with_the_old_keys():
+    """Fails with sampler_steps ignored (the grid is then ddim-50 only)."""
+    from cguide.grid.points import build_grid
+
+    pts = build_grid(*_nodes(sampler_steps=SOLVERS))
+    pairs = [(smp, k) for smp, ks in SOLVERS.items() for k in ks]
+    assert list(dict.fromkeys((p.sampler.name, p.sampler.steps) for p in pts)) == pairs
+    assert len(pts) == len(pairs) * 2 and {p.guidance.scale for p in pts} == {0.0, 2.0}
+    assert "ddim-50-t0_1-score-s2" in {p.key for p in pts} and "heun-10-t0_1-score-s0" in {p.key for p in pts}
+    # empty (the default): sweep.samplers x sweep.steps, the same points as without the field
+    old = build_grid(*_nodes(samplers=["ddim", "heun"], steps=[4, 8]))
+    assert build_grid(*_nodes(samplers=["ddim", "heun"], steps=[4, 8], sampler_steps={})) == old
+    assert {(p.sampler.name, p.sampler.steps) for p in old} == {(s, k) for s in ("ddim", "heun") for k in (4, 8)}
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"ddim": [10], "eulr": [25]}, r"^unknown sampler 'eulr' in sweep.sampler_steps; registered: ddim, ddpm, "),
+    ({"heun": [0, 10]}, r"^sweep.sampler_steps.heun must be a non-empty list of step counts >= 1 \(or null for all "
+                        r"T\), got \[0, 10\]; fix it or drop heun from sweep.sampler_steps$"),
+    ({"ddim": []}, r"^sweep.sampler_steps.ddim must be a non-empty list .*got \[\]"),
+    ({"ddim": 10}, r"^sweep.sampler_steps.ddim must be a non-empty list .*got 10;"),
+    ({"ddim": [2.5]}, r"^sweep.sampler_steps.ddim must be a non-empty list .*got \[2.5\]"),
+    ({"heun": [1]}, r"^sampler heun is a solver of order 2: it needs at least 2 steps, got 1; raise "
+                    r"sweep.sampler_steps.heun \(or use ddim\)$"),
+])
+def test_bad_sampler_steps_is_one_line(bad, match):
+    """Fails with the checks in sampler_pairs removed (then 0 and 2.5 reach the spec with a line naming
+    sweep.steps, [] and 10 give no line at all)."""
+    from cguide.grid.points import build_grid
+
+    with pytest.raises(ValueError, match=match) as e:
+        build_grid(*_nodes(sampler_steps=bad))
+    assert "\n" not in str(e.value)
+
+
+def _fake_ckpts(root: Path) -> dict:
+    ckpts = {k: root / f"{k}.ckpt" for k in ("diffusion", "classifier", "judge")}
+    for p in ckpts.values():
+        p.write_bytes(b"x")
+    return ckpts
+
+
+def test_pipeline_sweep_folder_keeps_its_name_without_sampler_steps(tmp_path):
+    """The digest of a default config is the one it had before the field existed (composed here by deleting the
+    field from the tree); fails with the digest's `del grid["sampler_steps"]` line removed."""
+    from cguide.pipeline import sweep_config
+
+    ckpts = _fake_ckpts(tmp_path)
+    cfg = compose_cfg("pipeline", [f"out_dir={tmp_path}"], tmp_path / "hydra")
+    before_field = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # not structured: keys can go
+    del before_field.sweep["sampler_steps"]
+    assert "sampler_steps" in cfg.sweep and "sampler_steps" not in before_field.sweep
+    assert sweep_config(cfg, ckpts, tmp_path).out_dir == sweep_config(before_field, ckpts, tmp_path).out_dir
+    # given, it defines the grid: a folder of its own
+    solvers = compose_cfg("pipeline", [f"out_dir={tmp_path}", "+sweep.sampler_steps={ddim:[10]}"], tmp_path / "h2")
+    assert sweep_config(solvers, ckpts, tmp_path).out_dir != sweep_config(cfg, ckpts, tmp_path).out_dir
