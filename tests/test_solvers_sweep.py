@@ -81,3 +81,53 @@ def test_pipeline_sweep_folder_keeps_its_name_without_sampler_steps(tmp_path):
     # given, it defines the grid: a folder of its own
     solvers = compose_cfg("pipeline", [f"out_dir={tmp_path}", "+sweep.sampler_steps={ddim:[10]}"], tmp_path / "h2")
     assert sweep_config(solvers, ckpts, tmp_path).out_dir != sweep_config(cfg, ckpts, tmp_path).out_dir
+
+
+def _row(sampler: str, steps: int, scale: float, fid: float, **extra) -> dict:
+    evals = 2 * steps - 1 if sampler == "heun" else steps
+    return {"point": f"{sampler}-{steps}-t0_1-score-s{scale:g}", "method": "classifier", "variant": "score",
+            "sampler": sampler, "steps": steps, "scale": scale, "eps_evals": evals,
+            "clf_grads": evals if scale else 0, "accuracy": 0.5 + scale / 40, "fid_judge": fid,
+            "fid_judge_lo": fid - 0.3, "fid_judge_hi": fid + 0.4, "interval_level": 0.95, **extra}
+
+
+def test_fid_vs_evals_plot_only_where_samplers_or_steps_vary(tmp_path):
+    """Fails with the plot left out of write_plots; and with its condition dropped (then the single-sampler
+    sweep gets it too)."""
+    from cguide.grid.plots import write_plots
+
+    rows = [_row(smp, k, s, 10.0 / math.sqrt(k) + s)
+            for smp, ks in (("ddim", [10, 25, 50]), ("heun", [10, 25]), ("dpmpp_2m", [10, 20]))
+            for k in ks for s in (0.0, 2.0, 8.0)]
+    paths = write_plots(rows, tmp_path / "many")
+    png = tmp_path / "many" / "fid_vs_evals.png"
+    assert paths["fid_vs_evals"] == png and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    one_steps = [r for r in rows if r["sampler"] == "ddim"]  # one sampler, several step counts: still made
+    assert "fid_vs_evals" in write_plots(one_steps, tmp_path / "steps")
+    single = [r for r in rows if r["sampler"] == "ddim" and r["steps"] == 50]  # one sampler, one steps value
+    assert "fid_vs_scale" in write_plots(single, tmp_path / "single")
+    assert not (tmp_path / "single" / "fid_vs_evals.png").exists()
+
+
+def test_fid_vs_evals_plot_draws_each_points_interval(tmp_path, monkeypatch):
+    """A line per sampler in each scale's panel, x = eps_evals, with each point's FID interval as its bar;
+    fails with the bars dropped or the x axis the step count."""
+    from cguide.grid import plots
+
+    drawn = []
+    real = plots.plt.Axes.errorbar
+
+    def spy(ax, x, y, yerr=None, **kw):
+        drawn.append((ax, kw["label"], list(x), list(y), yerr))
+        return real(ax, x, y, yerr=yerr, **kw)
+
+    monkeypatch.setattr(plots.plt.Axes, "errorbar", spy)
+    rows = [_row("heun", k, s, float(k + s)) for k in (10, 25) for s in (0.0, 4.0)] + [
+        _row("ddim", 50, s, 1.0 + s) for s in (0.0, 4.0)]
+    plots.plot_fid_vs_evals(rows, "fid_judge", tmp_path / "p.png")
+    drawn = [(ax.get_title(), *rest) for ax, *rest in drawn]  # the panel's title, set after its lines
+    heun4 = next(d for d in drawn if d[1] == "heun" and d[0] == "s = 4")
+    assert heun4[2] == [19, 49] and heun4[3] == [14.0, 29.0]
+    assert heun4[4] == [[pytest.approx(0.3)] * 2, [pytest.approx(0.4)] * 2]
+    assert {(d[0], d[1]) for d in drawn} == {("s = 0", "heun"), ("s = 0", "ddim"), ("s = 4", "heun"),
+                                             ("s = 4", "ddim")}

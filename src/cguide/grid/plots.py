@@ -137,6 +137,43 @@ def plot_tradeoff(rows: list[dict], path: Path, fid_key: str = "fid_judge") -> P
                       path, minimise=(False, True))
 
 
+def plot_fid_vs_evals(rows: list[dict], fid_key: str, path: Path) -> Path:
+    """FID against eps-model evaluations per sample (`eps_evals`), a panel per guidance scale, a line per sampler
+    (and per method / variant where those vary) through its step counts, each point's interval as an error bar."""
+    rows = [r for r in rows if r.get("eps_evals") is not None]
+    scales = sorted({num(r["scale"]) for r in rows})
+    other = [a for a in ("method", "variant") if len({str(_axis(r, a)) for r in rows}) > 1]
+    label = lambda r: " ".join([str(r.get("sampler")), *(str(_axis(r, a)) for a in other)])  # noqa: E731
+    colors = {k: f"C{i}" for i, k in enumerate(dict.fromkeys(sorted(map(label, rows))))}
+    cols = min(3, len(scales))
+    nrows = math.ceil(len(scales) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols + 0.6, 3.3 * nrows), sharey=True, squeeze=False)
+    level = next((r["interval_level"] for r in rows if r.get("interval_level")), None)
+    for ax, s in zip(axes.flat, scales):
+        lines: dict[str, list[dict]] = {}
+        for r in rows:
+            if num(r["scale"]) == s:
+                lines.setdefault(label(r), []).append(r)
+        for name, rs in sorted(lines.items()):
+            rs = sorted(rs, key=lambda r: num(r["eps_evals"]))
+            xs, ys = [num(r["eps_evals"]) for r in rs], [num(r.get(fid_key)) for r in rs]
+            ax.errorbar(xs, ys, yerr=error_bars(rs, fid_key), marker="o", color=colors[name], label=name,
+                        capsize=2, elinewidth=0.8)
+            for r, x, y in zip(rs, xs, ys):
+                ax.annotate(f"{r.get('steps') or 'T'}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set(xscale="log", title=f"s = {s:g}", xlabel="eps-model evaluations per sample")
+        ax.grid(alpha=0.3, which="both")
+    for ax in axes.flat[len(scales):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(space_title("FID", fid_key))
+    legend = {n: h for ax in axes.flat for h, n in zip(*ax.get_legend_handles_labels())}  # every panel's lines
+    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="upper right")
+    fig.suptitle("FID vs evaluations per sample (labels: steps)" + (f"; bars: {100 * level:g} % intervals"
+                                                                     if level else ""), fontsize=9)
+    return _save(fig, path)
+
+
 def write_plots(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
     """All plots whose metrics are in the rows, as <out_dir>/<name>.png; returns {name: path}."""
     out_dir = Path(out_dir)
@@ -153,6 +190,9 @@ def write_plots(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
     if fid and is_:
         paths["is_vs_fid"] = plot_pairs(rows, fid, is_, ("FID", "Inception score (extractor logits)"),
                                         "IS vs FID", out_dir / "is_vs_fid.png")
+    if fid and any(r.get("eps_evals") is not None for r in rows) and (
+            len({_axis(r, "sampler") for r in rows}) > 1 or len({_axis(r, "steps") for r in rows}) > 1):
+        paths["fid_vs_evals"] = plot_fid_vs_evals(rows, fid, out_dir / "fid_vs_evals.png")
     if prec and rec:
         paths["precision_vs_recall"] = plot_pairs(rows, rec, prec, ("recall", "precision"),
                                                   "precision vs recall", out_dir / "precision_vs_recall.png")
