@@ -83,6 +83,25 @@ def test_pipeline_sweep_folder_keeps_its_name_without_sampler_steps(tmp_path):
     assert sweep_config(solvers, ckpts, tmp_path).out_dir != sweep_config(cfg, ckpts, tmp_path).out_dir
 
 
+def test_solvers_experiment_composes_on_the_quick_profiles_stages(tmp_path):
+    from cguide.grid.points import build_grid
+    from cguide.pipeline import sweep_config
+
+    cfg = compose_cfg("pipeline", ["experiment=mnist5k_solvers"], tmp_path / "hydra")
+    quick = compose_cfg("pipeline", ["experiment=mnist5k_quick"], tmp_path / "hydra")
+    assert cfg.out_dir == quick.out_dir == "outputs/pipeline/mnist5k_quick"
+    for part in ("data", "model", "classifier", "judge", "diffusion"):  # the trained stages' settings: reused
+        assert OmegaConf.to_container(cfg[part], resolve=True) == OmegaConf.to_container(quick[part], resolve=True)
+    assert cfg.sweep.n_per_point == quick.sweep.n_per_point == 250
+    assert OmegaConf.to_container(cfg.sweep.sampler_steps) == SOLVERS
+    pts = build_grid(cfg.sweep, cfg.sampler, cfg.guidance)
+    assert {p.guidance.scale for p in pts} == {0.0, 2.0, 4.0, 8.0, 16.0} and {p.guidance.variant for p in pts} == {
+        "score"}
+    assert len(pts) == 5 * 10
+    ckpts = _fake_ckpts(tmp_path)
+    assert sweep_config(cfg, ckpts, tmp_path).out_dir != sweep_config(quick, ckpts, tmp_path).out_dir
+
+
 def _row(sampler: str, steps: int, scale: float, fid: float, **extra) -> dict:
     evals = 2 * steps - 1 if sampler == "heun" else steps
     return {"point": f"{sampler}-{steps}-t0_1-score-s{scale:g}", "method": "classifier", "variant": "score",
@@ -131,3 +150,27 @@ def test_fid_vs_evals_plot_draws_each_points_interval(tmp_path, monkeypatch):
     assert heun4[4] == [[pytest.approx(0.3)] * 2, [pytest.approx(0.4)] * 2]
     assert {(d[0], d[1]) for d in drawn} == {("s = 0", "heun"), ("s = 0", "ddim"), ("s = 4", "heun"),
                                              ("s = 4", "ddim")}
+
+
+def test_sweep_with_sampler_steps_end_to_end(tiny_ckpts, tmp_path):
+    """Tiny checkpoints, {ddim: [2, 3], heun: [2, 3]}: exactly those (sampler, steps) pairs at each scale, each
+    row's evaluations its sampler's (heun 2K - 1, classifier gradients at every guided one), and the plot.
+    Fails with sampler_steps ignored (ddim-2 only)."""
+    from cguide.grid.runner import run_sweep
+
+    torch.set_num_threads(1)
+    out = tmp_path / "out"
+    run_sweep(compose_cfg("sweep", [
+        f"eps_ckpt={tiny_ckpts['eps_model']}", f"classifier_ckpt={tiny_ckpts['noisy_classifier']}",
+        f"judge_ckpt={tiny_ckpts['judge']}", "data.image_size=8", "sampler.steps=2", "sweep.n_per_point=20",
+        "sweep.batch_size=40", "progress=false", "logger=none", "sweep.scales=[0,2]",
+        "+sweep.sampler_steps={ddim:[2,3],heun:[2,3]}", "metrics.names=[fid,accuracy]",
+        "metrics.interval_resamples=20"], out))
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["sampler"], r["steps"], r["scale"]) for r in rows) == sorted(
+        (smp, k, s) for smp in ("ddim", "heun") for k in (2, 3) for s in (0.0, 2.0))
+    for r in rows:
+        evals = 2 * r["steps"] - 1 if r["sampler"] == "heun" else r["steps"]
+        assert r["eps_evals"] == evals and r["clf_grads"] == (evals if r["scale"] else 0), r
+        assert r["point"].startswith(f"{r['sampler']}-{r['steps']}-")
+    assert (out / "plots" / "fid_vs_evals.png").read_bytes()[:4] == b"\x89PNG"
