@@ -10,7 +10,7 @@ from cguide.diffusion import (SamplerSpec, ddim_step, ddpm_step, make_plan, make
                               x0_from_eps)
 from cguide.diffusion.process import eps_from_x0
 from cguide.guidance import ClassifierGuidance, GuidanceSpec, classifier_log_prob_grad, variant_factor
-from helpers.draw import draw_kw
+from cguide.runtime.draw import Models, RunOptions, draw
 from helpers.nets import TinyClassifier, eps_model
 
 SHAPE = (1, 2, 2)
@@ -111,8 +111,9 @@ def test_draw_at_scale_zero_is_bitwise_an_unguided_draw_by_default(tiny_ckpts):
     eps = load_net(tiny_ckpts["eps_model"], "eps_model")
     clf = load_net(tiny_ckpts["noisy_classifier"], "noisy_classifier")
     seeds = [5, 6, 7]
-    plain = draw_kw(eps, None, y=[0, 1, 2], seeds=seeds, steps=5, clip_x0=True)[0]
-    mixed = draw_kw(eps, clf, y=[0, 1, 2], scale=[0.0, 4.0, 0.0], seeds=seeds, steps=5, clip_x0=True)[0]
+    smp, run = SamplerSpec("ddim", steps=5, clip_x0=True), RunOptions(progress=False)
+    plain = draw(Models(eps), GuidanceSpec.of([0, 1, 2], 0.0), smp, seeds, run)[0]
+    mixed = draw(Models(eps, classifier=clf), GuidanceSpec.of([0, 1, 2], [0.0, 4.0, 0.0]), smp, seeds, run)[0]
     assert torch.equal(mixed[[0, 2]], plain[[0, 2]]) and not torch.equal(mixed[1], plain[1])
 
 

@@ -13,8 +13,18 @@ import torch
 from helpers.config import TINY, compose_cfg
 from helpers.nets import tiny_pair
 
-DRAW = dict(y=torch.arange(7) % 10, scale=torch.tensor([0.0, 1.0, 2.0, 0.0, 4.0, 1.0, 3.0]), sampler="ddpm", steps=5,
-            seeds=list(range(100, 107)), batch_size=2, device="cpu", progress=False)
+
+def _draw(fn):
+    """fn (runtime.draw's draw or draw_sharded) on the tiny nets: 7 samples at mixed scales, DDPM 5 steps, batches
+    of 2 on the CPU."""
+    from cguide.diffusion import SamplerSpec
+    from cguide.guidance import GuidanceSpec
+    from cguide.runtime.draw import Models, RunOptions
+
+    eps, clf = tiny_pair()
+    spec = GuidanceSpec.of(torch.arange(7) % 10, torch.tensor([0.0, 1.0, 2.0, 0.0, 4.0, 1.0, 3.0]))
+    return fn(Models(eps, classifier=clf), spec, SamplerSpec("ddpm", steps=5), list(range(100, 107)),
+              RunOptions(batch_size=2, device="cpu", progress=False))
 
 
 def test_shards_are_contiguous_disjoint_and_cover(monkeypatch):
@@ -32,11 +42,10 @@ def test_shards_are_contiguous_disjoint_and_cover(monkeypatch):
 
 def _draw_on_ranks():
     from cguide.runtime.distributed import rank_world
-    from helpers.draw import draw_kw
+    from cguide.runtime.draw import draw_sharded
 
     torch.set_num_threads(1)
-    eps, clf = tiny_pair()
-    x, bad = draw_kw(eps, clf, sharded=True, **DRAW)
+    x, bad = _draw(draw_sharded)
     return x, bad, rank_world()
 
 
@@ -50,19 +59,18 @@ def _fail_on_rank_1():
 
 def test_two_gloo_ranks_draw_exactly_the_one_process_samples():
     from cguide.runtime.distributed import spawn
-    from helpers.draw import draw_kw as draw
+    from cguide.runtime.draw import draw
 
     x, bad, (rank, world) = spawn(_draw_on_ranks, 2)
     assert (rank, world) == (0, 2)
-    eps, clf = tiny_pair()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks: kernels split their work by thread count
     try:
-        ref, ref_bad = draw(eps, clf, **DRAW)
+        ref, ref_bad = _draw(draw)
     finally:
         torch.set_num_threads(threads)
     assert x.shape == ref.shape == (7, 1, 8, 8)
-    # Bitwise: the same computation. Rank 0 draws samples 0-3 and rank 1 samples 4-6, in batches of 2 (DRAW),
+    # Bitwise: the same computation. Rank 0 draws samples 0-3 and rank 1 samples 4-6, in batches of 2 (_draw),
     # so each batch holds the same samples as one process's batches [0, 1], [2, 3], [4, 5], [6], on one thread.
     assert torch.equal(x, ref)
     assert torch.equal(bad, ref_bad)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cguide.io.checkpoints import load_net
-from cguide.diffusion import make_plan, make_schedule, sample
-from helpers.draw import draw_kw as draw
+from cguide.diffusion import SamplerSpec, make_plan, make_schedule, sample
+from cguide.guidance import GuidanceSpec
+from cguide.runtime.draw import Models, RunOptions, draw
 from helpers.config import compose_cfg
 
 
@@ -47,12 +48,13 @@ def test_s0_draw_equals_unguided_bitwise(tiny_ckpts):
     clf = load_net(tiny_ckpts["noisy_classifier"], "noisy_classifier")
     plan = make_plan(make_schedule(**eps.schedule), 4)
     ref = sample(lambda x, t: eps.net(x, t), eps.image_shape, plan, range(6), sampler="ddpm", progress=False)
-    kw = dict(y=torch.arange(6) % 10, sampler="ddpm", steps=4, seeds=range(6), batch_size=6, progress=False)
-    x0, nf = draw(eps, clf, scale=0.0, **kw)
+    y, guided = torch.arange(6) % 10, Models(eps, classifier=clf)
+    kw = dict(sampler=SamplerSpec("ddpm", steps=4), seeds=list(range(6)), run=RunOptions(batch_size=6, progress=False))
+    x0, nf = draw(guided, GuidanceSpec.of(y, 0.0), **kw)
     assert torch.equal(x0, ref) and nf.tolist() == [0] * 6
-    assert torch.equal(draw(eps, None, scale=0.0, **kw)[0], ref)  # no classifier needed at s = 0
+    assert torch.equal(draw(Models(eps), GuidanceSpec.of(y, 0.0), **kw)[0], ref)  # no classifier needed at s = 0
     # per-sample scales in one batch: the s = 0 rows are still exactly unguided, the others are guided
-    mixed, _ = draw(eps, clf, scale=torch.tensor([0.0, 0.0, 0.0, 3.0, 3.0, 3.0]), **kw)
+    mixed, _ = draw(guided, GuidanceSpec.of(y, torch.tensor([0.0, 0.0, 0.0, 3.0, 3.0, 3.0])), **kw)
     assert torch.equal(mixed[:3], ref[:3])
     assert not torch.allclose(mixed[3:], ref[3:])
 
@@ -60,10 +62,11 @@ def test_s0_draw_equals_unguided_bitwise(tiny_ckpts):
 def test_draw_batches_do_not_change_samples(tiny_ckpts):
     eps = load_net(tiny_ckpts["eps_model"], "eps_model")
     clf = load_net(tiny_ckpts["noisy_classifier"], "noisy_classifier")
-    kw = dict(y=torch.tensor([0, 1, 2, 3, 4, 5]), scale=[0.0, 1.0, 2.0, 0.0, 1.0, 2.0],
-              variant=["score", "seed_literal", "unit"] * 2, steps=3, seeds=[3, 1, 4, 1, 5, 9], progress=False)
-    whole, _ = draw(eps, clf, batch_size=6, **kw)
-    split, _ = draw(eps, clf, batch_size=4, **kw)
+    spec = GuidanceSpec.of(torch.tensor([0, 1, 2, 3, 4, 5]), [0.0, 1.0, 2.0, 0.0, 1.0, 2.0],
+                           ["score", "seed_literal", "unit"] * 2)
+    args = (Models(eps, classifier=clf), spec, SamplerSpec("ddim", steps=3), [3, 1, 4, 1, 5, 9])
+    whole, _ = draw(*args, RunOptions(batch_size=6, progress=False))
+    split, _ = draw(*args, RunOptions(batch_size=4, progress=False))
     torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
 
 

@@ -9,8 +9,8 @@ import torch
 from cguide.diffusion import SamplerSpec, make_plan, make_schedule, sample
 from cguide.guidance import ClassifierGuidance, GuidanceSpec
 from cguide.runtime.cuda_graph import sample_static
+from cguide.runtime.draw import Models, RunOptions, draw
 from cguide.runtime.speed import SpeedOptions
-from helpers.draw import draw_kw as draw
 from helpers.nets import NaNClassifier, TinyClassifier, eps_model, tiny_pair
 
 
@@ -58,11 +58,11 @@ def nets():
     return tiny_pair()
 
 
-def _draw(nets, speed, **kw):
+def _draw(nets, speed, device="cpu"):
     eps, clf = nets
-    args = dict(y=torch.arange(6) % 10, scale=torch.tensor([0.0, 1.0, 2.0, 0.0, 4.0, 1.0]), sampler="ddpm", steps=6,
-                seeds=range(6), batch_size=4, device="cpu", progress=False, speed=speed) | kw
-    return draw(eps, clf, **args)[0]
+    spec = GuidanceSpec.of(torch.arange(6) % 10, torch.tensor([0.0, 1.0, 2.0, 0.0, 4.0, 1.0]))
+    run = RunOptions(batch_size=4, device=device, progress=False, speed=speed)
+    return draw(Models(eps, classifier=clf), spec, SamplerSpec("ddpm", steps=6), list(range(6)), run)[0]
 
 
 @pytest.mark.parametrize("speed,tol", [({"channels_last": True}, 1e-4), ({"bf16": True}, 0.15),
