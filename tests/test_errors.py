@@ -232,6 +232,8 @@ CASES = {
     "interval-malformed": Case("sample-cli", {"guidance.interval": "[0.5]"}),
     "nan-eta": Case("sample", {"sampler.eta": "nan"}),
     "steps-below-order": Case("sample", {"sampler": "heun", "sampler.steps": "1"}),
+    "sampler-steps-unknown-sampler": Case("sweep", {"+sweep.sampler_steps.eulr": "[25]"}),
+    "sampler-steps-bad": Case("sweep", {"+sweep.sampler_steps.heun": "[0,10]"}),
     "eta-not-taken": Case("sample", {"sampler": "dpmpp_2m", "sampler.eta": "0.5"}),
     "learned-variance-ode": Case("sample", {"sampler": "euler", "sampler.var_type": "learned"}),
     "too-few-samples": Case("sweep", {"sweep.n_per_point": "5"}),
