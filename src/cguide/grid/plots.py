@@ -147,8 +147,10 @@ def plot_fid_vs_evals(rows: list[dict], fid_key: str, path: Path) -> Path:
     colors = {k: f"C{i}" for i, k in enumerate(dict.fromkeys(sorted(map(label, rows))))}
     cols = min(3, len(scales))
     nrows = math.ceil(len(scales) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols + 0.6, 3.3 * nrows), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols + 1.2, 3.3 * nrows), sharey=True, squeeze=False,
+                             layout="constrained")
     level = next((r["interval_level"] for r in rows if r.get("interval_level")), None)
+    lo, hi = min(num(r["eps_evals"]) for r in rows), max(num(r["eps_evals"]) for r in rows)
     for ax, s in zip(axes.flat, scales):
         lines: dict[str, list[dict]] = {}
         for r in rows:
@@ -162,13 +164,21 @@ def plot_fid_vs_evals(rows: list[dict], fid_key: str, path: Path) -> Path:
             for r, x, y in zip(rs, xs, ys):
                 ax.annotate(f"{r.get('steps') or 'T'}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set(xscale="log", title=f"s = {s:g}", xlabel="eps-model evaluations per sample")
+        ax.set_xticks([v for v in (5, 10, 20, 50, 100, 200, 500, 1000) if lo / 2 <= v <= hi * 2])
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())  # 10, 20, 50: not 2 x 10^1
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlim(lo / 1.25, hi * 1.25)
         ax.grid(alpha=0.3, which="both")
-    for ax in axes.flat[len(scales):]:
-        ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel(space_title("FID", fid_key))
     legend = {n: h for ax in axes.flat for h, n in zip(*ax.get_legend_handles_labels())}  # every panel's lines
-    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="upper right")
+    spare = axes.flat[len(scales):]
+    for ax in spare:
+        ax.axis("off")
+    if len(spare):  # in the empty panel, else beside the panels
+        spare[0].legend(list(legend.values()), list(legend), fontsize=8, loc="center")
+    else:
+        fig.legend(list(legend.values()), list(legend), fontsize=7, loc="outside right center")
     fig.suptitle("FID vs evaluations per sample (labels: steps)" + (f"; bars: {100 * level:g} % intervals"
                                                                      if level else ""), fontsize=9)
     return _save(fig, path)
