@@ -21,7 +21,8 @@ def test_pipeline_trains_sweeps_then_reuses(cfg_pipeline, capsys):
     assert out.count("no checkpoint yet: training") == 3
     rows = [json.loads(line) for line in (sweep_dir / "results.jsonl").read_text().splitlines()]
     assert sorted(r["scale"] for r in rows) == [0.0, 2.0]
-    assert "guidance sweep (2 points)" in out and "FID" in out
+    assert "guidance sweep (2 points; [95 % intervals])" in out and "FID_judge" in out
+    assert f"evidence: {sweep_dir / 'evidence.md'}" in out
     csv_before = (sweep_dir / "results.csv").read_bytes()
 
     assert _run(cfg_pipeline) == sweep_dir

@@ -76,3 +76,15 @@ def test_every_number_and_name_is_printed_whole(tmp_path, capsys, monkeypatch, t
         row = next(line for line in lines if "12.500" in line)
         assert row.split() == ["classifier", "12.500", "mean_shift_large", *(["-"] if options else []), "118.234",
                                "[112,", "124]", "-0.037", "7.984", "0.296", "0.305", "0.620", "0.984"]
+
+
+def test_a_solvers_sweep_shows_sampler_and_steps(tmp_path, capsys, monkeypatch):
+    rows = _rows(False)
+    rows[1].update(sampler="heun", steps=10)
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    print_report(tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    assert next(line for line in lines if line.split()[:1] == ["method"]).split()[:5] == \
+        ["method", "scale", "variant", "sampler", "steps"]
+    assert next(line for line in lines if "heun" in line).split()[3:5] == ["heun", "10"]

@@ -78,7 +78,7 @@ def _cell(r: dict, key: str) -> str:
     return _fmt(v)
 
 
-KEYS = ("method", "scale", "variant", "options")  # the columns that say which point a row is
+KEYS = ("method", "scale", "variant", "sampler", "steps", "options")  # the columns that say which point a row is
 
 
 def _plain_table(title: str, header: list[str], cells: list[list[str]]) -> list[str]:
@@ -118,11 +118,15 @@ def print_report(sweep_dir: Path) -> None:
     from .metrics.intervals import base_name, find_key
 
     rows = sorted(ResultsFolder(sweep_dir).rows(),
-                  key=lambda r: (r.get("method", "classifier"), r["variant"], options_label(r), float(r["scale"])))
+                  key=lambda r: (r.get("method", "classifier"), r["variant"], str(r.get("sampler")),
+                                 int(r.get("steps") or 0), options_label(r), float(r["scale"])))
     columns = [(k, t) if k in KEYS else (find_key(rows, k), t) for k, t in TABLE]
     columns = [(k, t if k == base_name(k) else f"{t}_{k.rsplit('_', 1)[-1]}") for k, t in columns if k]
     if any(options_label(r) != "-" for r in rows):  # option sets: say which row is which
         columns.insert(3, ("options", "options"))
+    for key in ("steps", "sampler"):  # a solvers sweep: which sampler and how many steps
+        if len({str(r.get(key)) for r in rows}) > 1:
+            columns.insert(3, (key, key))
     header = [title for _, title in columns]
     cells = [[options_label(r) if k == "options" else _cell(r, k) for k, _ in columns] for r in rows]
     level = next((r["interval_level"] for r in rows if r.get("interval_level")), None)
@@ -143,6 +147,8 @@ def print_report(sweep_dir: Path) -> None:
     # paths whole on one line each, as a log file or a terminal's own wrapping shows them
     console.out(f"results: {sweep_dir / 'results.csv'}  {sweep_dir / 'results.jsonl'}", highlight=False)
     console.out(f"plots:   {sweep_dir / 'plots'}", highlight=False)
+    if (sweep_dir / "evidence.md").is_file():  # metrics at matched accuracy, paired differences
+        console.out(f"evidence: {sweep_dir / 'evidence.md'}", highlight=False)
     console.out(f"grids:   {sweep_dir / 'grids'}", highlight=False)
     runs = sorted(sweep_dir.glob("wandb/offline-run-*"))
     if runs:
