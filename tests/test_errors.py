@@ -290,6 +290,9 @@ CASES = {
         "root": _odd_folder(t / "images", odd)}) for odd in ("symlink-loop", "truncated", "too-large", "float-range")},
     "output-is-file": Case("sample", {"out_dir": "{tmp}/a_file"}, lambda c, t: {
         "file": _written(t / "a_file")}),
+    "interval-resamples": Case("sweep", {"metrics.interval_resamples": "5"}),
+    "interval-level": Case("sweep", {"metrics.interval_level": "95"}),
+    "match-accuracy-target": Case("sweep", {"metrics.match_accuracy": "[0.9,97.5]"}),
     "output-name-too-long": Case("sweep-cli", {"out_dir": "{tmp}/" + "n" * 300}),
     "pipeline-output-is-file": Case("pipeline-cli", {"out_dir": "{tmp}/a_file"}, lambda c, t: {
         "file": _written(t / "a_file")}),
