@@ -150,7 +150,7 @@ def plot_matched(entries: list[dict], keys: list[str], plots: Path) -> dict[str,
     """Per metric: its value at each target accuracy, one line per series, interval bars."""
     paths = {}
     labels = list(dict.fromkeys(e["series"] for e in entries))
-    for key in keys[:2]:  # FID and FID_inf: the headline pair
+    for key in [k for k in keys if base_name(k) == "fid"]:  # the headline metric
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for i, label in enumerate(labels):
             es = [e for e in entries if e["series"] == label and key in e["values"]]

@@ -89,7 +89,7 @@ def row_metrics(values: dict[str, float], keep: dict, settings: MetricSettings
         if base in PROPORTIONS:
             n = n_finite if base == "accuracy" else per.finite.shape[0]
             lo, hi = bs.wilson_interval(value * n, n, s.interval_level) if math.isfinite(value) else (math.nan,) * 2
-        elif base in reps and math.isfinite(value):
+        elif base in reps and math.isfinite(value):  # fid_inf has no replicates (bootstrap.py says why)
             lo, hi = bs.basic_interval(value, reps[base], s.interval_level)
             low, high = BOUNDS.get(base, (-math.inf, math.inf))  # reflected replicates can cross a bound
             lo, hi = min(max(lo, low), high), min(max(hi, low), high)
