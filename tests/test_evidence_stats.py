@@ -200,12 +200,15 @@ def test_precision_recall_in_blocks_equal_one_block(monkeypatch):
 def test_replicates_scatter_around_the_point_value_for_every_metric():
     """No metric's replicates may sit all on one side of its all-rows value (a biased resampling): before the fixes
     recall's replicates (fewer distinct generated balls) all fell below it, the split IS of class-ordered positions
-    rose far above torch-fidelity's shuffled splits, and KID's duplicated pairs pushed it up."""
-    n, m, d = 200, 300, 8
+    rose far above torch-fidelity's shuffled splits, and KID's replicates, drawn within classes, under-weighted
+    same-class pairs and fell below it (all 200 without the stratum correction of _pairs_mean)."""
+    n, m, d = 200, 300, 16
     y = torch.arange(n) % 10
-    f = gauss(n, d, 0.3, 1.0, 21)
+    # class-dependent features: same-class pairs are the similar ones, as with a judge's features
+    f = gauss(n, d, 0.3, 1.0, 21) + 6.0 * torch.nn.functional.one_hot(y, d).double()
     logits = torch.zeros(n, 10).scatter_(1, y[:, None], 6.0) + gauss(n, 10, 0.0, 1.0, 22)  # confident, on target
-    real = bs.RealSet(gauss(m, d, 0.0, 1.0, 23), torch.arange(m) % 10)
+    yr = torch.arange(m) % 10
+    real = bs.RealSet(gauss(m, d, 0.0, 1.0, 23) + 6.0 * torch.nn.functional.one_hot(yr, d).double(), yr)
     ps = bs.PointSamples(y, torch.ones(n, dtype=torch.bool), features=f, logits=logits)
     full: dict = {}
     reps = bs.replicates(ps, real, {"kid", "is", "prc"}, resamples=200, seed=0, points=full)

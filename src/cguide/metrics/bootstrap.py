@@ -94,26 +94,35 @@ def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.double() @ b.double().T / a.shape[1] + 1.0) ** 3
 
 
-def _pairs_mean(k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Mean kernel over pairs of DISTINCT rows, pair (i, j) weighted w_i w_j: a replicate's duplicates never pair
-    with themselves (k(x, x) would bias the U-statistic up). w: [N] or [B, N]."""
-    diag = k.diagonal()
-    num = ((w @ k) * w).sum(-1) - (w * w) @ diag
-    return num / (w.sum(-1) ** 2 - (w * w).sum(-1))
+def _pairs_mean(k: torch.Tensor, w: torch.Tensor, strata: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean kernel over pairs of DISTINCT rows, pair (i, j) weighted w_i w_j / E[w_i w_j]: a replicate's duplicates
+    never pair with themselves (k(x, x) would bias the U-statistic up), and within a stratum of n_c rows drawn
+    n_c times E[w_i w_j] = 1 - 1/n_c against 1 across strata, so same-stratum pairs are scaled back up (without
+    it KID's replicates fell well below its value: same-class pairs are the similar ones). w: [N] or [B, N]."""
+    if strata is not None:
+        same = strata[:, None] == strata[None, :]
+        size = torch.bincount(strata)[strata].double()
+        k = k * torch.where(same, (size / (size - 1).clamp_min(1))[:, None], torch.ones_like(k))
+        norm = torch.where(same, (size / (size - 1).clamp_min(1))[:, None], torch.ones_like(k))
+    else:
+        norm = torch.ones_like(k)
+    num = ((w @ k) * w).sum(-1) - (w * w) @ k.diagonal()
+    den = ((w @ norm) * w).sum(-1) - (w * w) @ norm.diagonal()
+    return num / den
 
 
-def _kid(kgg, kgr, w, real_term, v=None) -> torch.Tensor:
-    """Unbiased MMD^2 of each replicate (w [B, N] counts; v [B, M] real counts or None)."""
+def _kid(kgg, kgr, w, real_term, v=None, strata=None) -> torch.Tensor:
+    """Unbiased MMD^2 of each replicate (w [B, N] counts drawn within `strata`; v [B, M] real counts or None)."""
     n = w.sum(-1)
     if v is None:
         m, cross = kgr.shape[1], (w @ kgr).sum(-1)
     else:
         m, cross = v.sum(-1), ((w @ kgr) * v).sum(-1)
-    return _pairs_mean(kgg, w) + real_term - 2 * cross / (n * m)
+    return _pairs_mean(kgg, w, strata) + real_term - 2 * cross / (n * m)
 
 
-def _real_kid_term(krr, v=None):
-    return _pairs_mean(krr, torch.ones(krr.shape[0], dtype=krr.dtype) if v is None else v)
+def _real_kid_term(krr, v=None, strata=None):
+    return _pairs_mean(krr, torch.ones(krr.shape[0], dtype=krr.dtype) if v is None else v, strata)
 
 
 def _inception_score(probs: torch.Tensor, order: torch.Tensor, finite: torch.Tensor, splits: int) -> torch.Tensor:
@@ -200,7 +209,9 @@ def replicates(ps: PointSamples, real: RealSet | None, names: set[str], *, resam
         ok = ps.finite.cpu()
         kgg = _poly_kernel(f, f) * (ok[:, None] & ok[None, :])
         kgr, krr = _poly_kernel(f, fr_), _poly_kernel(fr_, fr_)
-        out["kid"] = _kid(kgg, kgr, w, _real_kid_term(krr, v), v)
+        r_strata = None if v is None else (real.labels.cpu() if real.labels is not None else
+                                           torch.zeros(fr_.shape[0], dtype=torch.long))
+        out["kid"] = _kid(kgg, kgr, w, _real_kid_term(krr, v, r_strata), v, ps.targets.cpu())
         if points is not None:
             points["kid"] = _kid(kgg, kgr, fin[None], _real_kid_term(krr))[0].item()
     if "is" in names and ps.logits is not None:
