@@ -65,8 +65,10 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(t for _, t, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in columns) + " |" for r in rows]
     level = next((r["interval_level"] for r in rows if r.get("interval_level")), None)
-    note = (f"\n\n[lo, hi]: {100 * level:g} % intervals (bootstrap over the generated samples; Wilson for accuracy). "
-            "FID's interval is for FID at this n, which is biased upwards; FID_inf is extrapolated to n -> inf."
+    note = (f"\n\n[lo, hi]: {100 * level:g} % intervals (basic bootstrap over the generated samples; Wilson for "
+            "accuracy). FID is biased upwards at this n; its interval, reflected about it, corrects that to first "
+            "order and may lie below the value. FID_inf (extrapolated to n -> inf) has no interval. Without "
+            "metrics.interval_resample_reals the intervals leave out the real side's sampling (KID's can exclude 0)."
             if level else "")
     return "\n".join(lines) + note
 
