@@ -297,6 +297,7 @@ CASES = {
     "pipeline-output-is-file": Case("pipeline-cli", {"out_dir": "{tmp}/a_file"}, lambda c, t: {
         "file": _written(t / "a_file")}),
     "samples-over-memory": Case("sweep", {"sweep.n_per_point": "1000000000000"}),
+    "sample-over-memory": Case("sample", {"n_per_class": "100000000000"}),
     "stage-marker-damaged": Case("pipeline", {}, lambda c, t: {"marker": _text(t / "out" / "judge" / "stage.json",
                                                                                  "{not json")}),
     "pipeline-no-inception-weights": Case("pipeline", {"metrics.extractor": "inception",

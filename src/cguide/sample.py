@@ -30,6 +30,7 @@ from .guidance import GuidanceSetting, GuidanceSpec
 from .io.atomic import atomic_write
 from .io.folders import check_writable
 from .io.images import save_grid
+from .io.memory import check_fits
 from .runtime.draw import RunOptions, check_device, draw, load_models
 
 
@@ -84,6 +85,10 @@ def run_sample(cfg: DictConfig) -> Path:
         raise ValueError("classes is empty; list some, e.g. classes=[0,1], or classes=null for all")
     if cfg.n_per_class < 1:
         raise ValueError(f"n_per_class must be >= 1, got {cfg.n_per_class}")
+    # before torch allocates them (n_per_class=1e11 tried terabytes)
+    n, side = cfg.n_per_class * len(classes), base.image_shape[-1]
+    check_fits(float(n) * side * side * 4, f"n_per_class={cfg.n_per_class} x {len(classes)} classes ({n:,} samples "
+               f"held in memory as float32, {side}x{side} or more)", "lower n_per_class or classes")
     y = torch.tensor(classes).repeat_interleave(cfg.n_per_class)
     seeds = cfg.seed + torch.arange(len(y))
     x, nonfinite = draw(models, GuidanceSpec.from_settings([setting] * len(y), y), sampler, seeds.tolist(), run)

@@ -3,8 +3,9 @@ pipeline stage's folder) or a pipeline (its out_dir) holds while it writes there
 start time and command line in it.
 
 The lock is an fcntl ``flock`` on the open file, held for as long as the run: the kernel drops it when the
-holder ends in any way (an exception, SIGKILL, a crash), so a dead holder never leaves the folder stuck, and
-the file itself stays (empty of meaning once unlocked; unlinking a lock file races with a process opening it).
+holder ends in any way (an exception, SIGKILL, a crash), so a dead holder never leaves the folder stuck. A
+holder that ends normally unlinks the file while it still holds the lock (a failed run leaves nothing behind);
+a process that locked the file meanwhile sees that its descriptor's inode is no longer the path's and retries.
 Where the file system has no flock (some network mounts refuse it) the PID inside decides: a holder on this
 host whose PID is gone is taken over. The pipeline's helper processes write into stage folders of their own
 (each training run locks its stage folder) and into the sweep folder, which parallel sweep jobs share by design
@@ -91,6 +92,13 @@ class FolderLock:
             if mine and int(holder["pid"]) != os.getpid() and _pid_alive(int(holder["pid"])):
                 os.close(fd)
                 return holder
+        try:  # the path may have been unlinked by a holder releasing it meanwhile: lock the file that is there
+            if os.stat(self.path).st_ino != os.fstat(fd).st_ino:
+                os.close(fd)
+                return self._try()
+        except FileNotFoundError:
+            os.close(fd)
+            return self._try()
         self.fd = fd
         record = f"{os.getpid()}\t{_host()}\t{time.strftime('%Y-%m-%d %H:%M:%S')}\t{' '.join(sys.argv)}\n".encode()
         os.pwrite(fd, record, 0)  # write, then cut: a reader never sees the file empty
@@ -105,5 +113,10 @@ class FolderLock:
 
     def release(self) -> None:
         if self.fd is not None:
+            try:  # unlinked while still held: a failed run leaves no file behind; a waiter re-checks the inode
+                if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                    os.unlink(self.path)
+            except OSError:
+                pass
             os.close(self.fd)  # closing the descriptor drops the lock
             self.fd = None
