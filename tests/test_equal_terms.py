@@ -318,9 +318,12 @@ def test_the_sweep_accepts_cfg_with_an_interval_and_writes_distinct_rows(cfg_swe
     def samples(key):
         with np.load(out / "samples" / f"{key}.npz") as z:
             return z["arr_0"]
+    # rows drawn at other positions of the shared batches: equal up to float rounding on any CPU, so at most one
+    # uint8 level apart and FID close (bit for bit on one machine; across CPUs only identical batches are)
     for key in ("ddim-2-cfg-t0.5_1-gamma1", "ddim-2-cfg-t0.995_1-gamma1", "ddim-2-cfg-t0.995_1-gamma3"):
-        assert np.array_equal(samples(key), samples("ddim-2-cfg-gamma1")), key
-        assert rows[key][fid] == rows["ddim-2-cfg-gamma1"][fid], key
+        diff = np.abs(samples(key).astype(int) - samples("ddim-2-cfg-gamma1").astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.01, key
+        assert rows[key][fid] == pytest.approx(rows["ddim-2-cfg-gamma1"][fid], rel=1e-3), key
     assert rows["ddim-2-cfg-gamma3"][fid] != rows["ddim-2-cfg-gamma1"][fid]
     assert rows["ddim-2-cfg-t0.5_1-gamma3"][fid] != rows["ddim-2-cfg-gamma1"][fid]
 
