@@ -128,3 +128,23 @@ def test_replicates_of_other_settings_are_refused_with_one_line(tmp_path, capsys
                                          "share every setting but the training seed (their checkpoints); report them "
                                          "apart"]
     assert not (tmp_path / "report").exists()
+
+
+def test_series_are_compared_seed_by_seed_at_matched_accuracy():
+    """The paired difference within each seed, then its t interval: a shift shared by both series in one seed
+    (that seed's networks) cancels, so a steady gap of 1.0 +- 0.2 is separated although each series alone
+    varies by 5 across seeds; a gap that changes sign is not; a seed where one series misses the target drops."""
+    from cguide.grid.replicates import paired_across_seeds
+
+    seed_shift = {0: 0.0, 1: 5.0, 2: -5.0}
+    matched = {("a", 0.9, "fid_judge"): {j: 4.0 + seed_shift[j] + d for j, d in enumerate((1.0, 1.2, 0.8))},
+               ("b", 0.9, "fid_judge"): {j: 4.0 + seed_shift[j] for j in range(3)},
+               ("c", 0.9, "fid_judge"): {0: 5.0, 1: 8.0, 2: -0.5, 3: 1.0},
+               ("a", 0.9, "accuracy"): {0: 0.9, 1: 0.9, 2: 0.9}}
+    rows = {(r["a"], r["b"]): r for r in paired_across_seeds(matched, 0.95)}
+    assert set(rows) == {("a", "b"), ("a", "c"), ("b", "c")}  # accuracy is not a compared metric
+    ab = rows["a", "b"]
+    half = 4.302653 * 0.2 / math.sqrt(3)
+    assert (ab["mean"], ab["lo"], ab["hi"], ab["seeds"]) == pytest.approx((1.0, 1.0 - half, 1.0 + half, 3))
+    assert ab["verdict"].startswith("a higher fid_judge than b")
+    assert rows["b", "c"]["verdict"] == "not separated" and rows["b", "c"]["seeds"] == 3

@@ -8,8 +8,10 @@ Each replicate is a whole pipeline run (eps-model, classifier and judge trained 
 Per point and metric the report gives the mean over seeds with a t interval (n - 1 degrees of freedom: the
 spread that only replicates measure, a different float path or seed trains a different model) next to the
 mean sampling interval of one seed (the bootstrap's): when the first is wider, more samples per point cannot
-settle a comparison, more seeds can. The same for each series' metrics at matched accuracy. Folders whose
-settings differ in anything but the checkpoints are refused: that would average different experiments.
+settle a comparison, more seeds can. The same for each series' metrics at matched accuracy, and every pair of
+series compared seed by seed there (the difference within each seed, whose networks both series share, then its t
+interval over seeds: the comparison a reviewer asks for). Folders whose settings differ in anything but the
+checkpoints are refused: that would average different experiments.
 """
 
 from __future__ import annotations
@@ -60,9 +62,46 @@ def t_interval(values: list[float], level: float) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+# metrics compared pair by pair across seeds at matched accuracy (lower or higher is better for each)
+PAIRED = ("fid_judge", "fid_inception", "kid_judge", "precision_judge", "recall_judge")
+
+
+def verdict(a: str, b: str, metric: str, lo: float, hi: float, pct: str) -> str:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "too few seeds"
+    if lo <= 0 <= hi:
+        return "not separated"
+    return f"{a} {'higher' if lo > 0 else 'lower'} {metric} than {b} ({pct} interval of the difference excludes 0)"
+
+
+def paired_across_seeds(matched: dict[tuple, dict], level: float) -> list[dict]:
+    """Each pair of series at each target and PAIRED metric: the per-seed differences' mean and t interval, over
+    the seeds where both reach the target."""
+    out = []
+    pct = f"{100 * level:g} %"
+    keys = sorted({(t, k) for (_, t, k) in matched if k in PAIRED})
+    names = sorted({s for (s, _, _) in matched})
+    for t, k in keys:
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                va, vb = matched.get((a, t, k), {}), matched.get((b, t, k), {})
+                seeds = [j for j in va if j in vb and math.isfinite(va[j]) and math.isfinite(vb[j])]
+                if not seeds:
+                    continue
+                mean, lo, hi = t_interval([va[j] - vb[j] for j in seeds], level)
+                out.append({"target": t, "metric": k, "a": a, "b": b, "seeds": len(seeds), "mean": mean, "lo": lo,
+                            "hi": hi, "verdict": verdict(a, b, k, lo, hi, pct)})
+    return out
+
+
 def aggregate(folders: list[Path], level: float = 0.95) -> tuple[list[dict], list[dict]]:
     """(point rows, matched rows): per point/series and metric, the mean over seeds with its t interval and
     the mean width of one seed's sampling interval."""
+    points, rows, _ = _aggregate(folders, level)
+    return points, rows
+
+
+def _aggregate(folders: list[Path], level: float) -> tuple[list[dict], list[dict], list[dict]]:
     folders = [Path(f) for f in folders]
     check_same_settings(folders)
     per = [{r["point"]: r for r in ResultsFolder(f).rows()} for f in folders]
@@ -80,17 +119,20 @@ def aggregate(folders: list[Path], level: float = 0.95) -> tuple[list[dict], lis
             out[f"{m}_sampling_width"] = sum(widths) / len(widths)
         points.append(out)
     matched: dict[tuple, list] = {}
-    for f in folders:
+    by_seed: dict[tuple, dict] = {}  # (series, target, metric) -> {folder index: value}
+    for j, f in enumerate(folders):
         for e in matched_table(ResultsFolder(f).rows(), f):
             for k, (v, lo, hi) in e["values"].items():
                 matched.setdefault((e["series"], e["target"], k), []).append((v, hi - lo))
+                by_seed.setdefault((e["series"], e["target"], k), {})[j] = v
     rows = []
     for (series_, target, k), vs in matched.items():
         mean, lo, hi = t_interval([v for v, _ in vs], level)
         widths = [w for _, w in vs if math.isfinite(w)]
-        rows.append({"series": series_, "target": target, "metric": k, "seeds": len(vs), "mean": mean, "lo": lo,
-                     "hi": hi, "sampling_width": sum(widths) / len(widths) if widths else math.nan})
-    return points, rows
+        rows.append({"series": series_, "target": target, "metric": k, "seeds": sum(math.isfinite(v) for v, _ in vs),
+                     "mean": mean, "lo": lo, "hi": hi,
+                     "sampling_width": sum(widths) / len(widths) if widths else math.nan})
+    return points, rows, paired_across_seeds(by_seed, level)
 
 
 def _f(v) -> str:
@@ -99,7 +141,7 @@ def _f(v) -> str:
 
 def write(out: str | Path, folders: list[Path], level: float = 0.95) -> Path:
     out = Path(out)
-    points, matched = aggregate(folders, level)
+    points, matched, paired = _aggregate(folders, level)
     pct = f"{100 * level:g} %"
     lines = [f"# Training-seed replicates ({len(folders)} seeds; {pct} t intervals of the mean)", "",
              "Sweeps: " + ", ".join(str(f) for f in folders), "",
@@ -118,6 +160,14 @@ def write(out: str | Path, folders: list[Path], level: float = 0.95) -> Path:
         for r in matched:
             lines.append(f"| {r['series']} | {r['target']:g} | {r['metric']} | {_f(r['mean'])} [{_f(r['lo'])}, "
                          f"{_f(r['hi'])}] | {_f(r['sampling_width'])} | {r['seeds']} |")
+    if paired:
+        lines += ["", "## Series against series at matched accuracy, seed by seed", "",
+                  "The difference A - B within each training seed, then its mean over the seeds where both reach the",
+                  f"target, with its {pct} t interval.", "",
+                  "| target acc | metric | A - B | mean [interval] | seeds | verdict |", "|---|---|---|---|---|---|"]
+        for r in paired:
+            lines.append(f"| {r['target']:g} | {r['metric']} | {r['a']} - {r['b']} | {_f(r['mean'])} [{_f(r['lo'])}, "
+                         f"{_f(r['hi'])}] | {r['seeds']} | {r['verdict']} |")
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     if points:
