@@ -1,4 +1,4 @@
-"""Named size presets for the three nets, and their builders (one factory dict, as in DiT).
+"""Named size presets for the nets, and their builders (one factory dict, as in DiT).
 
 UNet/encoder presets give attention as downsampling factors (``attention_ds``: 2 = half the
 image size), so one preset fits any image size; the builder turns them into the configs'
@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from .encoder import EncoderClassifier, EncoderConfig
 from .judge import JudgeConfig, JudgeNet
+from .judge_cnn import JudgeCNN, JudgeCNNConfig
 from .unet import UNet, UNetConfig
 
 # The trunk sizes the UNet and the noisy classifier share (the classifier is the UNet's downsampling half).
@@ -44,6 +45,11 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "judge": {
         "tiny": dict(width=8, stage_mult=[1, 2, 4], blocks_per_stage=1),
         "small": dict(width=32, stage_mult=[1, 2, 4], blocks_per_stage=2, dropout=0.1),
+    },
+    # the second judge (plain VGG-style CNN): small ~0.29M params, about a third of the judge's small step time
+    "judge_cnn": {
+        "tiny": dict(width=8, stage_mult=[1, 2, 4], convs_per_stage=1),
+        "small": dict(width=32, stage_mult=[1, 2, 4], convs_per_stage=2, dropout=0.1),
     },
 }
 
@@ -84,6 +90,12 @@ def judge_config(size: str, in_channels: int, image_size: int, num_classes: int,
                        **_resolve("judge", size, image_size, overrides))
 
 
+def judge_cnn_config(size: str, in_channels: int, image_size: int, num_classes: int,
+                     **overrides: Any) -> JudgeCNNConfig:
+    return JudgeCNNConfig(image_size=image_size, in_channels=in_channels, num_classes=num_classes,
+                          **_resolve("judge_cnn", size, image_size, overrides))
+
+
 def build_unet(size: str, in_channels: int, image_size: int, num_classes: Optional[int] = None,
                **overrides: Any) -> UNet:
     return UNet(unet_config(size, in_channels, image_size, num_classes, **overrides))
@@ -96,3 +108,7 @@ def build_encoder(size: str, in_channels: int, image_size: int, num_classes: int
 
 def build_judge(size: str, in_channels: int, image_size: int, num_classes: int, **overrides: Any) -> JudgeNet:
     return JudgeNet(judge_config(size, in_channels, image_size, num_classes, **overrides))
+
+
+def build_judge_cnn(size: str, in_channels: int, image_size: int, num_classes: int, **overrides: Any) -> JudgeCNN:
+    return JudgeCNN(judge_cnn_config(size, in_channels, image_size, num_classes, **overrides))
