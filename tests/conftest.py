@@ -57,6 +57,14 @@ def tiny_guide_ckpt(tmp_path_factory) -> Path:
     return train(compose_cfg("train", ["task=guide", *TINY], tmp_path_factory.mktemp("tiny_guide"))).checkpoint
 
 
+@pytest.fixture(scope="session")
+def tiny_judge2_ckpt(tmp_path_factory) -> Path:
+    """A tiny second judge (task=judge2: the plain CNN, its own seed), on the data of tiny_ckpts."""
+    from cguide.train import train
+
+    return train(compose_cfg("train", ["task=judge2", *TINY], tmp_path_factory.mktemp("tiny_judge2"))).checkpoint
+
+
 @pytest.fixture
 def cfg_train(tmp_path):
     """cfg_train(*overrides): conf/train.yaml with the tiny settings, writing under tmp_path."""

@@ -46,7 +46,7 @@ class ScheduleConfig:
 
 @dataclass
 class NetConfig:
-    """One network and how to train it (groups model/ = eps-model UNet, classifier/, judge/, guide/)."""
+    """One network and how to train it (groups model/ = eps-model UNet, classifier/, judge/, guide/, judge2/)."""
     size: str = "small"
     overrides: Dict[str, Any] = field(default_factory=dict)  # any field of the net's config dataclass
     lr: float = 2e-4
@@ -58,7 +58,7 @@ class NetConfig:
     cond: bool = False  # eps-model only: class-conditional, with label dropout (one net for cond/uncond/CFG)
     p_uncond: float = 0.1  # with cond: P(a training label becomes the null label); 1 = unconditional model
     batch_size: Optional[int] = None  # None: data.batch_size
-    seed_offset: int = 0  # added to seed for this net's training (guide/: 1, so the guide is not the judge's twin)
+    seed_offset: int = 0  # added to seed for this net's training (guide/: 1, judge2/: 2: neither is the judge's twin)
     precision: Optional[str] = None  # None: trainer.precision; e.g. bf16-mixed for one net, the judge kept 32-true
 
 
@@ -137,6 +137,8 @@ class TrainingParts:
     classifier: NetConfig = field(default_factory=NetConfig)
     judge: NetConfig = field(default_factory=NetConfig)
     guide: NetConfig = field(default_factory=NetConfig)  # the clean guide of x0-space guidance (judge architecture)
+    # the second judge (nets/judge_cnn.py; #26 item 6): conf/judge2/ takes the judge's training settings
+    judge2: NetConfig = field(default_factory=NetConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
@@ -145,7 +147,7 @@ class TrainingParts:
 
 @dataclass
 class TrainConfig(TrainingParts):
-    task: str = "diffusion"  # diffusion | classifier | judge | guide
+    task: str = "diffusion"  # diffusion | classifier | judge | guide | judge2
     resume: bool = False  # continue from ckpt_dir/last.ckpt when it exists
     ckpt_path: Optional[str] = None  # or from this checkpoint
     overwrite: bool = False  # train afresh into a folder that holds a run (the old one is moved aside, not deleted)
@@ -224,6 +226,10 @@ class MetricsConfig:
     interval_level: float = 0.95
     interval_resample_reals: bool = False  # redraw the real rows too
     match_accuracy: List[float] = field(default_factory=lambda: [0.9, 0.95, 0.975])  # evidence.md's targets
+    # the second judge's accuracy_judge2 and judge_agreement (#26 item 6): null = measured whenever judge2_ckpt is
+    # given (the pipeline trains one); true = required (no judge2_ckpt is an error); false = off (the pipeline
+    # trains none)
+    second_judge: Optional[bool] = None
     real_stats_cache: Optional[str] = "${out_dir}/real_stats"  # null = no disk cache
     # guided-diffusion's reference batch (.npz, arr_0 = uint8 NHWC images, arr_1 = labels if present) as the
     # real side of FID/KID/IS/PRC instead of data's test split; null = the test split
@@ -307,6 +313,7 @@ class ObjectiveConfig:
 class SweepConfig(ModelFiles):
     """conf/sweep.yaml: a grid of guidance settings, measured and logged point by point (resumable)."""
     judge_ckpt: Optional[str] = MISSING  # null: no judge (no accuracy; FID/IS/PRC on Inception features)
+    judge2_ckpt: Optional[str] = None  # the second judge (task=judge2): accuracy_judge2, judge_agreement; null: none
     out_dir: str = "${paths.output_dir}"
     device: str = "auto"
     num_threads: Optional[int] = None  # torch intra-op threads on CPU; null: torch's default

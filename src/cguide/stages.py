@@ -18,23 +18,25 @@ from .io.folders import move_aside
 
 # stage -> (training task, its config section, trained on the schedule); cond_diffusion is the class-conditional
 # eps-model (model.cond=true: same size and step budget as the unconditional one), trained when a method needs it;
-# guide is the clean guide classifier, trained when a sweep point guides in x0 space (guidance.grad_space=x0)
+# guide is the clean guide classifier, trained when a sweep point guides in x0 space (guidance.grad_space=x0);
+# judge2 is the second judge (another architecture and seed), trained unless metrics.second_judge=false
 STAGES = {"diffusion": ("diffusion", "model", True), "cond_diffusion": ("diffusion", "model", True),
           "classifier": ("classifier", "classifier", True), "judge": ("judge", "judge", False),
-          "guide": ("guide", "guide", False)}
+          "guide": ("guide", "guide", False), "judge2": ("judge2", "judge2", False)}
 
 
 STAGE_LOCK_WAIT_S = 30.0
 
 
 def stages(cfg: DictConfig) -> list[str]:
-    """The stages the sweep's methods need (the classifier always: it also measures guide_confidence), and the
-    guide when a point of the grid guides in x0 space."""
+    """The stages the sweep's methods need (the classifier always: it also measures guide_confidence), the
+    guide when a point of the grid guides in x0 space, and the second judge unless metrics.second_judge=false."""
     needs = set().union(*(METHODS[check_method(m).name].needs for m in cfg.sweep.methods))
     x0 = any(p.guidance.grad_space == "x0" and p.guidance.scale > 0 and p.method.classifier
              for p in build_grid(cfg.sweep, cfg.sampler, cfg.guidance))
     return [s for s in STAGES if (s != "diffusion" or "u" in needs)
-            and (s != "cond_diffusion" or needs & {"c", "null"}) and (s != "guide" or x0)]
+            and (s != "cond_diffusion" or needs & {"c", "null"}) and (s != "guide" or x0)
+            and (s != "judge2" or cfg.metrics.get("second_judge") is not False)]
 
 
 def _net(cfg: DictConfig, stage: str) -> dict:
@@ -62,7 +64,7 @@ def stage_key(cfg: DictConfig, stage: str) -> dict:
 
 def stage_config(cfg: DictConfig, stage: str, folder: Path) -> DictConfig:
     parts = {k: plain(cfg[k]) for k in ("seed", "tags", "num_threads", "data", "diffusion", "model", "classifier",
-                                        "judge", "guide", "trainer", "logger", "callbacks")}
+                                        "judge", "guide", "judge2", "trainer", "logger", "callbacks")}
     parts["model"]["cond"] = stage == "cond_diffusion"
     parts.update(task=STAGES[stage][0], resume=True,
                  paths={"output_dir": str(folder), "ckpt_dir": str(folder / "checkpoints")})

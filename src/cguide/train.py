@@ -4,6 +4,7 @@
     python -m cguide.train task=classifier classifier=small
     python -m cguide.train task=judge resume=true      # continue from checkpoints/last.ckpt
     python -m cguide.train task=guide                  # the clean guide of x0-space guidance (guide/)
+    python -m cguide.train task=judge2                 # the second judge (judge2/: another architecture and seed)
     python -m cguide.train debug=default               # a few steps on CPU, no logger
 """
 
@@ -258,7 +259,7 @@ def _fit_and_test(cfg, trainer, module, dm, resume: tuple[str | None, int], fina
             # Lightning skips a fit loop that is done on arrival, on_train_end included: the checkpoint
             # resumed from is the final state
             atomic_write(final, lambda tmp: shutil.copyfile(ckpt_path, tmp))
-        if cfg.task in ("judge", "guide"):
+        if cfg.task in ("judge", "guide", "judge2"):
             trainer.test(module, dm, verbose=False)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         return metrics

@@ -11,6 +11,7 @@ CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 # Tiny and fast: 8x8 mnist5k, few steps, no logger, no progress bars.
 TINY = ["data.image_size=8", "data.batch_size=32", "model=tiny", "classifier=tiny", "judge=tiny", "guide=tiny",
+        "judge2=tiny",  # the second judge takes the judge's steps (conf/judge2/)
         "guide.max_steps=6", "logger=none",
         "trainer.enable_progress_bar=false", "trainer.limit_val_batches=2", "callbacks.sample_grid.n=4",
         "callbacks.sample_grid.steps=3", "callbacks.sample_grid.every_n_steps=0", "diffusion.T=100",

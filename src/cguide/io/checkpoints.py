@@ -1,9 +1,9 @@
-"""Checkpoint I/O without Lightning: loading any of the four trained networks
+"""Checkpoint I/O without Lightning: loading any of the trained networks
 by kind with checks that name the file and the fix.
 
 Every LightningModule of this project stores a plain ``cguide`` dict in its checkpoints:
 {kind, net_config, weights_prefix, image_shape, num_classes, schedule (config), fingerprint, extra}
-(extra: the eps-model's {cond, p_uncond}, the judge's and the guide's {test_acc}),
+(extra: the eps-model's {cond, p_uncond}, the judges' and the guide's {test_acc}),
 so ``torch.load(..., weights_only=True)`` is all it takes to rebuild a net."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..nets import EncoderClassifier, EncoderConfig, JudgeConfig, JudgeNet, UNet, UNetConfig
+from ..nets import EncoderClassifier, EncoderConfig, JudgeCNN, JudgeCNNConfig, JudgeConfig, JudgeNet, UNet, UNetConfig
 from ..nets.adm import RELEASED_FILES
 from .safe_load import UnsafeFile, torch_load_plain
 
@@ -25,6 +25,8 @@ KINDS = {
     "judge": (JudgeNet, JudgeConfig, "a judge classifier (task=judge)"),
     # the judge's architecture, trained apart (its own config and seed): x0-space guidance only, never judging
     "guide_classifier": (JudgeNet, JudgeConfig, "a clean guide classifier (task=guide)"),
+    # the second judge: another architecture (a plain CNN) and seed, trained as the judge is (#26 item 6)
+    "judge2": (JudgeCNN, JudgeCNNConfig, "a second judge classifier (task=judge2)"),
 }
 # what each kind's place is called on the command line, for the judge <-> guide refusal
 _JUDGE_GUIDE = {"judge": ("judge_ckpt", "judge"), "guide_classifier": ("guide_ckpt", "guide")}
@@ -87,7 +89,8 @@ def checkpoint_meta(kind: str, weights_prefix: str, net_config: dict, image_shap
 
 def load_net(path: str | os.PathLike, kind: str, map_location: str | torch.device = "cpu",
              conditional: bool | None = None) -> Loaded:
-    """Rebuild the network of ``kind`` ('eps_model', 'noisy_classifier', 'judge', 'guide_classifier') from ``path``.
+    """Rebuild the network of ``kind`` ('eps_model', 'noisy_classifier', 'judge', 'guide_classifier', 'judge2') from
+    ``path``.
     conditional (eps-model only): True/False = the place it is used needs a class-conditional /
     unconditional eps-model, and a file holding the other one is refused; None accepts either."""
     if kind not in KINDS:

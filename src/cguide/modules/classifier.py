@@ -1,6 +1,7 @@
 """Classifier LightningModules: the noisy classifier p_phi(y | x_t, t), trained on x_t from the SAME
-schedule as the eps-model; the judge, an independent classifier of clean images; and the clean guide
-p_psi(y | x0), trained as the judge is but apart from it, for x0-space guidance."""
+schedule as the eps-model; the judge, an independent classifier of clean images; the second judge, another
+architecture trained as the judge is; and the clean guide p_psi(y | x0), trained as the judge is but apart
+from it, for x0-space guidance."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..diffusion import make_schedule, q_sample
 from ..io.checkpoints import checkpoint_meta
-from ..nets import EncoderClassifier, EncoderConfig, JudgeConfig, JudgeNet
+from ..nets import EncoderClassifier, EncoderConfig, JudgeCNN, JudgeCNNConfig, JudgeConfig, JudgeNet
 from .common import CheckpointMeta, QuartileMeans, adamw_with_warmup, decay_steps
 
 
@@ -84,12 +85,14 @@ class JudgeModule(_ClassifierModule):
     (extra.test_acc)."""
 
     kind = "judge"
+    net_classes = (JudgeNet, JudgeConfig)  # (net, its config dataclass)
 
     def __init__(self, net: dict, image_shape: list, num_classes: int, lr: float = 1e-3,
                  weight_decay: float = 5e-4, warmup_steps: int = 50, shift: int = 1, data: Optional[dict] = None):
         super().__init__()
         self.save_hyperparameters()
-        self.net = JudgeNet(JudgeConfig.from_dict(dict(net)))
+        net_cls, cfg_cls = self.net_classes
+        self.net = net_cls(cfg_cls.from_dict(dict(net)))
         self.test_acc: Optional[float] = None
         self._init_metrics(num_classes, ("train", "val", "test"))
 
@@ -131,3 +134,12 @@ class GuideModule(JudgeModule):
     the judge never guides and the guide never judges."""
 
     kind = "guide_classifier"
+
+
+class SecondJudgeModule(JudgeModule):
+    """The second judge (#26 item 6): another architecture (nets/judge_cnn.py, a plain CNN without BatchNorm or
+    residual connections) and its own seed offset (judge2/), trained exactly as the judge is; it measures
+    accuracy_judge2 and judge_agreement, so a sweep shows whether a method fools the one judge network."""
+
+    kind = "judge2"
+    net_classes = (JudgeCNN, JudgeCNNConfig)

@@ -10,13 +10,13 @@ import lightning as L
 import torch
 
 from ..io.checkpoints import KINDS
-from ..nets import encoder_config, judge_config, unet_config
-from .classifier import GuideModule, JudgeModule, NoisyClassifierModule
+from ..nets import encoder_config, judge_cnn_config, judge_config, unet_config
+from .classifier import GuideModule, JudgeModule, NoisyClassifierModule, SecondJudgeModule
 from .diffusion import DiffusionModule
 
 # task -> (its config section, the checkpoint kind it writes)
 TASKS = {"diffusion": ("model", "eps_model"), "classifier": ("classifier", "noisy_classifier"),
-         "judge": ("judge", "judge"), "guide": ("guide", "guide_classifier")}
+         "judge": ("judge", "judge"), "guide": ("guide", "guide_classifier"), "judge2": ("judge2", "judge2")}
 
 
 LR_DECAYS = ("constant", "cosine")
@@ -44,6 +44,8 @@ def build_module(task: str, net_cfg: dict, schedule: dict, dm) -> L.LightningMod
     if task == "classifier":
         net = encoder_config(net_cfg["size"], C, H, dm.num_classes, **over).to_dict()
         return NoisyClassifierModule(net, schedule, lr_decay=net_cfg.get("lr_decay", "constant"), **common)
+    if task == "judge2":  # the second judge: another architecture, trained as the judge is
+        return SecondJudgeModule(judge_cnn_config(net_cfg["size"], C, H, dm.num_classes, **over).to_dict(), **common)
     net = judge_config(net_cfg["size"], C, H, dm.num_classes, **over).to_dict()  # judge and guide: one architecture
     return (GuideModule if task == "guide" else JudgeModule)(net, **common)
 
