@@ -1,5 +1,6 @@
-"""Hydra entry point: the whole experiment in one command -- train the eps-model, the noisy classifier
-and the judge (and the clean guide when a point guides in x0 space), then sweep guidance settings and report.
+"""Hydra entry point: the whole experiment in one command -- train the eps-model, the noisy classifier,
+the judge and the second judge (and the clean guide when a point guides in x0 space), then sweep guidance
+settings and report.
 
     python -m cguide.pipeline experiment=mnist5k_quick   # = make run: mnist5k, 2 CPU cores
     python -m cguide.pipeline experiment=mnist5k_full    # one GPU, bigger models, 2,000 samples per point
@@ -29,8 +30,9 @@ from .workers import Helpers, check_workers, draw_sweep, train_stages
 
 # (metric, title); feature metrics are found under their row name (fid -> fid_judge) and titled with it
 TABLE = [("method", "method"), ("scale", "scale"), ("variant", "variant"), ("fid", "FID"), ("fid_inf", "FID_inf"),
-         ("kid", "KID"), ("is", "IS"), ("accuracy", "accuracy"), ("guide_confidence", "guide_conf"),
-         ("precision", "precision"), ("recall", "recall")]
+         ("kid", "KID"), ("is", "IS"), ("accuracy", "accuracy"), ("accuracy_judge2", "acc_judge2"),
+         ("judge_agreement", "agreement"), ("guide_confidence", "guide_conf"), ("precision", "precision"),
+         ("recall", "recall")]
 
 
 def _digest(obj) -> str:
@@ -59,7 +61,7 @@ def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConf
         defines["speed"] = {k: True for k in ("bf16", "fp16") if parts["speed"].get(k)}  # only when on: old digests
     sweep_dir = out / "sweep" / _digest(defines)
     parts.update(eps_ckpt=ids.get("diffusion"), cond_ckpt=ids.get("cond_diffusion"), classifier_ckpt=ids["classifier"],
-                 judge_ckpt=ids["judge"], guide_ckpt=ids.get("guide"),
+                 judge_ckpt=ids["judge"], guide_ckpt=ids.get("guide"), judge2_ckpt=ids.get("judge2"),
                  out_dir=str(sweep_dir), paths={"output_dir": str(sweep_dir)})
     parts["metrics"]["real_stats_cache"] = str(out / "real_stats")
     parts["logger"]["group"] = parts["logger"]["group"] or f"pipeline-{cfg.name}"

@@ -24,6 +24,10 @@ VS_SCALE = {
     "fid_inf_vs_scale": ("FID_inf (extrapolated to n -> inf)", [("fid_inf", "")]),
     "kid_vs_scale": ("KID (unbiased MMD^2)", [("kid", "")]),
     "accuracy_vs_scale": ("judge accuracy on target class", [("accuracy", "")]),
+    # the second judge (#26 item 6): both judges' accuracies, and how often they name the same class
+    "judges_vs_scale": ("accuracy, judge (solid) and judge2 (dashed)", [("accuracy", " judge"),
+                                                                        ("accuracy_judge2", " judge2")]),
+    "judge_agreement_vs_scale": ("share of samples both judges label alike", [("judge_agreement", "")]),
     "is_vs_scale": ("Inception score (extractor logits)", [("is", "")]),
     "precision_recall_vs_scale": ("precision (solid) and recall (dashed)", [("precision", " precision"),
                                                                             ("recall", " recall")]),

@@ -29,9 +29,9 @@ from .evidence import matched_table
 from .plots import num
 from .results import MANIFEST, ResultsFolder, read_manifest
 
-CKPT_KEYS = ("eps_ckpt", "cond_ckpt", "classifier_ckpt", "judge_ckpt", "guide_ckpt")
-METRICS = ("fid_judge", "fid_inf_judge", "kid_judge", "accuracy", "is_judge", "precision_judge", "recall_judge",
-           "guide_confidence", "fid_inception", "fid_inf_inception", "is_inception")
+CKPT_KEYS = ("eps_ckpt", "cond_ckpt", "classifier_ckpt", "judge_ckpt", "guide_ckpt", "judge2_ckpt")
+METRICS = ("fid_judge", "fid_inf_judge", "kid_judge", "accuracy", "accuracy_judge2", "judge_agreement", "is_judge",
+           "precision_judge", "recall_judge", "guide_confidence", "fid_inception", "fid_inf_inception", "is_inception")
 
 
 def check_same_settings(folders: list[Path]) -> None:

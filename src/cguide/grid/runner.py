@@ -20,7 +20,7 @@ from ..io.npz_batches import write_sample_batch
 from ..io.loggers import finish_wandb
 from ..metrics import MetricSettings, compute_metrics
 from ..metrics.intervals import row_metrics
-from ..metrics.settings import NO_JUDGE
+from ..metrics.settings import NO_JUDGE, NO_JUDGE2
 from ..io.atomic import remove_stale_temps
 from ..io.folders import check_writable
 from ..runtime.distributed import is_main, main_then_share
@@ -50,7 +50,7 @@ def file_identity(path: str | Path | None) -> dict | None:
 
 
 def manifest(cfg: DictConfig, models: Models, judge: Loaded | None, names: tuple[str, ...],
-             real: RealSide | None = None) -> dict:
+             real: RealSide | None = None, judge2: Loaded | None = None) -> dict:
     """Everything a row's numbers depend on except the grid axes (those are in the row itself)."""
     data = {k: v for k, v in vars(as_data_config(OmegaConf.to_container(cfg.data, resolve=True))).items()
             if k not in ("root", "batch_size", "num_workers", "download")}
@@ -65,8 +65,9 @@ def manifest(cfg: DictConfig, models: Models, judge: Loaded | None, names: tuple
     # the conditional model only when used, for the same reason
     cond = {"cond_ckpt": file_identity(models.cond.path)} if models.cond else {}
     guide = {"guide_ckpt": file_identity(models.guide.path)} if models.guide else {}  # x0-space guidance only
+    second = {"judge2_ckpt": file_identity(judge2.path)} if judge2 else {}  # the second judge only when measured
     eps, clf = models.eps, models.classifier
-    return {**speed, **cond, **guide, **reference, **presets,
+    return {**speed, **cond, **guide, **second, **reference, **presets,
         "eps_ckpt": file_identity(eps.path if eps else None),
         "classifier_ckpt": file_identity(clf.path if clf else None),
         "judge_ckpt": file_identity(judge.path if judge else None), "n_per_point": cfg.sweep.n_per_point,
@@ -116,6 +117,8 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
     check_speed(spec, run.speed)
     if settings.needs_judge and not cfg.judge_ckpt:
         raise ValueError(NO_JUDGE)
+    if settings.second_judge and not cfg.get("judge2_ckpt"):
+        raise ValueError(NO_JUDGE2)
     presets = {k: cfg.get(f"{k}_preset") for k in ("eps", "cond", "classifier")}
     models = load_models(cfg.eps_ckpt, cfg.cond_ckpt, cfg.classifier_ckpt, spec, presets=presets,
                          guide_ckpt=cfg.get("guide_ckpt"))
@@ -123,6 +126,11 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
     judge = load_net(cfg.judge_ckpt, "judge") if cfg.judge_ckpt else None
     if judge is not None:
         check_same_images(eps, f"judge {judge.path}", judge.image_shape, judge.num_classes)
+    # the second judge (#26 item 6): accuracy_judge2 and judge_agreement, unless metrics.second_judge=false
+    judge2 = load_net(cfg.judge2_ckpt, "judge2") if cfg.get("judge2_ckpt") and settings.second_judge is not False \
+        else None
+    if judge2 is not None:
+        check_same_images(eps, f"second judge {judge2.path} (judge2_ckpt)", judge2.image_shape, judge2.num_classes)
     check_sampling(eps, points)
     for var_type in {p.sampler.var_type for p in points}:
         check_learned_variance((models.eps, models.cond), var_type)
@@ -131,7 +139,7 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
 
     out = Path(cfg.out_dir)
     folder = ResultsFolder(out)
-    defines = manifest(cfg, models, judge, names, real)
+    defines = manifest(cfg, models, judge, names, real, judge2)
 
     def claim() -> set:
         check_writable(out, "out_dir")
@@ -139,6 +147,7 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
         folder.claim(defines, {"eps_ckpt": cfg.eps_ckpt, "cond_ckpt": cfg.cond_ckpt,
                                "classifier_ckpt": cfg.classifier_ckpt,
                                "judge_ckpt": str(judge.path) if judge else None,
+                               **({"judge2_ckpt": str(judge2.path)} if judge2 else {}),
                                **({"guide_ckpt": str(models.guide.path)} if models.guide else {})})
         return folder.done()
 
@@ -147,8 +156,9 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
     if is_main():
         print(f"sweep {out}: {len(points)} point(s), {len(points) - len(todo)} done already, {len(todo)} to run")
 
-    if judge is not None:
-        judge.net.to(device)
+    for j in (judge, judge2):
+        if j is not None:
+            j.net.to(device)
     seeds = (sw.seed + torch.arange(sw.n_per_point)).tolist()
     group = sweep_group(sw.name, defines)
     wb = wandb_log.start_run(cfg.logger, out, group, name=f"{group}-{time.strftime('%H%M%S')}",
@@ -166,7 +176,8 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
     try:
         log_others_rows()
         for call in claimed_calls(todo, sw.points_per_call, claims, out, on_wait=log_others_rows):
-            for point, row, grid in _run_call(cfg, call, run, models, judge, y, seeds, real, settings, out, device):
+            for point, row, grid in _run_call(cfg, call, run, models, (judge, judge2), y, seeds, real, settings, out,
+                                              device):
                 if folder.append(row):  # False: a parallel job finished this point first
                     wandb_log.log_point(wb, row, grid, len(logged))
                     logged.append(row["point"])
@@ -185,10 +196,12 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
     return out
 
 
-def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judge, y, seeds, real: RealSide,
+def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judges, y, seeds, real: RealSide,
               settings: MetricSettings, out, device=None):
     """Draw the points of one call in shared batches, then measure them one by one (yields per point).
-    Points at s = 0 are the same unguided samples whatever their variant: drawn once, measured per point."""
+    Points at s = 0 are the same unguided samples whatever their variant: drawn once, measured per point.
+    judges: (the judge, the second judge), each Loaded or None."""
+    judge, judge2 = judges
     n = len(seeds)
     t0 = time.perf_counter()
     draws = list(dict.fromkeys(p.draw_key for p in call))
@@ -207,9 +220,9 @@ def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judge, y,
         keep: dict = {}
         values = compute_metrics(xs, y, (real.images, real.labels), judge=judge.net if judge else None,
                                  guide=clf.net if clf else None, settings=settings, device=device,
-                                 keep=keep, **real.metric_kwargs)
+                                 keep=keep, judge2=judge2.net if judge2 else None, **real.metric_kwargs)
         metrics, reps = row_metrics(values, keep, settings)  # named for their feature space, with [lo, hi]
-        write_evidence(out, point.key, reps, y, settings)  # before its row, as the samples
+        write_evidence(out, point.key, reps, y, settings, keep["samples"])  # before its row, as the samples
         if cfg.sweep.get("save_npz"):  # before its row: a point in results.jsonl has its file
             write_sample_batch(out / "samples" / f"{point.key}.npz", xs, y)
         grid = class_grid(xs, y, cfg.sweep.grid_per_class, out / "grids" / f"{point.key}.png",

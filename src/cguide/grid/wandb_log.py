@@ -10,7 +10,8 @@ from ..io.loggers import init_timeout, start_wandb
 from ..metrics.intervals import find_key
 from .plots import num, series
 
-LINE_METRICS = ("fid", "fid_inf", "kid", "accuracy", "is", "precision", "recall")  # found under their row names
+LINE_METRICS = ("fid", "fid_inf", "kid", "accuracy", "accuracy_judge2", "judge_agreement", "is", "precision",
+                "recall")  # found under their row names
 
 
 def start_run(logger_cfg, out_dir: Path, group: str, name: str, config: dict, tags: list[str] = ()):

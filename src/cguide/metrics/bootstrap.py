@@ -19,7 +19,8 @@ Per metric (replicate values):
   is: exp E[KL(p(y|x) || p(y))] over `isc_splits` chunks of the replicate, as the point estimate;
   precision: share of replicate rows inside the real manifold (k-NN radii of the reals);
   recall: share of real rows inside the generated manifold, the real rows redrawn (its sampling unit);
-  accuracy, guide_confidence, nonfinite: weighted means; their reported intervals are Wilson's (closed form).
+  accuracy, accuracy_judge2, judge_agreement, guide_confidence, nonfinite: weighted means; the reported intervals
+  of the proportions among them are Wilson's (closed form).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class PointSamples:
     targets: torch.Tensor  # [N] long
     finite: torch.Tensor  # [N] bool: rows left out of every metric but nonfinite
     correct: torch.Tensor | None = None  # [N] bool: judge predicts the target
+    correct_judge2: torch.Tensor | None = None  # [N] bool: the second judge predicts the target
+    agree: torch.Tensor | None = None  # [N] bool: both judges predict the same class
     guide_conf: torch.Tensor | None = None  # [N] p_phi(y | x_0, t=0)
     features: torch.Tensor | None = None  # [N, D] extractor features (non-finite rows: zeros)
     logits: torch.Tensor | None = None  # [N, K] extractor logits (IS)
@@ -183,6 +186,10 @@ def replicates(ps: PointSamples, real: RealSet | None, names: set[str], *, resam
         out["nonfinite"] = 1.0 - w.sum(-1) / n
     if "accuracy" in names and ps.correct is not None:
         out["accuracy"] = _wmean(w, ps.correct.cpu())
+    if ps.correct_judge2 is not None:  # the second judge's: whenever it was measured
+        out["accuracy_judge2"] = _wmean(w, ps.correct_judge2.cpu())
+    if ps.agree is not None:
+        out["judge_agreement"] = _wmean(w, ps.agree.cpu())
     if "guide_confidence" in names and ps.guide_conf is not None:
         out["guide_confidence"] = _wmean(w, ps.guide_conf.cpu())
     if ps.features is None or real is None:

@@ -2,10 +2,11 @@
 
 Row names: the feature metrics carry their feature space (`fid_judge`, `fid_inception`, `kid_judge`,
 `is_judge`, `precision_judge`, `recall_judge`, `classwise_fid_judge`, `fid_inf_judge`): numbers of two spaces
-are not comparable. accuracy (the judge's), guide_confidence and nonfinite are not feature metrics.
-Every value has `<name>_lo` / `<name>_hi`: Wilson for the proportions (accuracy, nonfinite), else the basic
-bootstrap interval of bootstrap.py. `kid_<space>` is the unbiased MMD^2 of all rows (the statistic its
-interval is for), not torch-fidelity's mean over subsets.
+are not comparable. accuracy (the judge's), accuracy_judge2 (the second judge's), judge_agreement (the share of
+finite samples on which both judges' argmax agree), guide_confidence and nonfinite are not feature metrics.
+Every value has `<name>_lo` / `<name>_hi`: Wilson for the proportions (accuracy, accuracy_judge2,
+judge_agreement, nonfinite), else the basic bootstrap interval of bootstrap.py. `kid_<space>` is the unbiased
+MMD^2 of all rows (the statistic its interval is for), not torch-fidelity's mean over subsets.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from .settings import MetricSettings
 # suite key -> row base name (suite keys not listed are not in rows: kid_std, is_std are superseded by intervals)
 SUITE_TO_ROW = {"fid": "fid", "fid_inf": "fid_inf", "kid_mean": "kid", "is_mean": "is", "precision": "precision",
                 "recall": "recall", "classwise_fid": "classwise_fid", "accuracy": "accuracy",
-                "guide_confidence": "guide_confidence", "nonfinite": "nonfinite"}
+                "guide_confidence": "guide_confidence", "nonfinite": "nonfinite",
+                "accuracy_judge2": "accuracy_judge2", "judge_agreement": "judge_agreement"}
 FEATURE_ROWS = ("fid", "fid_inf", "kid", "is", "precision", "recall", "classwise_fid")
-PROPORTIONS = ("accuracy", "nonfinite")
+PROPORTIONS = ("accuracy", "nonfinite", "accuracy_judge2", "judge_agreement")
 # rows written before the names carried their space: old key -> base name
 LEGACY = {"fid": "fid", "kid_mean": "kid", "is_mean": "is", "precision": "precision", "recall": "recall",
           "classwise_fid": "classwise_fid"}
@@ -87,7 +89,7 @@ def row_metrics(values: dict[str, float], keep: dict, settings: MetricSettings
         name = row_name(base, space)
         out[name] = value
         if base in PROPORTIONS:
-            n = n_finite if base == "accuracy" else per.finite.shape[0]
+            n = per.finite.shape[0] if base == "nonfinite" else n_finite  # the judges see the finite samples
             lo, hi = bs.wilson_interval(value * n, n, s.interval_level) if math.isfinite(value) else (math.nan,) * 2
         elif base in reps and math.isfinite(value):  # fid_inf has no replicates (bootstrap.py says why)
             lo, hi = bs.basic_interval(value, reps[base], s.interval_level)

@@ -17,6 +17,8 @@ _POSITIVE = ("batch_size", "kid_subset_size", "isc_splits", "prc_neighborhood")
 _NOT_METRIC_KNOBS = ("n_real", "reference_npz")  # config keys that belong to the real split, not the suite
 NO_JUDGE = ("metrics accuracy and the judge extractor need a judge classifier: set judge_ckpt=<path> (train one "
             "with cguide.train task=judge), or drop accuracy from metrics.names and use metrics.extractor=inception")
+NO_JUDGE2 = ("metrics.second_judge=true needs a second judge: set judge2_ckpt=<path> (train one with cguide.train "
+             "task=judge2), or metrics.second_judge=null to measure it only when one is given")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class MetricSettings:
     interval_level: float = 0.95
     interval_resample_reals: bool = False  # redraw the real rows too (within their labels)
     match_accuracy: tuple[float, ...] = (0.9, 0.95, 0.975)  # judge accuracies for the matched tables (grid/evidence)
+    # the second judge's accuracy_judge2 / judge_agreement: None = whenever one is given, True = required, False = off
+    second_judge: bool | None = None
 
     def __post_init__(self):
         if isinstance(self.names, str):  # tuple("fid") would report 'f', 'i', 'd' as unknown
@@ -55,6 +59,9 @@ class MetricSettings:
             check_inception_weights(self.inception_weights)  # missing (where to put it) or unsafe: one line
         check_interval_settings(self.interval_resamples, self.interval_level)
         object.__setattr__(self, "match_accuracy", tuple(check_targets(self.match_accuracy)))
+        if self.second_judge not in (None, True, False):
+            raise ValueError(f"metrics.second_judge must be true, false or null (measured when judge2_ckpt is given), "
+                             f"got {self.second_judge!r}")
         for key in _POSITIVE:
             value = getattr(self, key)
             if value < 1:

@@ -4,6 +4,9 @@ Keys by requested metric:
   fid -> 'fid'; fid_inf -> 'fid_inf' (FID extrapolated to n -> inf); kid -> 'kid_mean', 'kid_std'; is -> 'is_mean', 'is_std'; prc -> 'precision', 'recall';
   accuracy -> 'accuracy'; guide_confidence -> 'guide_confidence'; classwise_fid -> 'classwise_fid';
   nonfinite -> 'nonfinite'.
+With a second judge (judge2=, unless settings.second_judge is False): 'accuracy_judge2' (its accuracy on the
+targets) and, with the judge too, 'judge_agreement' (the share of finite samples on which both judges' argmax
+agree, whatever the target).
 
 Samples with any non-finite value count towards 'nonfinite' and are dropped before every other
 metric; with none left those metrics are NaN. Images reach the feature extractor the way
@@ -27,7 +30,7 @@ from . import feature_metrics as fm
 from .bootstrap import PointSamples, RealSet, fid_inf_point
 from .extractors import build_extractor, eval_mode, extractor_id, module_device, to_uint8_rgb
 from .real_stats import content_id, load_or_compute
-from .settings import (FEATURE_METRICS, METRIC_NAMES, NO_JUDGE,  # noqa: F401 (METRIC_NAMES re-exported)
+from .settings import (FEATURE_METRICS, METRIC_NAMES, NO_JUDGE, NO_JUDGE2,  # noqa: F401 (METRIC_NAMES re-exported)
                        MetricSettings)
 
 NAN = float("nan")
@@ -95,6 +98,7 @@ def compute_metrics(
     device: torch.device | str | None = None,
     real_fid_stats: dict | None = None,
     keep: dict | None = None,
+    judge2: nn.Module | None = None,
 ) -> dict[str, float]:
     """Sample-quality metrics of `samples` [N,C,H,W] in [-1,1] with target labels `targets` [N].
 
@@ -106,6 +110,8 @@ def compute_metrics(
         batch's whole-dataset statistics, as guided-diffusion's evaluator uses them); KID, PRC and
         class-wise FID still use the real images.
     guide: noisy classifier forward(x, t); guide_confidence = mean p(y | x, t=0), NaN without a guide.
+    judge2: the second judge (forward -> logits): 'accuracy_judge2', and 'judge_agreement' with the judge; None (or
+        settings.second_judge False): neither (settings.second_judge True without it: an error).
     keep: a dict to fill with the per-sample values behind the numbers ('samples': bootstrap.PointSamples,
         'real': bootstrap.RealSet, 'prc_real_rows'), for intervals (intervals.py) without a second extraction.
     settings: which metrics (settings.names) and how; checked when built (settings.py). Its knobs:
@@ -128,6 +134,10 @@ def compute_metrics(
         raise ValueError(f"samples ({samples.shape[0]}) and targets ({targets.shape[0]}) differ in length")
     if judge is None and s.needs_judge:
         raise ValueError(NO_JUDGE)
+    if judge2 is None and s.second_judge:
+        raise ValueError(NO_JUDGE2)
+    if s.second_judge is False:
+        judge2 = None
     device = torch.device(device) if device is not None else module_device(judge) if judge is not None else \
         torch.device("cpu")
     feat_ext = None
@@ -142,12 +152,25 @@ def compute_metrics(
     n = x.shape[0]
     per = PointSamples(targets.detach().cpu().long(), finite) if keep is not None else None
 
-    if "accuracy" in want:
+    pred = None  # the judge's argmax per finite sample
+    if "accuracy" in want or (judge2 is not None and judge is not None):
         with eval_mode(judge):
-            logits = _batched_logits(judge, x, s.batch_size, device) if n else None
-        out["accuracy"] = (logits.argmax(1) == y).double().mean().item() if n else NAN
+            pred = _batched_logits(judge, x, s.batch_size, device).argmax(1) if n else torch.zeros(0, dtype=torch.long)
+    if "accuracy" in want:
+        out["accuracy"] = (pred == y).double().mean().item() if n else NAN
         if per is not None:
-            per.correct = _full(finite, logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool))
+            per.correct = _full(finite, pred == y)
+    if judge2 is not None:
+        with eval_mode(judge2):
+            pred2 = _batched_logits(judge2, x, s.batch_size, module_device(judge2)).argmax(1) if n else \
+                torch.zeros(0, dtype=torch.long)
+        out["accuracy_judge2"] = (pred2 == y).double().mean().item() if n else NAN
+        if per is not None:
+            per.correct_judge2 = _full(finite, pred2 == y)
+        if pred is not None:
+            out["judge_agreement"] = (pred2 == pred).double().mean().item() if n else NAN
+            if per is not None:
+                per.agree = _full(finite, pred2 == pred)
     if "guide_confidence" in want:
         out["guide_confidence"] = NAN
         if guide is not None and n:
