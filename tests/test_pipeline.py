@@ -1,4 +1,5 @@
-"""The pipeline: three trained stages then a sweep, reusing what is done and retraining what changed."""
+"""The pipeline: four trained stages (eps-model, classifier, judge, second judge) then a sweep, reusing what is done
+and retraining what changed."""
 
 import json
 
@@ -18,16 +19,22 @@ def _run(cfg_pipeline, extra=()):
 def test_pipeline_trains_sweeps_then_reuses(cfg_pipeline, capsys):
     sweep_dir = _run(cfg_pipeline)
     out = capsys.readouterr().out
-    assert out.count("no checkpoint yet: training") == 3
+    assert out.count("no checkpoint yet: training") == 4 and "[judge2] trained in" in out
     rows = [json.loads(line) for line in (sweep_dir / "results.jsonl").read_text().splitlines()]
     assert sorted(r["scale"] for r in rows) == [0.0, 2.0]
     assert "guidance sweep (2 points; [95 % intervals])" in out and "FID_judge" in out
     assert f"evidence: {sweep_dir / 'evidence.md'}" in out
+    # the second judge (#26 item 6): its accuracy and the judges' agreement, each with its interval, in every row
+    header = (sweep_dir / "results.csv").read_text().splitlines()[0].split(",")
+    assert {f"{m}{s}" for m in ("accuracy_judge2", "judge_agreement") for s in ("", "_lo", "_hi")} <= set(header)
+    assert all(r["accuracy_judge2_lo"] <= r["accuracy_judge2"] <= r["accuracy_judge2_hi"] for r in rows)
+    assert "acc_judge2" in out and "agreement" in out
+    assert "## Both judges, per point" in (sweep_dir / "evidence.md").read_text()
     csv_before = (sweep_dir / "results.csv").read_bytes()
 
     assert _run(cfg_pipeline) == sweep_dir
     out = capsys.readouterr().out
-    assert out.count("settings unchanged: reusing") == 3
+    assert out.count("settings unchanged: reusing") == 4
     assert "2 done already, 0 to run" in out
     assert (sweep_dir / "results.csv").read_bytes() == csv_before
 
@@ -38,6 +45,7 @@ def test_changed_stage_settings_retrain_and_keep_the_old_run(cfg_pipeline, tmp_p
     _run(cfg_pipeline, ["judge.max_steps=5"])
     out = capsys.readouterr().out
     assert "[judge] settings changed (net): retraining; previous run kept in" in out
+    assert "[judge2] settings changed (net): retraining" in out  # trained like the judge: its steps follow
     assert out.count("settings unchanged: reusing") == 2
     assert len(list((tmp_path / "pipeline").glob("judge.replaced-*/checkpoints/judge.ckpt"))) == 1
 

@@ -136,7 +136,7 @@ def test_killed_pipeline_redoes_only_unfinished_stages_and_points(tmp_path):
 
     # 3: everything trained is reused; only the points not yet in results.jsonl are drawn
     log = _finish(_start("cguide.pipeline", args, tmp_path, logs[2]), logs[2])
-    assert log.count("settings unchanged: reusing") == 3
+    assert log.count("settings unchanged: reusing") == 4  # the second judge too
     assert f"4 point(s), {len(done)} done already, {4 - len(done)} to run" in log
     rows = _rows(results)
     assert len(rows) == 4 and rows[:len(done)] == done

@@ -235,5 +235,5 @@ def test_a_bad_input_met_by_the_helper_is_its_line_and_one_line_of_the_main_proc
     lines = [line for line in err.read_text().splitlines() if line.startswith("error: ")]
     assert lines == [f"error: output folder {out / 'judge' / 'checkpoints'} is a file, not a folder; choose another "
                      "paths.ckpt_dir",
-                     "error: the process training classifier, judge stopped with exit code 2 (its error is above); run "
-                     "the same command again: finished stages are reused"], err.read_text()[-3000:]
+                     "error: the process training classifier, judge, judge2 stopped with exit code 2 (its error is "
+                     "above); run the same command again: finished stages are reused"], err.read_text()[-3000:]

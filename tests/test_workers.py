@@ -25,11 +25,11 @@ def test_two_workers_train_and_draw_what_one_process_does(cfg_pipeline, tmp_path
              "sweep.scales=[0,1,2]"]
     par = run_pipeline(cfg_pipeline(*extra, "workers=2"))
     out = capsys.readouterr().out
-    assert "[workers] classifier, judge train in a second process (1 thread(s)) beside diffusion (1 thread(s) for " \
-        "45% of the steps, then 1)" in out
+    assert "[workers] classifier, judge, judge2 train in a second process (1 thread(s)) beside diffusion (1 thread(s) " \
+        "for 45% of the steps, then 1)" in out
     assert "[workers] the sweep is drawn by 2 processes of 1 thread(s)" in out
     one = run_pipeline(cfg_pipeline(*extra, "workers=1", f"out_dir={tmp_path / 'one'}"))
-    for stage in ("diffusion", "classifier", "judge"):
+    for stage in ("diffusion", "classifier", "judge", "judge2"):
         a = torch.load(par.parents[1] / stage / "checkpoints" / f"{stage}.ckpt", weights_only=False)["state_dict"]
         b = torch.load(one.parents[1] / stage / "checkpoints" / f"{stage}.ckpt", weights_only=False)["state_dict"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
@@ -53,8 +53,8 @@ def test_a_failure_in_the_helper_stops_the_run_with_its_name_and_leaves_no_proce
     in_the_way = tmp_path / "pipeline" / "judge" / "checkpoints"
     in_the_way.parent.mkdir(parents=True)
     in_the_way.write_text("a file")  # the helper's judge stage fails on it; this process's eps-model does not
-    with pytest.raises(RuntimeError, match=r"^the process training classifier, judge stopped with exit code 2 \(its "
-                       r"error is above\); run the same command again: finished stages are reused$"):
+    with pytest.raises(RuntimeError, match=r"^the process training classifier, judge, judge2 stopped with exit code 2 "
+                       r"\(its error is above\); run the same command again: finished stages are reused$"):
         run_pipeline(cfg_pipeline(*PIPELINE_FAST, "num_threads=2", "device=cpu", "trainer.accelerator=cpu", "workers=2",
                                   "sweep.points_per_call=1"))
     # it stopped the eps-model at its hand-over step, half-way, not at its end

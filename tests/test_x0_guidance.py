@@ -274,7 +274,7 @@ def test_the_pipeline_trains_the_guide_only_for_x0_guidance(tmp_path):
     assert stages(compose_cfg("pipeline", [f"out_dir={tmp_path}", "guidance.grad_space=x0"],
                               tmp_path / "hydra"))[-1] == "guide"
     exp = compose_cfg("pipeline", ["experiment=mnist5k_guidance_options"], tmp_path / "hydra")
-    assert stages(exp) == ["diffusion", "classifier", "judge", "guide"]
+    assert stages(exp) == ["diffusion", "classifier", "judge", "judge2", "guide"]
     assert exp.out_dir == "outputs/pipeline/mnist5k_quick_prev" and exp.sweep.n_per_point == 250
     assert exp.workers == 1 and exp.model.precision is None  # the profile it was measured with
     assert exp.guide.seed_offset != 0 and exp.guide.size == exp.judge.size
@@ -289,7 +289,7 @@ def test_the_guidance_options_experiment_runs_end_to_end_on_tiny_settings(cfg_pi
         "judge.max_steps=4", "guide.max_steps=4", "sweep.n_per_point=10", "sweep.steps=[2]", "sweep.batch_size=200",
         "metrics.names=[accuracy,guide_confidence]"))
     out = capsys.readouterr().out
-    assert out.count("no checkpoint yet: training") == 4 and "[guide]" in out
+    assert out.count("no checkpoint yet: training") == 5 and "[guide]" in out  # and the second judge
     rows = [json.loads(line) for line in (sweep_dir / "results.jsonl").read_text().splitlines()]
     assert {r["grad_space"] for r in rows} == {"x_t", "x0"}
     assert any(r.get("entropy_cap") for r in rows) and any(r["schedule"] != "constant" for r in rows)

@@ -22,7 +22,7 @@ from .io.folders import move_aside
 # judge2 is the second judge (another architecture and seed), trained unless metrics.second_judge=false
 STAGES = {"diffusion": ("diffusion", "model", True), "cond_diffusion": ("diffusion", "model", True),
           "classifier": ("classifier", "classifier", True), "judge": ("judge", "judge", False),
-          "guide": ("guide", "guide", False), "judge2": ("judge2", "judge2", False)}
+          "judge2": ("judge2", "judge2", False), "guide": ("guide", "guide", False)}
 
 
 STAGE_LOCK_WAIT_S = 30.0
