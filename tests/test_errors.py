@@ -225,6 +225,9 @@ CASES = {
     "class-count-mismatch": Case("sample", {"classifier_ckpt": "{bad}"}, lambda c, t: {"bad": _edited(
         c["clf"], t / "clf.ckpt", lambda m: m.update(num_classes=5))}),
     "data-mismatch": Case("sweep", {"data.image_size": "16"}),
+    "no-second-judge": Case("sweep", {"metrics.second_judge": "true"}),
+    "second-judge-mismatch": Case("sweep", {"judge2_ckpt": "{bad}"}, lambda c, t: {"bad": _edited(
+        c["judge2"], t / "j2.ckpt", lambda m: m.update(image_shape=[1, 16, 16]))}),
     "no-classifier": Case("sample", {"classifier_ckpt": None, "guidance.scale": "1"}),
     "class-out-of-range": Case("sample", {"classes": "[3,12]"}),
     "steps-over-T": Case("sample", {"sampler.steps": "500"}),
@@ -363,16 +366,16 @@ CASES = {
 def _args(base: dict, ckpts: dict, out: Path, over: dict, names: dict | None = None) -> list[str]:
     kv = {**base, **over}
     fill = {"eps": ckpts["eps"], "clf": ckpts["clf"], "judge": ckpts["judge"], "cond": ckpts["cond"],
-            "guide": ckpts["guide"], "out": out,
+            "guide": ckpts["guide"], "judge2": ckpts["judge2"], "out": out,
             "tmp": out.parent,
             **(names or {})}
     return [f"{k}={str(v).format(**fill)}" for k, v in kv.items() if v is not None]
 
 
 @pytest.fixture(scope="module")
-def ckpts(tiny_ckpts, tiny_cond_ckpt, tiny_guide_ckpt):
+def ckpts(tiny_ckpts, tiny_cond_ckpt, tiny_guide_ckpt, tiny_judge2_ckpt):
     return {"eps": tiny_ckpts["eps_model"], "clf": tiny_ckpts["noisy_classifier"], "judge": tiny_ckpts["judge"],
-            "cond": tiny_cond_ckpt, "guide": tiny_guide_ckpt}
+            "cond": tiny_cond_ckpt, "guide": tiny_guide_ckpt, "judge2": tiny_judge2_ckpt}
 
 
 def test_readme_table_and_cases_agree():
