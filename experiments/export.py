@@ -22,7 +22,8 @@ from cguide.metrics.intervals import base_name, find_key
 # their feature space; a value with an interval prints as "3.15 [2.81, 3.52]"
 COLUMNS = [("method", "method", "{}"), ("scale", "scale", "{:g}"), ("variant", "variant", "{}"), ("fid", "FID", "{:.2f}"),
            ("fid_inf", "FID_inf", "{:.2f}"), ("kid", "KID", "{:.3f}"), ("is", "IS", "{:.2f}"),
-           ("accuracy", "accuracy", "{:.3f}"), ("guide_confidence", "guide_conf", "{:.3f}"),
+           ("accuracy", "accuracy", "{:.3f}"), ("accuracy_judge2", "acc. judge2", "{:.3f}"),
+           ("judge_agreement", "judges agree", "{:.3f}"), ("guide_confidence", "guide_conf", "{:.3f}"),
            ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"), ("classwise_fid", "class-wise FID", "{:.1f}"),
            ("grad_nonfinite_share", "non-finite g", "{:.3f}"), ("wall_s", "wall s", "{:.0f}")]
 

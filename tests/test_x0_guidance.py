@@ -275,8 +275,8 @@ def test_the_pipeline_trains_the_guide_only_for_x0_guidance(tmp_path):
                               tmp_path / "hydra"))[-1] == "guide"
     exp = compose_cfg("pipeline", ["experiment=mnist5k_guidance_options"], tmp_path / "hydra")
     assert stages(exp) == ["diffusion", "classifier", "judge", "judge2", "guide"]
-    assert exp.out_dir == "outputs/pipeline/mnist5k_quick_prev" and exp.sweep.n_per_point == 250
-    assert exp.workers == 1 and exp.model.precision is None  # the profile it was measured with
+    assert exp.out_dir == "outputs/pipeline/mnist5k_quick" and exp.sweep.n_per_point == 250
+    assert exp.workers == 2 and exp.model.precision == "bf16-mixed"  # the quick profile's networks, reused
     assert exp.guide.seed_offset != 0 and exp.guide.size == exp.judge.size
 
 
