@@ -68,7 +68,8 @@ def table(rows: list[dict]) -> str:
     level = next((r["interval_level"] for r in rows if r.get("interval_level")), None)
     note = (f"\n\n[lo, hi]: {100 * level:g} % intervals (basic bootstrap over the generated samples; Wilson for "
             "accuracy). FID is biased upwards at this n; its interval, reflected about it, corrects that to first "
-            "order and may lie below the value. FID_inf (extrapolated to n -> inf) has no interval. Without "
+            "order and may lie below the value. FID_inf (extrapolated to n -> inf): from half-samples, point +- z sd "
+            "(README, Intervals), where the row has one. Without "
             "metrics.interval_resample_reals the intervals leave out the real side's sampling (KID's can exclude 0)."
             if level else "")
     return "\n".join(lines) + note

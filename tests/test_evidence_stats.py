@@ -218,3 +218,26 @@ def test_replicates_scatter_around_the_point_value_for_every_metric():
     for key, value in points.items():
         share_below = (reps[key] < value).double().mean().item()
         assert 0.1 < share_below < 0.9, (key, value, reps[key].mean().item(), share_below)
+
+
+def test_fid_inf_half_sample_interval_covers_the_true_distance_where_the_extrapolation_holds():
+    """d = 8, n = 2,000: FID_inf's interval (half-samples without replacement, bootstrap.fid_inf_half_interval)
+    covers the closed form in >= 90 of 100 repeats (93 measured); too narrow fails: half as wide covers < 80
+    (57 measured). An interval sqrt(2) too narrow (the spread of halves taken as if it were half the sample's
+    variance) covered 78: fails."""
+    d, n = 8, 2000
+    mu_g, var_g = torch.full((d,), 0.3, dtype=torch.float64), torch.linspace(0.5, 2.0, d, dtype=torch.float64)
+    truth = true_fd(mu_g, var_g, torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64))
+    real = bs.RealSet(torch.zeros(2, d), fid_stats={"mu": torch.zeros(d), "sigma": torch.eye(d)})
+    y = torch.arange(n) % 10
+    ok = torch.ones(n, dtype=torch.bool)
+    covered = narrow = 0
+    for rep in range(100):
+        f = gauss(n, d, mu_g, var_g.sqrt(), 100 + rep)
+        point = bs.fid_inf_point(f, ok, real, seed=rep)
+        lo, hi = bs.fid_inf_half_interval(f, ok, y, real, point, level=0.95, seed=rep)
+        covered += lo <= truth <= hi
+        mid, half = (lo + hi) / 2, (hi - lo) / 4
+        narrow += mid - half <= truth <= mid + half
+    assert covered >= 90, covered
+    assert narrow < 80, narrow
