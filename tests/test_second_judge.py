@@ -32,7 +32,7 @@ KEY_SHA256 = {"diffusion": "9d2c5a1e97d06bd327da9a8bc0c9375dc68f7d7c01b6b803a13d
 
 
 def test_existing_stage_keys_are_pinned(tmp_path):
-    from cguide.stages import stage_key, stages
+    from cguide.pipeline.stages import stage_key, stages
 
     cfg = compose_cfg("pipeline", [], tmp_path)
     assert stage_key(cfg, "judge") == JUDGE_KEY

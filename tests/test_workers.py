@@ -68,7 +68,7 @@ def test_a_killed_helper_is_noticed_instead_of_waited_for(cfg_pipeline):
     import multiprocessing as mp
     import os
 
-    from cguide.workers import Helpers
+    from cguide.pipeline.workers import Helpers
     helpers = Helpers(cfg_pipeline("workers=1"), None)
     ctx = mp.get_context("spawn")
     helpers.done, helpers.ok, helpers.side = ctx.Event(), ctx.Event(), ["classifier", "judge"]
@@ -82,7 +82,7 @@ MAIN = """
 import multiprocessing as mp, sys, time
 
 def helper(jobs, out):
-    from cguide.workers import _helper
+    from cguide.pipeline.workers import _helper
     _helper(None, [], out, None, jobs)  # no stages: it waits for a sweep job
 
 if __name__ == "__main__":

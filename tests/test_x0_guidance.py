@@ -265,7 +265,7 @@ def test_named_option_sets_make_one_grid_with_each_sets_scales(tmp_path):
 
 
 def test_the_pipeline_trains_the_guide_only_for_x0_guidance(tmp_path):
-    from cguide.pipeline import stages
+    from cguide.pipeline.stages import stages
 
     base = compose_cfg("pipeline", [f"out_dir={tmp_path}"], tmp_path / "hydra")
     assert "guide" not in stages(base)

@@ -338,7 +338,7 @@ class PipelineConfig(TrainingParts):
     out_dir: str = "outputs/pipeline/${name}"
     device: str = "auto"
     progress: bool = True
-    # CPU processes the work is split over (cguide.workers): 2 trains the eps-model(s) here while a second
+    # CPU processes the work is split over (cguide.pipeline.workers): 2 trains the eps-model(s) here while a second
     # process trains the other nets, and draws the sweep in 2 processes; each gets num_threads / workers threads
     workers: int = 1
     # workers > 1: the share of the eps-model's steps trained on num_threads / workers threads beside the other

@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .grid.points import build_grid
-from .grid.results import ResultsFolder
-from .grid.runner import run_sweep
-from .io.folders import write_error_line
-from .io.signals import stop_on_signals, stop_requested
-from .runtime.distributed import ERRORS
-from .modules.callbacks import TakeThreadsAtStep
+from ..grid.points import build_grid
+from ..grid.results import ResultsFolder
+from ..grid.runner import run_sweep
+from ..io.folders import write_error_line
+from ..io.signals import stop_on_signals, stop_requested
+from ..runtime.distributed import ERRORS
+from ..modules.callbacks import TakeThreadsAtStep
 from .stages import STAGES, run_stage, stage_done, stages
 
 

@@ -7,7 +7,13 @@ settings and report.
     python -m cguide.pipeline debug=default              # tiny nets, a few steps: under a minute
 
 Each stage reuses its checkpoint when the settings that define it are unchanged, resumes an
-interrupted run, and retrains (keeping the old folder aside) when they changed; one line says which."""
+interrupted run, and retrains (keeping the old folder aside) when they changed; one line says which.
+
+The package is the entry point with its two parts below it: ``cguide.pipeline.stages`` (which networks an
+experiment needs, the settings that define each, training one) and ``cguide.pipeline.workers`` (the work split
+over processes on a CPU; its helpers are started with spawn and import ``cguide.pipeline.workers``).
+``python -m cguide.pipeline`` runs ``main`` (``__main__.py``). The function that lists an experiment's stages is
+``cguide.pipeline.stages.stages``: here ``stages`` is the submodule."""
 
 from __future__ import annotations
 
@@ -20,12 +26,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .cli import CONF_DIR, check_output_args, print_config_tree, run_or_exit
-from .config import SweepConfig, plain, register_configs
-from .io.folders import check_writable
-from .io.locks import FolderLock
-from .io.memory import check_samples_fit
-from .stages import STAGES, check_stages, run_stage, stage_key, stages  # noqa: F401  (the stage API, here too)
+from ..cli import CONF_DIR, check_output_args, print_config_tree, run_or_exit
+from ..config import SweepConfig, plain, register_configs
+from ..io.folders import check_writable
+from ..io.locks import FolderLock
+from ..io.memory import check_samples_fit
+from .stages import STAGES, check_stages, run_stage, stage_key  # noqa: F401  (the stage API, here too)
 from .workers import Helpers, check_workers, draw_sweep, train_stages
 
 # (metric, title); feature metrics are found under their row name (fid -> fid_judge) and titled with it
@@ -42,7 +48,7 @@ def _digest(obj) -> str:
 def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConfig:
     parts = {k: plain(cfg[k]) for k in ("device", "num_threads", "progress", "tags", "data", "sampler", "guidance",
                                         "sweep", "metrics", "speed", "logger")}
-    from .grid.runner import file_identity
+    from ..grid.runner import file_identity
 
     ids = {k: str(p) for k, p in ckpts.items()}
     # A folder per (checkpoint contents, grid, sampler): retrained stages get a fresh sweep, never a mixed one.
@@ -116,8 +122,8 @@ def print_report(sweep_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .grid.results import ResultsFolder, options_label
-    from .metrics.intervals import base_name, find_key
+    from ..grid.results import ResultsFolder, options_label
+    from ..metrics.intervals import base_name, find_key
 
     rows = sorted(ResultsFolder(sweep_dir).rows(),
                   key=lambda r: (r.get("method", "classifier"), r["variant"], str(r.get("sampler")),
@@ -160,8 +166,8 @@ def print_report(sweep_dir: Path) -> None:
 def check_sweep_settings(cfg: DictConfig) -> None:
     """What the sweep would refuse that is known before any stage trains: its numbers, the metric settings (Inception
     weights present and safe), the samples held in memory."""
-    from .grid.checks import check_sweep_numbers
-    from .metrics import MetricSettings
+    from ..grid.checks import check_sweep_numbers
+    from ..metrics import MetricSettings
 
     check_sweep_numbers(cfg.sweep)
     MetricSettings.from_config(cfg.metrics, names=list(dict.fromkeys([*cfg.metrics.names, "nonfinite"])))
@@ -196,7 +202,3 @@ def main():
     """Output folders checked before Hydra makes its run folder in out_dir (cguide.cli.check_output_args)."""
     check_output_args(sys.argv[1:], "out_dir")
     return hydra_main()
-
-
-if __name__ == "__main__":
-    main()

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import TrainConfig, net_precision, plain
-from .grid.points import build_grid
-from .guidance import METHODS, check_method
-from .io.atomic import atomic_write_text
-from .io.folders import move_aside
+from ..config import TrainConfig, net_precision, plain
+from ..grid.points import build_grid
+from ..guidance import METHODS, check_method
+from ..io.atomic import atomic_write_text
+from ..io.folders import move_aside
 
 # stage -> (training task, its config section, trained on the schedule); cond_diffusion is the class-conditional
 # eps-model (model.cond=true: same size and step budget as the unconditional one), trained when a method needs it;
@@ -74,7 +74,7 @@ def stage_config(cfg: DictConfig, stage: str, folder: Path) -> DictConfig:
 
 def check_stages(cfg: DictConfig, out: Path) -> None:
     """Every stage's settings, before any stage trains: a bad value never leaves a half-made stage."""
-    from .train import check_train
+    from ..train import check_train
 
     if cfg.trainer.fast_dev_run:
         raise ValueError("trainer.fast_dev_run=true trains one batch and writes no checkpoint, so the pipeline "
@@ -118,7 +118,7 @@ def stage_done(cfg: DictConfig, stage: str, out: Path) -> bool:
 
 def run_stage(cfg: DictConfig, stage: str, out: Path, callbacks=()) -> Path:
     """Train one network unless a finished checkpoint with the same defining settings exists."""
-    from .train import train
+    from ..train import train
 
     folder = out / stage
     final, marker = _files(out, stage)
