@@ -126,12 +126,19 @@ class PathsConfig:
 
 
 @dataclass
-class TrainingParts:
-    """The sections that define the networks and how they train (shared by train and pipeline)."""
-    seed: int = 0
+class RunParts:
+    """The sections every run that trains or sweeps has (train, sweep, pipeline)."""
     tags: List[str] = field(default_factory=list)  # W&B tags of every run
     num_threads: Optional[int] = None  # torch intra-op threads on CPU; None: torch's default
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # a sweep's real held-out set is its test split
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class TrainingParts(RunParts):
+    """The sections that define the networks and how they train (shared by train and pipeline)."""
+    seed: int = 0
     diffusion: ScheduleConfig = field(default_factory=ScheduleConfig)
     model: NetConfig = field(default_factory=NetConfig)
     classifier: NetConfig = field(default_factory=NetConfig)
@@ -140,9 +147,7 @@ class TrainingParts:
     # the second judge (nets/judge_cnn.py; #26 item 6): conf/judge2/ takes the judge's training settings
     judge2: NetConfig = field(default_factory=NetConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 @dataclass
@@ -310,45 +315,38 @@ class ObjectiveConfig:
 
 
 @dataclass
-class SweepConfig(ModelFiles):
-    """conf/sweep.yaml: a grid of guidance settings, measured and logged point by point (resumable)."""
-    judge_ckpt: Optional[str] = MISSING  # null: no judge (no accuracy; FID/IS/PRC on Inception features)
-    judge2_ckpt: Optional[str] = None  # the second judge (task=judge2): accuracy_judge2, judge_agreement; null: none
-    out_dir: str = "${paths.output_dir}"
+class SweepParts:
+    """The sections that say how a sweep draws and measures its points (shared by sweep and pipeline)."""
     device: str = "auto"
-    num_threads: Optional[int] = None  # torch intra-op threads on CPU; null: torch's default
     progress: bool = True
-    tags: List[str] = field(default_factory=list)
-    data: DataConfig = field(default_factory=DataConfig)  # its test split is the real held-out set
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     sweep: GridConfig = field(default_factory=GridConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 @dataclass
-class PipelineConfig(TrainingParts):
+class SweepConfig(SweepParts, RunParts, ModelFiles):
+    """conf/sweep.yaml: a grid of guidance settings, measured and logged point by point (resumable)."""
+    judge_ckpt: Optional[str] = MISSING  # null: no judge (no accuracy; FID/IS/PRC on Inception features)
+    judge2_ckpt: Optional[str] = None  # the second judge (task=judge2): accuracy_judge2, judge_agreement; null: none
+    out_dir: str = "${paths.output_dir}"
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+
+@dataclass
+class PipelineConfig(SweepParts, TrainingParts):
     """conf/pipeline.yaml: the training parts and the sweep parts of one experiment in a single tree."""
     name: str = "mnist5k_quick"  # the experiment: outputs/pipeline/<name> and the W&B group
     out_dir: str = "outputs/pipeline/${name}"
-    device: str = "auto"
-    progress: bool = True
     # CPU processes the work is split over (cguide.pipeline.workers): 2 trains the eps-model(s) here while a second
     # process trains the other nets, and draws the sweep in 2 processes; each gets num_threads / workers threads
     workers: int = 1
     # workers > 1: the share of the eps-model's steps trained on num_threads / workers threads beside the other
     # nets' process, after which it waits for that process and takes every thread; best where both end together
     workers_handover: float = 0.5
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
-    sweep: GridConfig = field(default_factory=GridConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
 
 def register_configs() -> None:

@@ -6,14 +6,13 @@ the same code the UNet uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .layers import (ConfigDict, MiddleBlock, TimeEmbedding, build_down_path, check_input, check_options,
-                     check_trunk, expand_t, heads_for, int_tuple, mult_tuple, normalization)
+from .layers import TrunkConfig, TrunkNet, build_trunk, heads_for, normalization
 
 POOLS = ("attention", "avg", "spatial", "spatial_v2")
 POOL_ALIASES = {"adaptive": "avg"}  # guided-diffusion's name for the global-average pool
@@ -21,7 +20,7 @@ SPATIAL_HIDDEN = 2048  # the hidden width of guided-diffusion's spatial pools
 
 
 @dataclass
-class EncoderConfig(ConfigDict):
+class EncoderConfig(TrunkConfig):
     """Classifier hyperparameters (plain fields). num_classes has no default on purpose.
 
     pool="attention": ADM's AttentionPool2d (learned positional embedding, the mean token
@@ -34,36 +33,18 @@ class EncoderConfig(ConfigDict):
     (the options that express guided-diffusion's EncoderUNetModel; see nets/adm.py).
     """
 
-    image_size: int
-    in_channels: int
-    num_classes: int
-    model_channels: int = 64
-    channel_mult: Sequence[int] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: Sequence[int] = ()
-    dropout: float = 0.0
-    num_head_channels: int = 32
-    num_heads: int = 1
-    use_scale_shift_norm: bool = True
-    resblock_updown: bool = False
+    num_classes: int = field(kw_only=True)
     pool: str = "attention"
-    attention_order: str = "new"
-    norm_groups: Optional[int] = None
-    stem_channels: Optional[int] = None
 
     def __post_init__(self):
-        self.channel_mult = mult_tuple(self.channel_mult)
-        self.attention_resolutions = int_tuple(self.attention_resolutions)
+        super().__post_init__()
         self.pool = POOL_ALIASES.get(self.pool, self.pool)
         if self.pool not in POOLS:
             raise ValueError(f"EncoderConfig: pool={self.pool!r}; expected one of {POOLS} "
                              f"(or ADM's name 'adaptive' = 'avg')")
         if self.num_classes < 2:
             raise ValueError(f"EncoderConfig: num_classes={self.num_classes}; need at least 2")
-        check_options("EncoderConfig", self.attention_order, self.norm_groups, self.stem_channels)
-        check_trunk("EncoderConfig", self.image_size, self.channel_mult, self.attention_resolutions,
-                    self.model_channels, self.num_heads, self.num_head_channels, norm_groups=self.norm_groups,
-                    stem_channels=self.stem_channels)
+        self.check_options_and_trunk()
 
 
 class AttentionPool2d(nn.Module):
@@ -96,23 +77,12 @@ def spatial_pool(kind: str, features: int, num_classes: int, norm_groups: Option
                          nn.Linear(SPATIAL_HIDDEN, num_classes))
 
 
-class EncoderClassifier(nn.Module):
+class EncoderClassifier(TrunkNet):
     """forward(x [B,C,H,W], t int64 [B]) -> logits [B, num_classes]."""
 
     def __init__(self, cfg: EncoderConfig):
-        super().__init__()
-        self.cfg = cfg
-        mc = cfg.model_channels
-        emb_ch = 4 * mc
-        self.time_embed = TimeEmbedding(mc, emb_ch)
-        heads = dict(num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels)
-        attn = dict(**heads, attention_order=cfg.attention_order)
-        block = dict(dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm)
-        self.input_blocks, widths, ch = build_down_path(
-            cfg.in_channels, mc, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions,
-            cfg.image_size, emb_ch, **block, **attn, resblock_updown=cfg.resblock_updown,
-            norm_groups=cfg.norm_groups, stem_channels=cfg.stem_channels)
-        self.middle_block = MiddleBlock(ch, emb_ch, **block, **attn, norm_groups=cfg.norm_groups)
+        super().__init__(cfg)
+        self.input_blocks, widths, ch, self.middle_block = build_trunk(cfg, self.emb_channels)
         self.spatial = cfg.pool.startswith("spatial")
         if self.spatial:
             self.out_norm = nn.Identity()
@@ -121,13 +91,13 @@ class EncoderClassifier(nn.Module):
         self.out_norm = nn.Sequential(normalization(ch, cfg.norm_groups), nn.SiLU())
         if cfg.pool == "attention":
             spatial = cfg.image_size // 2 ** (len(cfg.channel_mult) - 1)
-            self.pool = AttentionPool2d(spatial, ch, heads_for(ch, **heads), cfg.num_classes)
+            heads = heads_for(ch, cfg.num_heads, cfg.num_head_channels)
+            self.pool = AttentionPool2d(spatial, ch, heads, cfg.num_classes)
         else:
             self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, cfg.num_classes))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        check_input("EncoderClassifier", x, self.cfg.image_size, self.cfg.in_channels)
-        emb = self.time_embed(expand_t(t, x.shape[0]).to(x.device))
+        emb = self.embed_t(x, t)
         h = x
         means = []
         for blk in self.input_blocks:

@@ -8,32 +8,23 @@ Input x is in [-1, 1]; it is meant to be used in eval mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConfigDict, check_input, int_tuple
+from .layers import FeatureClassifier, StagedClassifierConfig, check_input
 
 
 @dataclass
-class JudgeConfig(ConfigDict):
+class JudgeConfig(StagedClassifierConfig):
     """Stage s has width * stage_mult[s] channels and blocks_per_stage BasicBlocks; every stage
     after the first halves the resolution. Feature dim = width * stage_mult[-1]."""
 
-    image_size: int
-    in_channels: int
-    num_classes: int
-    width: int = 32
-    stage_mult: Sequence[int] = (1, 2, 4)
     blocks_per_stage: int = 1
-    dropout: float = 0.0
 
     def __post_init__(self):
-        self.stage_mult = int_tuple(self.stage_mult)
-        if self.num_classes < 2:
-            raise ValueError(f"JudgeConfig: num_classes={self.num_classes}; need at least 2")
+        super().__post_init__()
         if not self.stage_mult or self.blocks_per_stage < 1:
             raise ValueError("JudgeConfig: need at least one stage and one block per stage")
 
@@ -55,7 +46,7 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
 
 
-class JudgeNet(nn.Module):
+class JudgeNet(FeatureClassifier):
     """forward(x) -> logits [B, num_classes]; features(x) -> penultimate features [B, feature_dim]."""
 
     def __init__(self, cfg: JudgeConfig):
@@ -70,13 +61,8 @@ class JudgeNet(nn.Module):
                 blocks.append(BasicBlock(ch, w * mult, stride=2 if s > 0 and b == 0 else 1))
                 ch = w * mult
         self.blocks = nn.Sequential(*blocks)
-        self.feature_dim = ch
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(ch, cfg.num_classes)
+        self.add_head(ch, cfg)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         check_input("JudgeNet", x, self.cfg.image_size, self.cfg.in_channels)
         return self.blocks(self.stem(x)).mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))

@@ -9,32 +9,23 @@ forward(x) -> logits [B, num_classes], features(x) -> penultimate features [B, f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from .layers import ConfigDict, check_input, int_tuple, normalization
+from .layers import FeatureClassifier, StagedClassifierConfig, check_input, normalization
 
 
 @dataclass
-class JudgeCNNConfig(ConfigDict):
+class JudgeCNNConfig(StagedClassifierConfig):
     """Stage s has width * stage_mult[s] channels and convs_per_stage 3x3 conv-GroupNorm-SiLU layers; every stage
     after the first starts with a 2x2 max pool (so image_size must be divisible by 2**(len(stage_mult) - 1)).
     Feature dim = width * stage_mult[-1] (global average pool of the last stage)."""
 
-    image_size: int
-    in_channels: int
-    num_classes: int
-    width: int = 32
-    stage_mult: Sequence[int] = (1, 2, 4)
     convs_per_stage: int = 2
-    dropout: float = 0.0
 
     def __post_init__(self):
-        self.stage_mult = int_tuple(self.stage_mult)
-        if self.num_classes < 2:
-            raise ValueError(f"JudgeCNNConfig: num_classes={self.num_classes}; need at least 2")
+        super().__post_init__()
         if not self.stage_mult or self.convs_per_stage < 1 or self.width < 1 or min(self.stage_mult) < 1:
             raise ValueError("JudgeCNNConfig: need at least one stage, one conv per stage and positive widths")
         factor = 2 ** (len(self.stage_mult) - 1)
@@ -44,7 +35,7 @@ class JudgeCNNConfig(ConfigDict):
                              f"image_size that is a multiple of {factor} or fewer stages")
 
 
-class JudgeCNN(nn.Module):
+class JudgeCNN(FeatureClassifier):
     """forward(x) -> logits [B, num_classes]; features(x) -> penultimate features [B, feature_dim]."""
 
     def __init__(self, cfg: JudgeCNNConfig):
@@ -60,13 +51,8 @@ class JudgeCNN(nn.Module):
                 layers += [nn.Conv2d(ch, out, 3, 1, 1), normalization(out), nn.SiLU()]
                 ch = out
         self.body = nn.Sequential(*layers)
-        self.feature_dim = ch
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(ch, cfg.num_classes)
+        self.add_head(ch, cfg)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         check_input("JudgeCNN", x, self.cfg.image_size, self.cfg.in_channels)
         return self.body(x).mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))

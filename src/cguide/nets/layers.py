@@ -1,4 +1,5 @@
-"""Building blocks shared by the UNet eps-model and the noisy classifier (ADM style).
+"""Building blocks shared by the UNet eps-model and the noisy classifier (ADM style), and the configs and the
+head that the nets share.
 
 Plain torch. The UNet and the encoder both build their downsampling half with
 ``build_down_path`` and their bottleneck with ``MiddleBlock``, so the classifier trunk is the
@@ -113,6 +114,77 @@ def check_trunk(name: str, image_size: int, channel_mult: Sequence[float],
                              f"{resolutions[level]}; use a group count that divides every width, or None")
     if norm_groups is not None and stem_channels is not None and stem_channels % norm_groups:
         raise ValueError(f"{name}: norm_groups={norm_groups} does not divide stem_channels={stem_channels}")
+
+
+@dataclasses.dataclass
+class TrunkConfig(ConfigDict):
+    """The fields of the trunk that UNetConfig and EncoderConfig share (build_down_path, MiddleBlock), with their
+    normalisation and checks; each config adds its own fields (listed after these by to_dict)."""
+
+    image_size: int
+    in_channels: int
+    model_channels: int = 64
+    channel_mult: Sequence[int] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: Sequence[int] = ()
+    dropout: float = 0.0
+    num_head_channels: int = 32
+    num_heads: int = 1
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = False
+    attention_order: str = "new"
+    norm_groups: int | None = None
+    stem_channels: int | None = None
+
+    def __post_init__(self):
+        self.channel_mult = mult_tuple(self.channel_mult)
+        self.attention_resolutions = int_tuple(self.attention_resolutions)
+
+    def attention_kwargs(self) -> dict[str, Any]:
+        return dict(num_heads=self.num_heads, num_head_channels=self.num_head_channels,
+                    attention_order=self.attention_order)
+
+    def block_kwargs(self) -> dict[str, Any]:
+        return dict(dropout=self.dropout, use_scale_shift_norm=self.use_scale_shift_norm)
+
+    def check_options_and_trunk(self, num_heads_upsample: int | None = None) -> None:
+        """check_options and check_trunk on these fields (each config calls it after its own checks)."""
+        name = type(self).__name__
+        check_options(name, self.attention_order, self.norm_groups, self.stem_channels)
+        check_trunk(name, self.image_size, self.channel_mult, self.attention_resolutions, self.model_channels,
+                    self.num_heads, self.num_head_channels, num_heads_upsample=num_heads_upsample,
+                    norm_groups=self.norm_groups, stem_channels=self.stem_channels)
+
+
+@dataclasses.dataclass
+class StagedClassifierConfig(ConfigDict):
+    """The fields the two judges' configs share (JudgeConfig, JudgeCNNConfig): stage s has width * stage_mult[s]
+    channels; each adds its blocks per stage (listed after these by to_dict)."""
+
+    image_size: int
+    in_channels: int
+    num_classes: int
+    width: int = 32
+    stage_mult: Sequence[int] = (1, 2, 4)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        self.stage_mult = int_tuple(self.stage_mult)
+        if self.num_classes < 2:
+            raise ValueError(f"{type(self).__name__}: num_classes={self.num_classes}; need at least 2")
+
+
+class FeatureClassifier(nn.Module):
+    """What the two judges share: forward(x) = head(dropout(features(x))); each net defines features(x) and calls
+    add_head with its feature width."""
+
+    def add_head(self, channels: int, cfg: StagedClassifierConfig) -> None:
+        self.feature_dim = channels
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(channels, cfg.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))
 
 
 def heads_for(channels: int, num_heads: int, num_head_channels: int) -> int:
@@ -358,3 +430,30 @@ def build_down_path(in_channels: int, model_channels: int, channel_mult: Sequenc
             skips.append(ch)
             res //= 2
     return blocks, skips, ch
+
+
+def build_trunk(cfg: TrunkConfig, emb_channels: int) -> tuple[nn.ModuleList, list[int], int, MiddleBlock]:
+    """The trunk the UNet and the noisy classifier share, from cfg's fields: (the down path's blocks, the widths
+    build_down_path returns, the channels at the bottom, the middle block)."""
+    block, attn = cfg.block_kwargs(), cfg.attention_kwargs()
+    blocks, widths, ch = build_down_path(
+        cfg.in_channels, cfg.model_channels, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions,
+        cfg.image_size, emb_channels, **block, **attn, resblock_updown=cfg.resblock_updown,
+        norm_groups=cfg.norm_groups, stem_channels=cfg.stem_channels)
+    return blocks, widths, ch, MiddleBlock(ch, emb_channels, **block, **attn, norm_groups=cfg.norm_groups)
+
+
+class TrunkNet(nn.Module):
+    """What the UNet and the noisy classifier share around their trunk: the config, the timestep embedding
+    (emb_channels = 4 * model_channels wide), and checking the input and embedding t at the start of forward."""
+
+    def __init__(self, cfg: TrunkConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.emb_channels = 4 * cfg.model_channels
+        self.time_embed = TimeEmbedding(cfg.model_channels, self.emb_channels)
+
+    def embed_t(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x checked against the config (named by the net's class); t's embedding [B, emb_channels]."""
+        check_input(type(self).__name__, x, self.cfg.image_size, self.cfg.in_channels)
+        return self.time_embed(expand_t(t, x.shape[0]).to(x.device))

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .layers import (AttentionBlock, ConfigDict, EmbedSequential, MiddleBlock, ResBlock, TimeEmbedding,
-                     build_down_path, check_input, check_options, check_trunk, expand_t, int_tuple,
-                     level_channels, mult_tuple, normalization, resample_block, zero_module)
+from .layers import (AttentionBlock, EmbedSequential, ResBlock, TrunkConfig, TrunkNet, build_trunk, level_channels,
+                     normalization, resample_block, zero_module)
 
 
 @dataclass
-class UNetConfig(ConfigDict):
+class UNetConfig(TrunkConfig):
     """UNet hyperparameters; plain fields only so ``to_dict()`` can live in a checkpoint.
 
     attention_resolutions are in pixels (16 = the 16x16 feature maps); the middle block always
@@ -33,64 +32,37 @@ class UNetConfig(ConfigDict):
     ADM's label embedding has no null row: null_class=False.
     """
 
-    image_size: int
-    in_channels: int
     out_channels: Optional[int] = None
-    model_channels: int = 64
-    channel_mult: Sequence[int] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: Sequence[int] = ()
-    dropout: float = 0.0
-    num_head_channels: int = 32
-    num_heads: int = 1
     num_classes: Optional[int] = None
-    use_scale_shift_norm: bool = True
-    resblock_updown: bool = False
     null_class: bool = False
     num_heads_upsample: int = -1
-    attention_order: str = "new"
-    norm_groups: Optional[int] = None
-    stem_channels: Optional[int] = None
 
     def __post_init__(self):
-        self.channel_mult = mult_tuple(self.channel_mult)
-        self.attention_resolutions = int_tuple(self.attention_resolutions)
+        super().__post_init__()
         if self.out_channels is None:
             self.out_channels = self.in_channels
         if self.null_class and self.num_classes is None:
             raise ValueError("UNetConfig: null_class=True needs num_classes (the null label is index num_classes)")
-        check_options("UNetConfig", self.attention_order, self.norm_groups, self.stem_channels)
-        check_trunk("UNetConfig", self.image_size, self.channel_mult, self.attention_resolutions,
-                    self.model_channels, self.num_heads, self.num_head_channels,
-                    num_heads_upsample=self.num_heads_upsample, norm_groups=self.norm_groups,
-                    stem_channels=self.stem_channels)
+        self.check_options_and_trunk(num_heads_upsample=self.num_heads_upsample)
 
 
-class UNet(nn.Module):
+class UNet(TrunkNet):
     """forward(x [B,C,H,W], t int64 [B] original timestep indices, y [B] or None) -> eps [B,C_out,H,W].
 
     The output conv is zero-initialised (ADM), so a fresh net predicts eps = 0 exactly.
     """
 
     def __init__(self, cfg: UNetConfig):
-        super().__init__()
-        self.cfg = cfg
-        mc = cfg.model_channels
-        emb_ch = 4 * mc
-        self.time_embed = TimeEmbedding(mc, emb_ch)
+        super().__init__(cfg)
+        mc, emb_ch = cfg.model_channels, self.emb_channels
         self.label_emb = (nn.Embedding(cfg.num_classes + int(cfg.null_class), emb_ch)
                           if cfg.num_classes is not None else None)
         groups = cfg.norm_groups
-        attn = dict(num_heads=cfg.num_heads, num_head_channels=cfg.num_head_channels,
-                    attention_order=cfg.attention_order)
-        up_attn = {**attn, "num_heads": cfg.num_heads if cfg.num_heads_upsample == -1 else cfg.num_heads_upsample}
-        block = dict(dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm)
+        up_attn = {**cfg.attention_kwargs(),
+                   "num_heads": cfg.num_heads if cfg.num_heads_upsample == -1 else cfg.num_heads_upsample}
+        block = cfg.block_kwargs()
 
-        self.input_blocks, skips, ch = build_down_path(
-            cfg.in_channels, mc, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions,
-            cfg.image_size, emb_ch, **block, **attn, resblock_updown=cfg.resblock_updown, norm_groups=groups,
-            stem_channels=cfg.stem_channels)
-        self.middle_block = MiddleBlock(ch, emb_ch, **block, **attn, norm_groups=groups)
+        self.input_blocks, skips, ch, self.middle_block = build_trunk(cfg, emb_ch)
 
         self.output_blocks = nn.ModuleList()
         res = cfg.image_size // 2 ** (len(cfg.channel_mult) - 1)
@@ -115,8 +87,7 @@ class UNet(nn.Module):
         return self.cfg.num_classes if self.cfg.null_class else None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
-        check_input("UNet", x, self.cfg.image_size, self.cfg.in_channels)
-        emb = self.time_embed(expand_t(t, x.shape[0]).to(x.device))
+        emb = self.embed_t(x, t)
         if self.label_emb is not None:
             if y is None:
                 raise ValueError("UNet: built with num_classes, so forward needs y (class indices [B])")
