@@ -12,6 +12,7 @@ import torch
 from cguide.metrics import bootstrap as bs
 from cguide.metrics import feature_metrics as fm
 from cguide.metrics import frechet as fr
+from cguide.metrics.intervals import replicates
 from cguide.metrics.suite import classwise_fid
 
 
@@ -46,7 +47,7 @@ def test_kid_precision_recall_is_and_classwise_at_the_full_sample_equal_the_refe
     n, m, d = 60, 60, 6
     a, b = gauss(n, d, 0.2, 1.0, 4), gauss(m, d, 0.0, 1.0, 5)
     ones = torch.ones(1, n, dtype=torch.float64)
-    kid = bs._kid(bs._poly_kernel(a, a), bs._poly_kernel(a, b), ones, bs._real_kid_term(bs._poly_kernel(b, b)))
+    kid = bs.kid_mmd2(bs.poly_kernel(a, a), bs.poly_kernel(a, b), ones, bs.real_kid_term(bs.poly_kernel(b, b)))
     # one subset of size n = m: torch-fidelity's KID of all rows
     assert kid.item() == pytest.approx(fm.kernel_inception_distance(a.float(), b.float(), subsets=1, subset_size=n)[0],
                                        rel=1e-4, abs=1e-7)
@@ -54,10 +55,11 @@ def test_kid_precision_recall_is_and_classwise_at_the_full_sample_equal_the_refe
     p, r = fm.precision_recall(a, b, 3)
     assert in_real.double().mean().item() == pytest.approx(p) and hits.any(1).double().mean().item() == pytest.approx(r)
     logits = gauss(n, 10, 0.0, 2.0, 6)
-    is_rep = bs._inception_score(torch.softmax(logits, -1), torch.arange(n)[None], torch.ones(n, dtype=torch.bool), 1)
+    is_rep = bs.inception_score_replicates(torch.softmax(logits, -1), torch.arange(n)[None],
+                                           torch.ones(n, dtype=torch.bool), 1)
     assert is_rep.item() == pytest.approx(fm.inception_score(logits.float(), splits=1)[0], rel=1e-5)
     y, yr = torch.arange(n) % 3, torch.arange(m) % 3
-    reps = bs.replicates(bs.PointSamples(y, torch.ones(n, dtype=torch.bool), features=a),
+    reps = replicates(bs.PointSamples(y, torch.ones(n, dtype=torch.bool), features=a),
                          bs.RealSet(b, yr), {"classwise_fid"}, resamples=10, seed=0)
     one = bs.counts(torch.arange(n)[None], n)
     per_class = [fr.frechet_weighted(a[y == c], one[:, y == c], *fr.real_moments(b[yr == c])) for c in range(3)]
@@ -85,7 +87,7 @@ def test_bootstrap_interval_covers_the_true_distance_where_the_bias_is_negligibl
     covered = narrow = 0
     for rep in range(100):
         f = gauss(n, d, mu_g, var_g.sqrt(), 100 + rep)
-        r = bs.replicates(bs.PointSamples(y, torch.ones(n, dtype=torch.bool), features=f), real, {"fid"},
+        r = replicates(bs.PointSamples(y, torch.ones(n, dtype=torch.bool), features=f), real, {"fid"},
                           resamples=200, seed=rep)["fid"]
         lo, hi = bs.basic_interval(fr.frechet_weighted(f, torch.ones(1, n), torch.zeros(d, dtype=torch.float64),
                                                        torch.eye(d, dtype=torch.float64), torch.tensor(float(d))).item(),
@@ -114,7 +116,7 @@ def test_small_n_bias_in_128_dimensions_and_which_interval_covers_the_truth():
         plain.append(fr.frechet_weighted(f, torch.ones(1, n), torch.zeros(d, dtype=torch.float64),
                                          torch.eye(d, dtype=torch.float64), torch.tensor(float(d)))[0].item())
         inf.append(bs.fid_inf_point(f, torch.ones(n, dtype=torch.bool), real, seed=rep))
-        reps = bs.replicates(bs.PointSamples(y, torch.ones(n, dtype=torch.bool), features=f), real, {"fid"},
+        reps = replicates(bs.PointSamples(y, torch.ones(n, dtype=torch.bool), features=f), real, {"fid"},
                              resamples=100, seed=rep)["fid"]
         lo, hi = bs.percentile_interval(reps, 0.95)
         percentile_covers += lo <= truth <= hi
@@ -133,13 +135,13 @@ def test_paired_difference_of_identical_points_is_zero_and_not_separated():
     f = gauss(n, 16, 0.0, 1.0, 9)
     real = bs.RealSet(gauss(300, 16, 0.1, 1.0, 10), torch.arange(300) % 10)
     ps = bs.PointSamples(y, torch.ones(n, dtype=torch.bool), correct=torch.rand(n) > 0.3, features=f)
-    a = bs.replicates(ps, real, {"fid", "accuracy"}, resamples=100, seed=3)
-    b = bs.replicates(ps, real, {"fid", "accuracy"}, resamples=100, seed=3)
+    a = replicates(ps, real, {"fid", "accuracy"}, resamples=100, seed=3)
+    b = replicates(ps, real, {"fid", "accuracy"}, resamples=100, seed=3)
     diff = bs.paired_difference("A", "B", "fid", 1.0, 1.0, a["fid"], b["fid"], 0.95)
     assert (diff.lo, diff.hi, diff.value) == (0.0, 0.0, 0.0) and not diff.separated
     assert diff.verdict() == "A and B not separated on fid (95 % interval of the difference [0, 0])"
     # a shifted copy with the same seeds: separated, and the verdict says which way
-    shifted = bs.replicates(bs.PointSamples(y, ps.finite, features=f + 0.5), real, {"fid"}, resamples=100, seed=3)
+    shifted = replicates(bs.PointSamples(y, ps.finite, features=f + 0.5), real, {"fid"}, resamples=100, seed=3)
     d2 = bs.paired_difference("A", "B+0.5", "fid", fr.frechet(f, real.features), fr.frechet(f + 0.5, real.features),
                               a["fid"], shifted["fid"], 0.95)
     assert d2.separated and d2.verdict().startswith("A lower fid than B+0.5: 95 % interval of the difference [")
@@ -152,7 +154,7 @@ def test_non_finite_rows_are_left_out_and_counted():
     finite[:10] = False
     correct = torch.ones(n, dtype=torch.bool)
     correct[:10] = False  # would pull accuracy down if they counted
-    r = bs.replicates(bs.PointSamples(y, finite, correct=correct), None, {"accuracy", "nonfinite"}, resamples=30, seed=0)
+    r = replicates(bs.PointSamples(y, finite, correct=correct), None, {"accuracy", "nonfinite"}, resamples=30, seed=0)
     assert torch.equal(r["accuracy"], torch.ones(30, dtype=torch.float64))
     assert 0.0 < r["nonfinite"].mean().item() < 0.5
 
@@ -211,7 +213,7 @@ def test_replicates_scatter_around_the_point_value_for_every_metric():
     real = bs.RealSet(gauss(m, d, 0.0, 1.0, 23) + 6.0 * torch.nn.functional.one_hot(yr, d).double(), yr)
     ps = bs.PointSamples(y, torch.ones(n, dtype=torch.bool), features=f, logits=logits)
     full: dict = {}
-    reps = bs.replicates(ps, real, {"kid", "is", "prc"}, resamples=200, seed=0, points=full)
+    reps = replicates(ps, real, {"kid", "is", "prc"}, resamples=200, seed=0, points=full)
     in_real, hits = bs.prc_indicators(f, real.features, 3)
     points = {"kid": full["kid"], "is": fm.inception_score(logits.float(), 10, 0)[0],
               "precision": in_real.double().mean().item(), "recall": hits.any(1).double().mean().item()}

@@ -25,7 +25,8 @@ import torch
 
 from ..io.atomic import atomic_write_text
 from ..metrics.bootstrap import basic_interval, paired_difference
-from ..metrics.intervals import LOWER_IS_BETTER, base_name, find_key
+from ..metrics.intervals import base_name, find_key
+from ..metrics.registry import lower_is_better
 from ..metrics.matched import at_accuracy, check_targets
 from .evidence_store import read_evidence
 from .plots import _save, num, plt, series
@@ -102,7 +103,7 @@ def comparisons(entries: list[dict]) -> list[dict]:
                 ra, rb = a["replicates"][key], b["replicates"][key]
                 both = torch.isfinite(ra) & torch.isfinite(rb)
                 d = paired_difference(a["series"], b["series"], key, va, vb, ra[both], rb[both], a["level"])
-                out.append({"target": t, "diff": d, "lower_better": base_name(key) in LOWER_IS_BETTER})
+                out.append({"target": t, "diff": d, "lower_better": lower_is_better(base_name(key))})
     return out
 
 

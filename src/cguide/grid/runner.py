@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -97,18 +98,52 @@ def class_grid(x: torch.Tensor, y: torch.Tensor, per_class: int, path: Path, cla
     return save_grid(torch.cat([r[:k] for r in rows]), path, nrow=k)
 
 
+@dataclass
+class Setup:
+    """A sweep checked and loaded, before its folder is claimed: its points, metric settings, drawing options,
+    networks, judges (the judge, the second judge; each Loaded or None), targets and real side."""
+    points: list[Point]
+    settings: MetricSettings
+    run: RunOptions
+    device: torch.device
+    models: Models
+    judges: tuple[Loaded | None, Loaded | None]
+    y: torch.Tensor
+    real: RealSide
+
+
 def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) -> Path:
     """Run (or resume) the sweep described by cfg into cfg.out_dir; returns the folder. Every check comes
     before the folder is claimed, so a bad input leaves it as it was and the corrected command runs.
     log_others: the W&B run also gets the rows other processes wrote (found done at the start, or landed while
     this one drew): the pipeline's helper processes log nothing. report=False: draw only, no plots or summary
     (a helper: the process that logs writes them)."""
+    setup = prepare(cfg)
+    out, folder = Path(cfg.out_dir), ResultsFolder(cfg.out_dir)
+    defines = manifest(cfg, setup.models, setup.judges[0], setup.settings.names, setup.real, setup.judges[1])
+    todo = claim_folder(cfg, setup, folder, defines)
+    for j in setup.judges:
+        if j is not None:
+            j.net.to(setup.device)
+    rows = LoggedRows(start_wandb(cfg, defines), folder, log_others)
+    claims = PointClaims(out, folder.done)
+    try:
+        draw_points(cfg, setup, todo, claims, folder, rows)
+        if is_main() and report:  # other ranks (and helpers) only drew their shares
+            write_summary(out, folder, setup.settings, rows)
+    finally:
+        claims.release()
+        finish_wandb()  # multirun jobs must never log into one run
+    return out
+
+
+def prepare(cfg: DictConfig) -> Setup:
+    """Every check, and the networks and real side loaded."""
     sw = cfg.sweep
     check_sweep_numbers(sw)
     points = build_grid(sw, cfg.sampler, cfg.guidance)
     # the non-finite share is in every row
     settings = MetricSettings.from_config(cfg.metrics, names=list(dict.fromkeys([*cfg.metrics.names, "nonfinite"])))
-    names = settings.names
     run = RunOptions(sw.batch_size, cfg.device, cfg.progress, cfg.speed)
     device = check_device(cfg.device)
     run.speed.check(device)
@@ -122,24 +157,30 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
     presets = {k: cfg.get(f"{k}_preset") for k in ("eps", "cond", "classifier")}
     models = load_models(cfg.eps_ckpt, cfg.cond_ckpt, cfg.classifier_ckpt, spec, presets=presets,
                          guide_ckpt=cfg.get("guide_ckpt"))
-    eps = models.base
+    judges = load_judges(cfg, settings, models.base)
+    check_sampling(models.base, points)
+    for var_type in {p.sampler.var_type for p in points}:
+        check_learned_variance((models.eps, models.cond), var_type)
+    y = balanced_targets(sw.n_per_point, models.base.num_classes)
+    return Setup(points, settings, run, device, models, judges, y, real_side(cfg, settings, models.base))
+
+
+def load_judges(cfg: DictConfig, settings: MetricSettings, eps: Loaded) -> tuple[Loaded | None, Loaded | None]:
+    """The judge and (#26 item 6: accuracy_judge2, judge_agreement, unless metrics.second_judge=false) the second
+    judge, each checked against the eps-model's images and classes."""
     judge = load_net(cfg.judge_ckpt, "judge") if cfg.judge_ckpt else None
     if judge is not None:
         check_same_images(eps, f"judge {judge.path}", judge.image_shape, judge.num_classes)
-    # the second judge (#26 item 6): accuracy_judge2 and judge_agreement, unless metrics.second_judge=false
     judge2 = load_net(cfg.judge2_ckpt, "judge2") if cfg.get("judge2_ckpt") and settings.second_judge is not False \
         else None
     if judge2 is not None:
         check_same_images(eps, f"second judge {judge2.path} (judge2_ckpt)", judge2.image_shape, judge2.num_classes)
-    check_sampling(eps, points)
-    for var_type in {p.sampler.var_type for p in points}:
-        check_learned_variance((models.eps, models.cond), var_type)
-    y = balanced_targets(sw.n_per_point, eps.num_classes)
-    real = real_side(cfg, settings, eps)
+    return judge, judge2
 
-    out = Path(cfg.out_dir)
-    folder = ResultsFolder(out)
-    defines = manifest(cfg, models, judge, names, real, judge2)
+
+def claim_folder(cfg: DictConfig, setup: Setup, folder: ResultsFolder, defines: dict) -> list[Point]:
+    """Claim the results folder for these settings; the points not done yet."""
+    out, (judge, judge2), guide = Path(cfg.out_dir), setup.judges, setup.models.guide
 
     def claim() -> set:
         check_writable(out, "out_dir")
@@ -148,52 +189,66 @@ def run_sweep(cfg: DictConfig, log_others: bool = False, report: bool = True) ->
                                "classifier_ckpt": cfg.classifier_ckpt,
                                "judge_ckpt": str(judge.path) if judge else None,
                                **({"judge2_ckpt": str(judge2.path)} if judge2 else {}),
-                               **({"guide_ckpt": str(models.guide.path)} if models.guide else {})})
+                               **({"guide_ckpt": str(guide.path)} if guide else {})})
         return folder.done()
 
     done = main_then_share(claim)  # distributed: rank 0 claims and reads, every rank gets the same to-do list
-    todo = [p for p in points if p.key not in done]
+    todo = [p for p in setup.points if p.key not in done]
     if is_main():
-        print(f"sweep {out}: {len(points)} point(s), {len(points) - len(todo)} done already, {len(todo)} to run")
+        print(f"sweep {out}: {len(setup.points)} point(s), {len(setup.points) - len(todo)} done already, "
+              f"{len(todo)} to run")
+    return todo
 
-    for j in (judge, judge2):
-        if j is not None:
-            j.net.to(device)
+
+def start_wandb(cfg: DictConfig, defines: dict):
+    """The sweep's W&B run (rank 0 only; None elsewhere), in the sweep's group."""
+    if not is_main():
+        return None
+    group = sweep_group(cfg.sweep.name, defines)
+    return wandb_log.start_run(cfg.logger, Path(cfg.out_dir), group, name=f"{group}-{time.strftime('%H%M%S')}",
+                               config=OmegaConf.to_container(cfg, resolve=True), tags=list(cfg.tags))
+
+
+class LoggedRows:
+    """The rows in the W&B run, in logging order (their W&B steps); with others=True also the rows other
+    processes wrote, as they land."""
+
+    def __init__(self, wb, folder: ResultsFolder, others: bool):
+        self.wb, self.folder, self.with_others, self.logged = wb, folder, others, []
+
+    def log(self, row: dict, grid: Path | None) -> None:
+        wandb_log.log_point(self.wb, row, grid, len(self.logged))
+        self.logged.append(row["point"])
+
+    def others(self) -> None:
+        for row in self.folder.rows() if self.with_others and self.wb is not None else ():
+            if row["point"] not in self.logged:
+                grid = self.folder.root / "grids" / f"{row['point']}.png"
+                self.log(row, grid if grid.is_file() else None)
+
+
+def draw_points(cfg: DictConfig, setup: Setup, todo: list[Point], claims: PointClaims, folder: ResultsFolder,
+                rows: LoggedRows) -> None:
+    """Draw and measure the points to do, a claimed call at a time; returns once every row has landed."""
+    sw, out, s = cfg.sweep, Path(cfg.out_dir), setup
     seeds = (sw.seed + torch.arange(sw.n_per_point)).tolist()
-    group = sweep_group(sw.name, defines)
-    wb = wandb_log.start_run(cfg.logger, out, group, name=f"{group}-{time.strftime('%H%M%S')}",
-                             config=OmegaConf.to_container(cfg, resolve=True), tags=list(cfg.tags)) if is_main() else None
-    claims = PointClaims(out, folder.done)
-    logged: list[str] = []  # points in the W&B run, in logging order (their W&B steps)
+    rows.others()
+    for call in claimed_calls(todo, sw.points_per_call, claims, out, on_wait=rows.others):
+        for point, row, grid in _run_call(cfg, call, s.run, s.models, s.judges, s.y, seeds, s.real, s.settings, out,
+                                          s.device):
+            if folder.append(row):  # False: a parallel job finished this point first
+                rows.log(row, grid)
+        claims.release(p.key for p in call)
+        rows.others()  # rows other processes wrote meanwhile: the dashboard follows the drawing
 
-    def log_others_rows() -> None:
-        for row in folder.rows() if log_others and wb is not None else ():
-            if row["point"] not in logged:
-                grid = out / "grids" / f"{row['point']}.png"
-                wandb_log.log_point(wb, row, grid if grid.is_file() else None, len(logged))
-                logged.append(row["point"])
 
-    try:
-        log_others_rows()
-        for call in claimed_calls(todo, sw.points_per_call, claims, out, on_wait=log_others_rows):
-            for point, row, grid in _run_call(cfg, call, run, models, (judge, judge2), y, seeds, real, settings, out,
-                                              device):
-                if folder.append(row):  # False: a parallel job finished this point first
-                    wandb_log.log_point(wb, row, grid, len(logged))
-                    logged.append(row["point"])
-            claims.release(p.key for p in call)
-            log_others_rows()  # rows other processes wrote meanwhile: the dashboard follows the drawing
-        if not is_main() or not report:  # other ranks (and helpers) only drew their shares
-            return out
-        log_others_rows()  # claimed_calls returns once every row has landed
-        rows = folder.rows()
-        plots = write_plots(rows, out / "plots")
-        write_report(out, settings.match_accuracy)  # evidence.md: metrics at matched accuracy, paired differences
-        wandb_log.log_summary(wb, rows, plots)
-    finally:
-        claims.release()
-        finish_wandb()  # multirun jobs must never log into one run
-    return out
+def write_summary(out: Path, folder: ResultsFolder, settings: MetricSettings, rows: LoggedRows) -> None:
+    """Plots, evidence.md (metrics at matched accuracy, paired differences) and the W&B summary of every row."""
+    rows.others()
+    all_rows = folder.rows()
+    plots = write_plots(all_rows, out / "plots")
+    write_report(out, settings.match_accuracy)
+    wandb_log.log_summary(rows.wb, all_rows, plots)
 
 
 def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judges, y, seeds, real: RealSide,
@@ -201,7 +256,6 @@ def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judges, y
     """Draw the points of one call in shared batches, then measure them one by one (yields per point).
     Points at s = 0 are the same unguided samples whatever their variant: drawn once, measured per point.
     judges: (the judge, the second judge), each Loaded or None."""
-    judge, judge2 = judges
     n = len(seeds)
     t0 = time.perf_counter()
     draws = list(dict.fromkeys(p.draw_key for p in call))
@@ -216,20 +270,27 @@ def _run_call(cfg, call: list[Point], run: RunOptions, models: Models, judges, y
         j = draws.index(point.draw_key)
         t1 = time.perf_counter()
         xs, bad = x[j * n:(j + 1) * n], nonfinite[j * n:(j + 1) * n]
-        clf = models.classifier
-        keep: dict = {}
-        values = compute_metrics(xs, y, (real.images, real.labels), judge=judge.net if judge else None,
-                                 guide=clf.net if clf else None, settings=settings, device=device,
-                                 keep=keep, judge2=judge2.net if judge2 else None, **real.metric_kwargs)
-        metrics, reps = row_metrics(values, keep, settings)  # named for their feature space, with [lo, hi]
-        write_evidence(out, point.key, reps, y, settings, keep["samples"])  # before its row, as the samples
-        if cfg.sweep.get("save_npz"):  # before its row: a point in results.jsonl has its file
-            write_sample_batch(out / "samples" / f"{point.key}.npz", xs, y)
-        grid = class_grid(xs, y, cfg.sweep.grid_per_class, out / "grids" / f"{point.key}.png",
-                          cfg.sweep.get("grid_classes"))
+        row, grid = _measure(cfg, point, xs, y, models, judges, real, settings, out, device)
         # network evaluations per sample with the point's sampler (Heun: 2K - 1; x0-space backward passes included)
         cost = network_evals(GuidanceSpec.from_settings([point.guidance], [0]), plan, point.sampler)
-        row = {**point.settings(), "n": n, **metrics, "interval_level": settings.interval_level,
+        row = {**point.settings(), "n": n, **row, "interval_level": settings.interval_level,
                "grad_nonfinite_share": (bad > 0).double().mean().item(),
                **{k: int(v[0]) for k, v in cost.items()}, "wall_s": draw_s + time.perf_counter() - t1}
         yield point, row, grid
+
+
+def _measure(cfg, point: Point, xs, y, models: Models, judges, real: RealSide, settings: MetricSettings, out,
+             device) -> tuple[dict, Path]:
+    """One point's metrics with their intervals, its evidence, samples (save_npz) and grid."""
+    (judge, judge2), clf = judges, models.classifier
+    keep: dict = {}
+    values = compute_metrics(xs, y, (real.images, real.labels), judge=judge.net if judge else None,
+                             guide=clf.net if clf else None, settings=settings, device=device,
+                             keep=keep, judge2=judge2.net if judge2 else None, **real.metric_kwargs)
+    metrics, reps = row_metrics(values, keep, settings)  # named for their feature space, with [lo, hi]
+    write_evidence(out, point.key, reps, y, settings, keep["samples"])  # before its row, as the samples
+    if cfg.sweep.get("save_npz"):  # before its row: a point in results.jsonl has its file
+        write_sample_batch(out / "samples" / f"{point.key}.npz", xs, y)
+    grid = class_grid(xs, y, cfg.sweep.grid_per_class, out / "grids" / f"{point.key}.png",
+                      cfg.sweep.get("grid_classes"))
+    return metrics, grid

@@ -18,7 +18,7 @@ interval for what FID_inf estimates: at d = 8, n = 2,000 that is the true distan
 repeats); at d = 128, n = 250 FID_inf itself undershot a true distance of 18.0 by about 6 (the 1/n line does
 not hold when n is near d) and its interval there was about 1.5x its spread over repeats (conservative).
 
-Per metric (replicate values):
+Per metric (replicate values; each metric's replicate function is in definitions.py, reading one `Draws`):
   fid, classwise_fid: Frechet distances of the weighted rows (frechet.py);
   kid: the unbiased MMD^2 (cubic kernel), pairs of distinct rows weighted by their counts;
   is: exp E[KL(p(y|x) || p(y))] over `isc_splits` chunks of the replicate, as the point estimate;
@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 from statistics import NormalDist
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -52,6 +52,7 @@ class PointSamples:
     guide_conf: torch.Tensor | None = None  # [N] p_phi(y | x_0, t=0)
     features: torch.Tensor | None = None  # [N, D] extractor features (non-finite rows: zeros)
     logits: torch.Tensor | None = None  # [N, K] extractor logits (IS)
+    values: dict = field(default_factory=dict)  # other registered metrics' per-sample values, by name (Measure.keep)
 
 
 @dataclass
@@ -93,13 +94,13 @@ def counts(order: torch.Tensor, n: int) -> torch.Tensor:
         1, order, torch.ones(order.shape, dtype=torch.float64))
 
 
-def _wmean(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def weighted_mean(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     n = w.sum(-1)
     out = (w @ v.double()) / n
     return torch.where(n > 0, out, torch.full_like(out, float("nan")))
 
 
-def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.double() @ b.double().T / a.shape[1] + 1.0) ** 3
 
 
@@ -120,7 +121,7 @@ def _pairs_mean(k: torch.Tensor, w: torch.Tensor, strata: torch.Tensor | None = 
     return num / den
 
 
-def _kid(kgg, kgr, w, real_term, v=None, strata=None) -> torch.Tensor:
+def kid_mmd2(kgg, kgr, w, real_term, v=None, strata=None) -> torch.Tensor:
     """Unbiased MMD^2 of each replicate (w [B, N] counts drawn within `strata`; v [B, M] real counts or None)."""
     n = w.sum(-1)
     if v is None:
@@ -130,11 +131,12 @@ def _kid(kgg, kgr, w, real_term, v=None, strata=None) -> torch.Tensor:
     return _pairs_mean(kgg, w, strata) + real_term - 2 * cross / (n * m)
 
 
-def _real_kid_term(krr, v=None, strata=None):
+def real_kid_term(krr, v=None, strata=None):
     return _pairs_mean(krr, torch.ones(krr.shape[0], dtype=krr.dtype) if v is None else v, strata)
 
 
-def _inception_score(probs: torch.Tensor, order: torch.Tensor, finite: torch.Tensor, splits: int) -> torch.Tensor:
+def inception_score_replicates(probs: torch.Tensor, order: torch.Tensor, finite: torch.Tensor,
+                               splits: int) -> torch.Tensor:
     """IS per replicate: `splits` chunks of each replicate's positions, as torch-fidelity splits its rows."""
     out = []
     logp = probs.clamp_min(1e-30).log()
@@ -172,88 +174,56 @@ def prc_indicators(f_gen: torch.Tensor, f_real: torch.Tensor, k: int) -> tuple[t
     return torch.cat(in_real), torch.cat(hits, 1)
 
 
-def replicates(ps: PointSamples, real: RealSet | None, names: set[str], *, resamples: int, seed: int,
-               resample_reals: bool = False, isc_splits: int = 10, prc_neighborhood: int = 3,
-               prc_real_rows: torch.Tensor | None = None, fid_inf_sizes: int = 0,
-               points: dict | None = None) -> dict[str, torch.Tensor]:
-    """{metric: [B] replicate values} for the requested metric names (the suite's names; 'fid_inf' too).
-    points: filled with the all-rows value of statistics whose estimator differs from the suite's ('kid')."""
-    n = ps.targets.shape[0]
-    order = resample_order(ps.targets, resamples, seed)
-    w_all = counts(order, n)
-    fin = ps.finite.cpu().double()
-    w = w_all * fin
-    # each replicate's positions in random order: IS splits and FID_inf subsets draw mixed classes, as
-    # torch-fidelity's shuffled splits do (positions in target order would give class-balanced splits)
-    g = torch.Generator().manual_seed(seed + 2)
-    shuffled = torch.gather(order, 1, torch.argsort(torch.rand(order.shape, generator=g), dim=1))
-    out: dict[str, torch.Tensor] = {}
-    if "nonfinite" in names:
-        out["nonfinite"] = 1.0 - w.sum(-1) / n
-    if "accuracy" in names and ps.correct is not None:
-        out["accuracy"] = _wmean(w, ps.correct.cpu())
-    if ps.correct_judge2 is not None:  # the second judge's: whenever it was measured
-        out["accuracy_judge2"] = _wmean(w, ps.correct_judge2.cpu())
-    if ps.agree is not None:
-        out["judge_agreement"] = _wmean(w, ps.agree.cpu())
-    if "guide_confidence" in names and ps.guide_conf is not None:
-        out["guide_confidence"] = _wmean(w, ps.guide_conf.cpu())
-    if ps.features is None or real is None:
-        return out
-    f = ps.features.cpu().double()
-    fr_ = real.features.cpu().double()
-    v = None
-    if resample_reals:
-        rl = real.labels if real.labels is not None else torch.zeros(fr_.shape[0], dtype=torch.long)
-        v = counts(resample_order(rl, resamples, seed + 1), fr_.shape[0])
-    if real.fid_stats is not None:
-        mu_r = torch.as_tensor(real.fid_stats["mu"], dtype=torch.float64)
-        sigma_r = torch.as_tensor(real.fid_stats["sigma"], dtype=torch.float64)
-        sq_r, tr_r = fr.psd_sqrt(sigma_r), sigma_r.diagonal().sum()
-    else:
-        mu_r, sq_r, tr_r = fr.real_moments(fr_, v)
-    if "fid" in names:
-        out["fid"] = fr.frechet_weighted(f, w, mu_r, sq_r, tr_r)
-    if "fid_inf" in names and fid_inf_sizes:  # off by default: see the module docstring
-        sizes = fr.fid_inf_sizes(n, fid_inf_sizes)  # the largest is n: all positions, FID's own replicate
-        full = out["fid"] if "fid" in out else None
-        out["fid_inf"] = fid_inf_replicates(f, shuffled, ps.finite.cpu(), mu_r, sq_r, tr_r, sizes, full)
-    if "kid" in names:
-        ok = ps.finite.cpu()
-        kgg = _poly_kernel(f, f) * (ok[:, None] & ok[None, :])
-        kgr, krr = _poly_kernel(f, fr_), _poly_kernel(fr_, fr_)
-        r_strata = None if v is None else (real.labels.cpu() if real.labels is not None else
-                                           torch.zeros(fr_.shape[0], dtype=torch.long))
-        out["kid"] = _kid(kgg, kgr, w, _real_kid_term(krr, v, r_strata), v, ps.targets.cpu())
-        if points is not None:
-            points["kid"] = _kid(kgg, kgr, fin[None], _real_kid_term(krr))[0].item()
-    if "is" in names and ps.logits is not None:
-        probs = torch.softmax(ps.logits.cpu().double(), -1)
-        out["is"] = _inception_score(probs, shuffled, ps.finite.cpu(), min(isc_splits, n))
-    if "prc" in names:
-        rows = ps.finite.cpu().nonzero().flatten()
-        f_real = fr_ if prc_real_rows is None else fr_[prc_real_rows]
-        in_real, hits = prc_indicators(f[rows], f_real, prc_neighborhood)
-        wf = w[:, rows]
-        out["precision"] = _wmean(wf, in_real)  # a mean over generated rows: resampled with them
-        # recall is a mean over real rows (inside the generated manifold): resampled over the reals. Redrawing the
-        # generated rows instead leaves fewer distinct balls and biases every replicate down.
-        rl = real.labels if real.labels is not None else torch.zeros(fr_.shape[0], dtype=torch.long)
-        rl = rl.cpu() if prc_real_rows is None else rl.cpu()[prc_real_rows]
-        vr = counts(resample_order(rl, resamples, seed + 3), f_real.shape[0])
-        out["recall"] = _wmean(vr, hits.any(1))
-    if "classwise_fid" in names and real.labels is not None:
-        per_class = []
-        for c in torch.unique(ps.targets.cpu()).tolist():
-            rows = (ps.targets.cpu() == c).nonzero().flatten()
-            rr = (real.labels.cpu() == c).nonzero().flatten()
-            if len(rows) < 2 or len(rr) < 2:
-                continue
-            mu_c, sq_c, tr_c = fr.real_moments(fr_[rr], None if v is None else v[:, rr])
-            per_class.append(fr.frechet_weighted(f[rows], w[:, rows], mu_c, sq_c, tr_c))
-        if per_class:
-            out["classwise_fid"] = torch.stack(per_class).mean(0)
-    return out
+class Draws:
+    """One point's bootstrap draw, shared by every metric's replicate function (definitions.py): B replicates of
+    the rows drawn within their target classes (`order` [B, N], `w` [B, N] counts of the finite rows), each
+    replicate's positions shuffled (`shuffled`: IS splits and FID_inf subsets draw mixed classes, as
+    torch-fidelity's shuffled splits do; positions in target order would give class-balanced splits), and, when
+    the point has features and a real side, those features (`f`, `f_real`), the real rows' counts (`v`, None
+    unless resample_reals) and the real side's moments (`mu_r`, `sq_r`, `tr_r`). `out` holds the replicates
+    computed so far; `points` the all-rows values of statistics whose estimator differs from the suite's."""
+
+    def __init__(self, ps: PointSamples, real: RealSet | None, *, resamples: int, seed: int,
+                 resample_reals: bool = False, isc_splits: int = 10, prc_neighborhood: int = 3,
+                 prc_real_rows: torch.Tensor | None = None, fid_inf_sizes: int = 0, points: dict | None = None):
+        self.ps, self.real, self.resamples, self.seed = ps, real, resamples, seed
+        self.isc_splits, self.prc_neighborhood, self.prc_real_rows = isc_splits, prc_neighborhood, prc_real_rows
+        self.fid_inf_sizes = fid_inf_sizes
+        self.points = points if points is not None else {}
+        self.out: dict[str, torch.Tensor] = {}
+        self.n = n = ps.targets.shape[0]
+        self.order = order = resample_order(ps.targets, resamples, seed)
+        self.fin = ps.finite.cpu().double()
+        self.w = counts(order, n) * self.fin
+        g = torch.Generator().manual_seed(seed + 2)
+        self.shuffled = torch.gather(order, 1, torch.argsort(torch.rand(order.shape, generator=g), dim=1))
+        self.has_features = ps.features is not None and real is not None
+        if not self.has_features:
+            return
+        self.f = ps.features.cpu().double()
+        self.f_real = fr_ = real.features.cpu().double()
+        self.v = None
+        if resample_reals:
+            self.v = counts(resample_order(self.real_labels(), resamples, seed + 1), fr_.shape[0])
+        if real.fid_stats is not None:
+            sigma_r = torch.as_tensor(real.fid_stats["sigma"], dtype=torch.float64)
+            self.mu_r = torch.as_tensor(real.fid_stats["mu"], dtype=torch.float64)
+            self.sq_r, self.tr_r = fr.psd_sqrt(sigma_r), sigma_r.diagonal().sum()
+        else:
+            self.mu_r, self.sq_r, self.tr_r = fr.real_moments(fr_, self.v)
+
+    def real_labels(self) -> torch.Tensor:
+        """The real rows' labels (all 0 without labels: one stratum)."""
+        rl = self.real.labels
+        return rl.cpu() if rl is not None else torch.zeros(self.real.features.shape[0], dtype=torch.long)
+
+    def values(self, name: str) -> torch.Tensor | None:
+        """A registered metric's per-sample values (Measure.keep_values), or None."""
+        return self.ps.values.get(name)
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """[B] replicate means of a per-sample value over the finite rows."""
+        return weighted_mean(self.w, values.cpu())
 
 
 def fid_inf_replicates(f, order, finite, mu_r, sq_r, tr_r, sizes: list[int],

@@ -10,9 +10,11 @@ from typing import Any, Mapping
 from .bootstrap import check_interval_settings
 from .matched import check_targets
 from .extractors import EXTRACTOR_NAMES, check_inception_weights
+from .registry import METRICS, listed_names
 
+# what a run measures unless metrics.names says otherwise (conf/metrics/default.yaml lists the same); which names
+# exist, and what each needs, is the registry's (registry.py)
 METRIC_NAMES = ("fid", "fid_inf", "kid", "is", "prc", "accuracy", "guide_confidence", "classwise_fid", "nonfinite")
-FEATURE_METRICS = ("fid", "fid_inf", "kid", "is", "prc", "classwise_fid")
 _POSITIVE = ("batch_size", "kid_subset_size", "isc_splits", "prc_neighborhood")
 _NOT_METRIC_KNOBS = ("n_real", "reference_npz")  # config keys that belong to the real split, not the suite
 NO_JUDGE = ("metrics accuracy and the judge extractor need a judge classifier: set judge_ckpt=<path> (train one "
@@ -23,9 +25,17 @@ NO_JUDGE2 = ("metrics.second_judge=true needs a second judge: set judge2_ckpt=<p
 
 @dataclass(frozen=True)
 class MetricSettings:
-    """What compute_metrics measures and how (see suite.compute_metrics for each knob's meaning).
+    """What compute_metrics measures and how.
 
     names are taken as given: callers that always want the non-finite share add 'nonfinite' themselves.
+    extractor: 'judge' (offline default) or 'inception' (local weights: `inception_weights` or hub cache).
+    real_stats_cache: dir for cached real features/statistics (None: no disk cache). The key is
+      (real_id, extractor id, layer, M); real_id defaults to a hash of the real images + labels and
+      a judge's id is a hash of its weights.
+    KID uses subsets of min(kid_subset_size, N, M) (default 1000 as torch-fidelity); PRC uses
+      k = prc_neighborhood (3, the paper's value) capped at N-1, and with prc_match_sizes a seeded
+      random subset of N real images, since precision/recall are biased when N != M; IS uses
+      min(isc_splits, N) splits. FID and KID use all M real images.
     """
     names: tuple[str, ...] = METRIC_NAMES
     extractor: str = "judge"  # judge | inception
@@ -49,9 +59,11 @@ class MetricSettings:
         if isinstance(self.names, str):  # tuple("fid") would report 'f', 'i', 'd' as unknown
             raise ValueError(f"metrics.names must be a list of metric names, got {self.names!r}; e.g. [{self.names}]")
         object.__setattr__(self, "names", tuple(self.names))  # lists / ListConfig: keep it hashable and frozen
-        unknown = [m for m in self.names if m not in METRIC_NAMES]
-        if unknown:
-            raise ValueError(f"unknown metric(s) {unknown} in metrics.names; known: {', '.join(METRIC_NAMES)}")
+        known = listed_names()
+        unknown = [m for m in self.names if m not in known]
+        if unknown:  # the registered names, the default ones first
+            known = dict.fromkeys([*(m for m in METRIC_NAMES if m in known), *known])
+            raise ValueError(f"unknown metric(s) {unknown} in metrics.names; known: {', '.join(known)}")
         if self.extractor not in EXTRACTOR_NAMES:
             raise ValueError(f"unknown feature extractor {self.extractor!r} (metrics.extractor); known: "
                              f"{', '.join(EXTRACTOR_NAMES)}")
@@ -70,12 +82,12 @@ class MetricSettings:
     @property
     def needs_judge(self) -> bool:
         """Whether these metrics need the judge: accuracy, or features from the judge extractor."""
-        return "accuracy" in self.names or (self.extractor == "judge" and self.feature_metrics_wanted)
+        return any(METRICS[m].judge for m in self.names) or (self.extractor == "judge" and self.feature_metrics_wanted)
 
     @property
     def feature_metrics_wanted(self) -> bool:
         """Whether any requested metric needs the feature extractor (and, for Inception, its weights)."""
-        return any(m in FEATURE_METRICS for m in self.names)
+        return any(METRICS[m].features for m in self.names)
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any], names=None) -> "MetricSettings":
