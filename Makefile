@@ -26,10 +26,12 @@ OK_IF_NONE = rc=$$?; test $$rc -eq 0 || test $$rc -eq 5
 test: test-fast
 	$(PYTEST) -m slow; $(OK_IF_NONE)
 
-# the contracts and the fast tests (a few minutes): the check to run while developing
+# the contracts and the fast tests (a few minutes): the check to run while developing. They run in
+# TEST_WORKERS processes (pytest-xdist), one torch thread each: both cores of a 2-core machine busy
+TEST_WORKERS ?= 2
 test-fast: $(STAMP)
 	$(BIN)/lint-imports
-	$(PYTEST) -m "not slow"; $(OK_IF_NONE)
+	$(PYTEST) -n $(TEST_WORKERS) -m "not slow"; $(OK_IF_NONE)
 
 # the slow tests alone (real training runs, killed and resumed runs, 300 fuzz draws, DDP)
 test-slow: $(STAMP)

@@ -85,7 +85,7 @@ def test_adm_train_e2e_and_bf16_rows(smoke):
     train = {(r["net"], r["precision"]) for r in parts["train"]["rows"] if r["img_s"] > 0}
     assert train == {(n, p) for n in ("eps-model", "classifier") for p in ("32-true", "bf16-mixed")}
     stages = [r["stage"] for r in parts["e2e"]["rows"]]
-    assert stages[1:5] == ["diffusion", "classifier", "judge", "sweep"], stages
+    assert stages[1:6] == ["diffusion", "classifier", "judge", "judge2", "sweep"], stages
     assert all(r["wall_s"] > 0 for r in parts["e2e"]["rows"])
     bf16 = parts["bf16_point"]["rows"]
     assert [r["sampling"] for r in bf16] == ["eager fp32", "bf16 autocast"]
