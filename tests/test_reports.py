@@ -1,6 +1,6 @@
 """Experiment reports cannot drift from their results: every decimal number in an experiments/*/README.md's prose
-(tables and code blocks aside) is a value of that experiment's results files (results.csv, matched.csv at the
-precision shown, evidence.md as generated), or is listed below with where it comes from. A sentence quoting a number its table does not
+(tables and code blocks aside) is a value of that experiment's results files (results.csv, matched.csv,
+matched_judge2.csv, replicates.csv at the precision shown; evidence.md and replicates.md as generated), or is listed below with where it comes from. A sentence quoting a number its table does not
 hold fails here."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ QUOTED = {
 
 def _numbers(path: Path) -> set[str]:
     out = set()
-    for name in ("results.csv", "matched.csv"):
+    for name in ("results.csv", "matched.csv", "matched_judge2.csv", "replicates.csv"):
         f = path / name
         if not f.is_file():
             continue
@@ -39,9 +39,9 @@ def _numbers(path: Path) -> set[str]:
                 except (TypeError, ValueError):
                     continue
                 out.update(f"{abs(x):.{k}f}" for k in range(5))  # the prose's regex leaves the sign out
-    report = path / "evidence.md"  # its paired differences, as generated (every number in it)
-    if report.is_file():
-        out.update(re.findall(r"\d+\.\d+", report.read_text()))
+    for report in (path / "evidence.md", path / "replicates.md"):  # as generated (every number in them)
+        if report.is_file():
+            out.update(re.findall(r"\d+\.\d+", report.read_text()))
     return out
 
 
