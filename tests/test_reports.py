@@ -15,12 +15,6 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 # numbers quoted from elsewhere, each with its source
 QUOTED = {
-    "mnist5k_cg_vs_cfg": {
-        "6.08": "the previous table (guide_then_clip), commit 5906593", "5.63": "the same",
-        "10.94": "Dhariwal & Nichol 2021, Table 4", "4.59": "the same",
-        "2.77": "issue #26: five sample seeds at the quick profile's s = 8", "3.52": "the same",
-        "0.53": "3.95 - 3.42 from the table", "1.9": "5.34 - 3.42 from the table",
-    },
     "mnist5k_quick": {"16.06": "mnist5k_quick_prev at s = 0: experiments/mnist5k_cg_vs_cfg/results.csv"},
     "mnist5k_guidance_options": {"0.02": "0.9 - 0.88 accuracy from the table", "1.5": "wall time ratio, table"},
 }
