@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_import_contracts_are_kept():
     lint = Path(sys.executable).with_name("lint-imports")
-    proc = subprocess.run([str(lint), "--config", str(ROOT / ".importlinter")], cwd=ROOT, capture_output=True,
-                          text=True)
+    config = ROOT / ".importlinter"
+    proc = subprocess.run([str(lint), str(config)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Contracts: 3 kept, 0 broken." in proc.stdout
+    declared = config.read_text().count("[importlinter:contract:")  # every contract of the file was checked
+    assert declared >= 4 and f"Contracts: {declared} kept, 0 broken." in proc.stdout, proc.stdout
