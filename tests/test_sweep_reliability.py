@@ -259,7 +259,7 @@ def _counted_sweep(tiny_ckpts, out, marks, go):
 
 def test_two_identical_sweeps_in_one_folder_draw_each_point_once(tiny_ckpts, tmp_path):
     out, marks = tmp_path / "out", tmp_path / "marks"
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context("spawn")  # fork after torch used 2 threads hangs the child (CGUIDE_TEST_THREADS=2)
     go = ctx.Event()
     procs = [ctx.Process(target=_counted_sweep, args=(tiny_ckpts, out, marks, go)) for _ in range(2)]
     for p in procs:
