@@ -160,7 +160,7 @@ def test_grid_job_is_not_a_trial(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["objective.metrics=[fidd]"], r"^unknown metric\(s\) \['fidd'\] in objective.metrics; known: fid, "),
+    (["objective.metrics=[fidd]"], r"^unknown metric\(s\) \['fidd'\] in objective.metrics; known: accuracy, classwise_fid, fid, "),
     (["objective.metrics=[]"], r"^objective.metrics is empty; .* e.g. objective.metrics=\[fid\]$"),
     (["objective.min_accuracy=1.5"], r"^objective.min_accuracy must be in \[0, 1\] .*got 1.5; e.g. objective.min_acc"),
     (["objective.min_accuracy=-0.1"], r"^objective.min_accuracy must be in \[0, 1\] .*got -0.1;"),

@@ -21,7 +21,8 @@ def _brightness_reps(d) -> dict:
 def brightness():
     """A toy metric: the mean pixel value of the finite samples in [0, 1], with bootstrap replicates."""
 
-    @register_metric("brightness", replicate=_brightness_reps, bounds=(0.0, 1.0))
+    @register_metric("brightness", replicate=_brightness_reps, bounds=(0.0, 1.0),
+                     titles={"brightness": "mean pixel value"})
     def point(m) -> dict[str, float]:
         per_sample = per_sample_brightness(m.x)
         m.keep_values("brightness", per_sample)
@@ -67,10 +68,17 @@ def test_names_are_checked_against_the_registry(brightness):
         MetricSettings(names=("judge_agreement",))
 
 
-def test_a_registered_metric_reaches_a_sweeps_rows(brightness, cfg_sweep):
+def test_a_registered_metric_reaches_a_sweeps_rows_plots_and_objective(brightness, cfg_sweep):
+    """Its rows, its plot against the scale (titled as registered) and the sweeper's objective names come from
+    the registry entry alone."""
+    from cguide.grid.objective import check_objective, objective_metrics
     from cguide.grid.runner import run_sweep
 
-    out = run_sweep(cfg_sweep("sweep.scales=[0]", "metrics.names=[brightness]"))
+    cfg = cfg_sweep("sweep.scales=[0]", "metrics.names=[brightness]", "objective.metrics=[brightness]")
+    assert objective_metrics()["brightness"] == "brightness"
+    check_objective(cfg)  # a name the registry does not know is refused (test_objective)
+    out = run_sweep(cfg)
+    assert (out / "plots" / "brightness_vs_scale.png").is_file()
     [row] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {"brightness", "brightness_lo", "brightness_hi", "nonfinite"} <= set(row)
     assert all(math.isfinite(row[k]) for k in ("brightness", "brightness_lo", "brightness_hi"))

@@ -13,17 +13,20 @@ from pathlib import Path
 from omegaconf import ListConfig
 
 from ..metrics.intervals import find_key
+from ..metrics.registry import objective_names
 from .points import build_grid
 from .results import ResultsFolder
 
 log = logging.getLogger(__name__)
 
-# Objective name -> the metrics.names entry that measures it (see cguide/metrics/suite.py). Rows hold feature
-# metrics under their feature space's name (fid -> fid_judge): ROW_BASE names the metric an objective reads.
-ROW_METRICS = {"fid": "fid", "fid_inf": "fid_inf", "kid": "kid", "is": "is", "precision": "prc", "recall": "prc",
-               "accuracy": "accuracy", "guide_confidence": "guide_confidence", "classwise_fid": "classwise_fid",
-               "nonfinite": "nonfinite", "kid_mean": "kid", "is_mean": "is"}  # the last two: names before #26
+# Names before #26 -> the row they read (rows now hold kid and is; the registry names every other row)
 ROW_BASE = {"kid_mean": "kid", "is_mean": "is"}
+
+
+def objective_metrics() -> dict[str, str]:
+    """Objective name (a row's base name) -> the metrics.names entry that measures it."""
+    names = objective_names()
+    return names | {old: names[row] for old, row in ROW_BASE.items()}
 
 
 def row_value(row: dict, name: str):
@@ -49,9 +52,10 @@ def check_objective(cfg) -> None:
     names = list(ob.metrics)
     if not names:
         raise ValueError("objective.metrics is empty; name the row metric(s) to optimise, e.g. objective.metrics=[fid]")
-    unknown = [n for n in names if n not in ROW_METRICS]
+    known = objective_metrics()
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown} in objective.metrics; known: {', '.join(ROW_METRICS)}")
+        raise ValueError(f"unknown metric(s) {unknown} in objective.metrics; known: {', '.join(sorted(known))}")
     m = ob.min_accuracy
     if m is not None:
         if not 0.0 <= m <= 1.0:  # NaN fails too
@@ -69,7 +73,7 @@ def check_objective(cfg) -> None:
         raise ValueError(f"hydra.sweeper.direction has {len(directions)} direction(s) but objective.metrics names "
                          f"{len(names)} ({names}); give one direction per metric")
     measured = {*cfg.metrics.names, "nonfinite"}  # the sweep always measures the non-finite share
-    needed = {ROW_METRICS[n] for n in names} | ({"accuracy"} if m is not None else set())
+    needed = {known[n] for n in names} | ({"accuracy"} if m is not None else set())
     missing = sorted(needed - measured)
     if missing:
         raise ValueError(f"the objective needs {missing} but metrics.names does not measure them; "

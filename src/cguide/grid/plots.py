@@ -13,25 +13,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..io.atomic import atomic_write  # noqa: E402
 from ..metrics.intervals import base_name, find_key  # noqa: E402
+from ..metrics.registry import scale_plots  # noqa: E402
 from .results import options_label  # noqa: E402
 
 SERIES_AXES = ("method", "variant", "sampler", "steps", "t_lo", "t_hi", "schedule", "sigma_lo", "sigma_hi",
                "entropy_cap", "grad_at", "grad_space")
-# file stem -> (title, [(metric, legend suffix)]); a plot is skipped when none of its metrics was measured.
+# Plots that combine metrics: file stem -> (title, [(metric, legend suffix)]); each metric's own plot against
+# the scale comes from its registry entry (titles=). A plot is skipped when any of its metrics was not measured.
 # Feature metrics are found under their row name (fid -> fid_judge / fid_inception) and titled with the space.
-VS_SCALE = {
-    "fid_vs_scale": ("FID", [("fid", "")]),
-    "fid_inf_vs_scale": ("FID_inf (extrapolated to n -> inf)", [("fid_inf", "")]),
-    "kid_vs_scale": ("KID (unbiased MMD^2)", [("kid", "")]),
-    "accuracy_vs_scale": ("judge accuracy on target class", [("accuracy", "")]),
-    # the second judge (#26 item 6): both judges' accuracies, and how often they name the same class
+COMBINED_VS_SCALE = {
+    # the second judge (#26 item 6): both judges' accuracies
     "judges_vs_scale": ("accuracy, judge (solid) and judge2 (dashed)", [("accuracy", " judge"),
                                                                         ("accuracy_judge2", " judge2")]),
-    "judge_agreement_vs_scale": ("share of samples both judges label alike", [("judge_agreement", "")]),
-    "is_vs_scale": ("Inception score (extractor logits)", [("is", "")]),
     "precision_recall_vs_scale": ("precision (solid) and recall (dashed)", [("precision", " precision"),
                                                                             ("recall", " recall")]),
 }
+
+
+def vs_scale_plots() -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Every plot against the guidance scale: one per metric row with a title in the registry, and the combined."""
+    own = {f"{row}_vs_scale": (title, [(row, "")]) for row, title in scale_plots().items()}
+    return own | COMBINED_VS_SCALE
 
 
 def num(v) -> float:
@@ -194,7 +196,7 @@ def write_plots(rows: list[dict], out_dir: str | Path) -> dict[str, Path]:
     if not rows:
         return {}
     paths = {}
-    for name, (title, keys) in VS_SCALE.items():
+    for name, (title, keys) in vs_scale_plots().items():
         found = [(find_key(rows, base), suffix) for base, suffix in keys]
         if all(k is not None for k, _ in found):
             paths[name] = plot_vs_scale(rows, title, found, out_dir / f"{name}.png")

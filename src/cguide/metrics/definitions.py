@@ -71,12 +71,14 @@ def _register_verdict(name: str, field: str, verdict, doc: str, **options) -> No
 
 
 _register_verdict("accuracy", "correct", lambda m: m.pred == m.y,
-                  "The share of samples whose target class the judge predicts.", judge=True)
+                  "The share of samples whose target class the judge predicts.", judge=True,
+                  titles={"accuracy": "judge accuracy on target class"})
 _register_verdict("accuracy_judge2", "correct_judge2", lambda m: m.pred2 == m.y,
                   "The second judge's accuracy on the targets.", second_judge=True)
 _register_verdict("judge_agreement", "agree", lambda m: m.pred2 == m.pred,
                   "The share of finite samples on which both judges' argmax agree, whatever the target.",
-                  second_judge=True, needs_judge_too=True)
+                  second_judge=True, needs_judge_too=True,
+                  titles={"judge_agreement": "share of samples both judges label alike"})
 
 
 @register_metric("guide_confidence", replicate=_mean_of("guide_confidence", "guide_conf"), bounds=UNIT)
@@ -100,7 +102,7 @@ def _is_reps(d) -> dict:
 
 
 @register_metric("is", ("is_mean", "is_std"), rows={"is_mean": "is"}, replicate=_is_reps, features=True,
-                 logits=True, bounds=(1.0, math.inf))
+                 logits=True, bounds=(1.0, math.inf), titles={"is": "Inception score (extractor logits)"})
 def inception_score(m) -> dict[str, float]:
     """Inception Score on the extractor's logits."""
     _per_sample(m, "logits", m.logits)
@@ -130,7 +132,7 @@ def _fid_inf_interval(value: float, per, real, s) -> tuple[float, float]:
 
 
 @register_metric("fid_inf", replicate=_fid_inf_reps, interval=_fid_inf_interval, features=True, real=True,
-                 lower_is_better=True)
+                 lower_is_better=True, titles={"fid_inf": "FID_inf (extrapolated to n -> inf)"})
 def fid_inf(m) -> dict[str, float]:
     """FID extrapolated to n -> inf (Chong & Forsyth 2020)."""
     f = m.features
@@ -141,7 +143,8 @@ def _fid_reps(d) -> dict:
     return {"fid": fr.frechet_weighted(d.f, d.w, d.mu_r, d.sq_r, d.tr_r)}
 
 
-@register_metric("fid", replicate=_fid_reps, features=True, real=True, lower_is_better=True, bounds=POSITIVE)
+@register_metric("fid", replicate=_fid_reps, features=True, real=True, lower_is_better=True, bounds=POSITIVE,
+                 titles={"fid": "FID"})
 def fid(m) -> dict[str, float]:
     """Frechet distance of the samples' features to the real side's (or to a reference batch's statistics)."""
     f, stats = m.features, m.fid_stats
@@ -162,7 +165,7 @@ def _kid_reps(d) -> dict:
 
 
 @register_metric("kid", ("kid_mean", "kid_std"), rows={"kid_mean": "kid"}, replicate=_kid_reps, features=True,
-                 real=True, lower_is_better=True)
+                 real=True, lower_is_better=True, titles={"kid": "KID (unbiased MMD^2)"})
 def kid(m) -> dict[str, float]:
     """Kernel Inception Distance (torch-fidelity's mean and std over subsets)."""
     s = m.s

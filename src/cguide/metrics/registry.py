@@ -42,6 +42,7 @@ class Metric:
     share_of_all: bool = False  # (proportions) of all samples, not of the finite ones
     lower_is_better: bool = False
     bounds: tuple[float, float] = (-math.inf, math.inf)  # where its values lie (reflected replicates may cross)
+    titles: dict[str, str] = field(default_factory=dict)  # row base name -> title of its plot against the scale
 
 
 METRICS: dict[str, Metric] = {}
@@ -85,6 +86,16 @@ def suite_to_row() -> dict[str, str]:
 def feature_rows() -> tuple[str, ...]:
     """Row base names that carry their feature space (fid -> fid_judge)."""
     return tuple(row for m in METRICS.values() if m.features for row in m.rows.values())
+
+
+def objective_names() -> dict[str, str]:
+    """Row base name -> the metrics.names entry that measures it, for every row a sweeper may optimise."""
+    return {row: m.name for m in METRICS.values() if not m.second_judge for row in m.rows.values()}
+
+
+def scale_plots() -> dict[str, str]:
+    """Row base name -> plot title, for every row that gets its own plot against the guidance scale."""
+    return {row: title for m in METRICS.values() for row, title in m.titles.items()}
 
 
 def lower_is_better(base: str) -> bool:
