@@ -87,7 +87,10 @@ def rows_of(out: Path) -> list[dict]:
     files = sorted((out / "sweep").glob("*/results.jsonl"), key=lambda p: p.stat().st_mtime)
     if not files:
         raise SystemExit(f"no sweep results under {out}/sweep: did the run finish?")
-    return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+    for r in rows:  # rows since #26 name FID by its feature space
+        r.setdefault("fid", r.get("fid_judge", r.get("fid_inception")))
+    return rows
 
 
 def judge_accuracy(out: Path) -> float:
@@ -162,7 +165,12 @@ def main() -> None:
     c = sub.add_parser("cross")
     c.add_argument("name", nargs="?", default="new")
     sub.add_parser("table")
-    args = ap.parse_args()
+    # overrides may follow --experiment (argparse leaves them over)
+    args, extra = ap.parse_known_args()
+    if extra and (args.cmd != "run" or any("=" not in x for x in extra)):
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.cmd == "run":
+        args.overrides += extra
     args.root.mkdir(parents=True, exist_ok=True)
     if args.cmd == "run":
         run(args.root, args.name, args.experiment or RUNS.get(args.name, "mnist5k_quick"), args.overrides, args.fresh)

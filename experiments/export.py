@@ -51,16 +51,21 @@ def resolve(rows: list[dict], columns: list[tuple]) -> list[tuple]:
     """Columns under the rows' own key names (fid -> fid_judge), titled with the feature space; dropped when absent."""
     out = []
     for key, title, fmt in columns:
-        found = key if key in ("method", "scale", "variant", "options") else find_key(rows, key)
+        found = key if key in ("method", "scale", "variant", "options", "sampler", "steps") else find_key(rows, key)
         if found:
             out.append((found, title if found == base_name(found) else f"{title} ({found.rsplit('_', 1)[-1]})", fmt))
     return out
 
 
+# shown only when the rows differ in them (a solver sweep)
+SAMPLER = [("sampler", "sampler", "{}"), ("steps", "steps", "{}")]
+
+
 def table(rows: list[dict]) -> str:
     rows = sorted(rows, key=lambda r: (r.get("method") or "classifier", r["variant"], options_label(r),
-                                       float(r["scale"])))
+                                       str(r.get("sampler")), int(r.get("steps") or 0), float(r["scale"])))
     opts = OPTIONAL[:1] if any(options_label(r) != "-" for r in rows) else []
+    opts += [c for c in SAMPLER if len({str(r.get(c[0])) for r in rows}) > 1]
     cost = [c for c in OPTIONAL[1:] if any(c[0] in r for r in rows)]
     columns = resolve(rows, COLUMNS[:3] + opts + COLUMNS[3:] + cost)
     lines = ["| " + " | ".join(t for _, t, _ in columns) + " |", "|" + "---|" * len(columns)]
@@ -80,7 +85,7 @@ def main(run_dir: str, exp_dir: str, sweep_dir: str | None = None) -> None:
     sweep = Path(sweep_dir) if sweep_dir else max((run / "sweep").glob("*/results.csv"),
                                                   key=lambda p: p.stat().st_mtime).parent
     exp.mkdir(parents=True, exist_ok=True)
-    for name in ("results.csv", "results.jsonl", "sweep.json", "evidence.md", "matched.csv"):
+    for name in ("results.csv", "results.jsonl", "sweep.json", "evidence.md", "matched.csv", "matched_judge2.csv"):
         if (sweep / name).is_file() or name in ("results.csv", "results.jsonl", "sweep.json"):
             shutil.copy(sweep / name, exp / name)
     for sub in ("plots", "grids", "evidence"):  # evidence/: each point's replicates (the report's source)

@@ -60,3 +60,30 @@ def test_every_number_in_the_prose_is_in_the_results(name):
 def test_a_drifted_number_is_caught(tmp_path):
     (tmp_path / "results.csv").write_text("point,fid_judge\np,3.42\n")
     assert [n for n in prose_numbers("FID 3.42 at s = 8 and 3.5 elsewhere.") if n not in _numbers(tmp_path)] == ["3.5"]
+
+
+# what decides an experiment's samples: its exported config.yaml (the run's) must still be what its experiment composes
+DRAWN = ("sampler", "diffusion", "guidance")
+SWEEP_AXES = ("methods", "variants", "scales", "samplers", "steps", "sampler_steps", "method_scales", "settings",
+              "n_per_point", "seed")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXPERIMENTS.iterdir() if (p / "config.yaml").is_file()
+                                        and (EXPERIMENTS.parent / "conf" / "experiment" / f"{p.name}.yaml").is_file()))
+def test_the_experiment_config_still_draws_what_was_exported(name, tmp_path):
+    """A profile edit (e.g. the quick profile's sampler) must not silently change an experiment that inherits it:
+    rerunning its command would draw other samples than its README reports."""
+    from omegaconf import OmegaConf
+
+    from helpers.config import compose_cfg
+
+    run = OmegaConf.load(EXPERIMENTS / name / "config.yaml")
+    run.paths = {}  # ${hydra:...} resolves only inside a Hydra run
+    exported = OmegaConf.to_container(run, resolve=True)
+    now = OmegaConf.to_container(compose_cfg("pipeline", [f"experiment={name}"], tmp_path), resolve=True)
+    for part in DRAWN:
+        old = exported.get(part, {})
+        assert {k: now[part].get(k) for k in old} == old, f"{name}: {part} differs from the exported config.yaml"
+    for axis in SWEEP_AXES:
+        if axis in exported["sweep"]:
+            assert now["sweep"][axis] == exported["sweep"][axis], f"{name}: sweep.{axis} differs from config.yaml"
