@@ -15,7 +15,11 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 # numbers quoted from elsewhere, each with its source
 QUOTED = {
-    "mnist5k_quick": {"16.06": "mnist5k_quick_prev at s = 0: experiments/mnist5k_cg_vs_cfg/results.csv at 6c10ea5"},
+    "mnist5k_quick": {"16.06": "mnist5k_quick_prev at s = 0: experiments/mnist5k_cg_vs_cfg/results.csv at 6c10ea5",
+                      # the profile on DDIM 50, before issue #27 moved it to DPM-Solver++ 20
+                      "14.64": "DDIM 50, s = 0: experiments/mnist5k_quick/results.csv at da727f6",
+                      "3.15": "DDIM 50, score s = 8: experiments/mnist5k_quick/results.csv at da727f6",
+                      "0.900": "DDIM 50, score s = 4 accuracy: experiments/mnist5k_quick/results.csv at da727f6"},
 }
 
 
