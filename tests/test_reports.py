@@ -24,6 +24,14 @@ QUOTED = {
 
 
 def _numbers(path: Path) -> set[str]:
+    """The experiment's results files and those of its sub-runs (e.g. n1000/: the same sweep at a larger n)."""
+    out = set()
+    for sub in [path, *sorted(p for p in path.iterdir() if (p / "results.csv").is_file())]:
+        out |= _files_numbers(sub)
+    return out
+
+
+def _files_numbers(path: Path) -> set[str]:
     out = set()
     for name in ("results.csv", "matched.csv", "matched_judge2.csv", "replicates.csv"):
         f = path / name
