@@ -117,6 +117,24 @@ def test_replicates_report_the_mean_over_seeds_with_a_t_interval(tmp_path):
     assert "| p1 | fid_judge | 4.5 [" in (tmp_path / "report" / "replicates.md").read_text()
 
 
+def test_replicate_intervals_stay_where_the_metric_lies():
+    """A mean of proportions near 1 (or of FIDs near 0) with a wide t interval is clamped to [0, 1] (to >= 0);
+    an unbounded metric and an unregistered column are not."""
+    from cguide.grid.replicates import t_interval
+    from cguide.metrics.registry import value_bounds
+
+    assert value_bounds("accuracy") == (0.0, 1.0) and value_bounds("recall") == (0.0, 1.0)
+    assert value_bounds("fid")[0] == 0.0 and value_bounds("kid") == (-math.inf, math.inf)
+    assert value_bounds("no_such_metric") == (-math.inf, math.inf)
+    acc = [0.99, 1.0, 0.95]
+    mean, lo, hi = t_interval(acc, 0.95)
+    assert hi > 1.0  # the plain t interval crosses 1 ...
+    assert t_interval(acc, 0.95, value_bounds("accuracy")) == pytest.approx((mean, lo, 1.0))  # ... the clamped one not
+    fid = [2.0, 80.0, 160.0]
+    assert t_interval(fid, 0.95)[1] < 0 and t_interval(fid, 0.95, value_bounds("fid"))[1] == 0.0
+    assert t_interval([-0.1, 0.05, 0.2], 0.95, value_bounds("kid")) == pytest.approx(t_interval([-0.1, 0.05, 0.2], 0.95))
+
+
 def test_replicates_of_other_settings_are_refused_with_one_line(tmp_path, capsys):
     from cguide.grid.replicates import main
 

@@ -25,6 +25,8 @@ from pathlib import Path
 from scipy import stats
 
 from ..io.atomic import atomic_write_text
+from ..metrics.intervals import base_name
+from ..metrics.registry import value_bounds
 from .evidence import matched_table
 from .plots import num
 from .results import MANIFEST, ResultsFolder, read_manifest
@@ -51,15 +53,18 @@ def check_same_settings(folders: list[Path]) -> None:
                              "every setting but the training seed (their checkpoints); report them apart")
 
 
-def t_interval(values: list[float], level: float) -> tuple[float, float, float]:
-    """(mean, lo, hi) of the mean over replicates, Student's t with n - 1 degrees of freedom."""
+def t_interval(values: list[float], level: float,
+               bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float, float]:
+    """(mean, lo, hi) of the mean over replicates, Student's t with n - 1 degrees of freedom, clamped to where
+    the metric's values lie (a mean of proportions is one: its t interval must not cross 0 or 1)."""
     v = [x for x in values if x is not None and math.isfinite(x)]
     if len(v) < 2:
         return (v[0] if v else math.nan), math.nan, math.nan
     mean = sum(v) / len(v)
     sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1))
     half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * sd / math.sqrt(len(v))
-    return mean, mean - half, mean + half
+    low, high = bounds
+    return mean, min(max(mean - half, low), high), min(max(mean + half, low), high)
 
 
 # metrics compared pair by pair across seeds at matched accuracy (lower or higher is better for each)
@@ -114,7 +119,7 @@ def _aggregate(folders: list[Path], level: float) -> tuple[list[dict], list[dict
             vals = [num(p[key].get(m)) for p in per]
             if all(math.isnan(v) for v in vals):
                 continue
-            out[m], out[f"{m}_lo"], out[f"{m}_hi"] = t_interval(vals, level)
+            out[m], out[f"{m}_lo"], out[f"{m}_hi"] = t_interval(vals, level, value_bounds(base_name(m)))
             widths = [num(p[key].get(f"{m}_hi")) - num(p[key].get(f"{m}_lo")) for p in per]
             out[f"{m}_sampling_width"] = sum(widths) / len(widths)
         points.append(out)
@@ -127,7 +132,7 @@ def _aggregate(folders: list[Path], level: float) -> tuple[list[dict], list[dict
                 by_seed.setdefault((e["series"], e["target"], k), {})[j] = v
     rows = []
     for (series_, target, k), vs in matched.items():
-        mean, lo, hi = t_interval([v for v, _ in vs], level)
+        mean, lo, hi = t_interval([v for v, _ in vs], level, value_bounds(base_name(k)))
         widths = [w for _, w in vs if math.isfinite(w)]
         rows.append({"series": series_, "target": target, "metric": k, "seeds": sum(math.isfinite(v) for v, _ in vs),
                      "mean": mean, "lo": lo, "hi": hi,

@@ -98,6 +98,14 @@ def scale_plots() -> dict[str, str]:
     return {row: title for m in METRICS.values() for row, title in m.titles.items()}
 
 
+def value_bounds(base: str) -> tuple[float, float]:
+    """Where a row's values lie: [0, 1] for a proportion, else the metric's bounds (unbounded if unregistered)."""
+    m = row_metric(base)
+    if m is None:
+        return -math.inf, math.inf
+    return (0.0, 1.0) if m.proportion else m.bounds
+
+
 def lower_is_better(base: str) -> bool:
     m = row_metric(base)
     return m is not None and m.lower_is_better
