@@ -10,7 +10,8 @@ time and the quality bar (judge accuracy at s = 0, best accuracy, FID at the bes
 
 Each run starts the pipeline as `make run` does (a fresh process) into a fresh folder, so nothing is reused;
 nothing else should run on the machine meanwhile. "best" is the point with the highest accuracy (ties: lower
-FID); the bar is issue #17's: wall <= max(8 min, old / 2), accuracy at s = 0 in [0.05, 0.2], best accuracy
+FID); the table gives each run's wall time and the pipeline's own split of it (networks until the sweep
+starts / the sweep: pipeline_times.json); the bar is issue #17's: wall <= max(8 min, old / 2), accuracy at s = 0 in [0.05, 0.2], best accuracy
 >= 0.93, FID at the best point <= the old run's. Each run's metrics come from its own judge (same code and
 seed; float32 rounding differs with the thread count it trained under), so `cross` draws a run's s = 0 and
 best point again (same networks and seeds: the same samples) and measures them with the old run's judge."""
@@ -55,7 +56,12 @@ def run(root: Path, name: str, experiment: str, overrides: list[str], fresh: boo
     from where import where  # benchmarks/where.py: the machine, date, commit (+ uncommitted files) and torch
 
     w = where("cpu")
+    # the pipeline's own stage times: on a machine whose speed drifts, the stage a change touched ranks runs
+    # (a checkout before the pipeline wrote them has none)
+    times_file = out / "pipeline_times.json"
+    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
     info = {"name": name, "experiment": experiment, "overrides": overrides, "wall_s": round(wall, 1),
+            **{k: times[k] for k in ("stages_s", "sweep_s") if k in times},
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": w["commit"], "dirty": w["dirty"],
             "cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "torch": w["torch"], "date": w["date"]}
     record.write_text(json.dumps(info, indent=1))
@@ -124,8 +130,9 @@ def _table(root: Path, s: list[dict]) -> None:
     torches = ", ".join(dict.fromkeys(x.get("torch") or "not recorded" for x in s))
     print(f"\n{s[0]['cpu']}, {s[0]['cores']} cores; runs finished {s[0]['finished']} to {s[-1]['finished']}; "
           f"torch {torches}" + ("" if old else "; no old run on this processor: no bar") + "\n")
-    print("| run | experiment | commit | wall | judge test acc | s = 0 FID / acc | best point | best FID / acc | bar |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| run | experiment | commit | wall | networks / sweep | judge test acc | s = 0 FID / acc | best point | "
+          "best FID / acc | bar |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for x in s:
         b = x["best"]
         verdict = "-"
@@ -140,17 +147,22 @@ def _table(root: Path, s: list[dict]) -> None:
         commit = x["commit"] + (f" + {len(x['dirty'])} uncommitted file(s)" if x.get("dirty") else "")
         print(f"| {x['name']} | {x['experiment']}{' ' + extra if extra else ''} | {commit} | "
               f"{int(x['wall_s'] // 60)} min "
-              f"{x['wall_s'] % 60:.0f} s | {x['judge_acc']:.3f} | {x['fid0']:.2f} / {x['acc0']:.3f} | "
+              f"{x['wall_s'] % 60:.0f} s | {_stages(x)} | {x['judge_acc']:.3f} | {x['fid0']:.2f} / {x['acc0']:.3f} | "
               f"{b['variant']} s = {b['scale']:g} | "
               f"{b['fid']:.2f} / {b['accuracy']:.3f} | {verdict} |")
         judged = root / f"{x['name']}-old-judge" / "results.jsonl"
         if judged.is_file():  # the same samples, measured by old's judge
             r = {float(row["scale"]): row for row in map(json.loads, judged.read_text().splitlines())}
             z, o = r[0.0], r[float(b["scale"])]
-            print(f"| {x['name']}, measured by old's judge | (the same samples) | {x['commit']} | - | "
+            print(f"| {x['name']}, measured by old's judge | (the same samples) | {x['commit']} | - | - | "
                   f"{old['judge_acc']:.3f} | {z['fid']:.2f} / "
                   f"{z['accuracy']:.3f} | {b['variant']} s = {b['scale']:g} | {o['fid']:.2f} / {o['accuracy']:.3f} | "
                   f"{'holds' if o['fid'] <= old['best']['fid'] and o['accuracy'] >= 0.93 else 'fails'} |")
+
+
+def _stages(x: dict) -> str:
+    """Networks (until the sweep starts) / sweep, in s; runs recorded before the pipeline wrote its times have none."""
+    return f"{x['stages_s']:.0f} / {x['sweep_s']:.0f} s" if "sweep_s" in x else "not recorded"
 
 
 def main() -> None:

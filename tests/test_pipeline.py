@@ -30,6 +30,11 @@ def test_pipeline_trains_sweeps_then_reuses(cfg_pipeline, capsys):
     assert all(r["accuracy_judge2_lo"] <= r["accuracy_judge2"] <= r["accuracy_judge2_hi"] for r in rows)
     assert "acc_judge2" in out and "agreement" in out
     assert "## Both judges, per point" in (sweep_dir / "evidence.md").read_text()
+    # stage times for benchmarks (networks until the sweep starts, then the sweep): they add up to the wall
+    times = json.loads((sweep_dir.parents[1] / "pipeline_times.json").read_text())
+    assert times["sweep_dir"] == str(sweep_dir) and times["stages_s"] > 0 and times["sweep_s"] > 0
+    assert times["stages_s"] + times["sweep_s"] == pytest.approx(times["wall_s"], abs=0.2)
+    assert f"(networks {times['stages_s']:.0f} s, sweep {times['sweep_s']:.0f} s;" in out
     csv_before = (sweep_dir / "results.csv").read_bytes()
 
     assert _run(cfg_pipeline) == sweep_dir

@@ -28,11 +28,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..cli import CONF_DIR, check_output_args, print_config_tree, run_or_exit
 from ..config import SweepConfig, plain, register_configs
+from ..io.atomic import atomic_write_text
 from ..io.folders import check_writable
 from ..io.locks import FolderLock
 from ..io.memory import check_samples_fit
 from .stages import STAGES, check_stages, run_stage, stage_key  # noqa: F401  (the stage API, here too)
 from .workers import Helpers, check_workers, draw_sweep, train_stages
+
+TIMES = "pipeline_times.json"  # the last run's stage times, in out_dir
 
 # (metric, title); feature metrics are found under their row name (fid -> fid_judge) and titled with it
 TABLE = [("method", "method"), ("scale", "scale"), ("variant", "variant"), ("fid", "FID"), ("fid_inf", "FID_inf"),
@@ -183,9 +186,15 @@ def run_pipeline(cfg: DictConfig) -> Path:
     # one pipeline per out_dir (its helpers work for it); each stage's training also locks its own folder
     with FolderLock(out, "out_dir"), Helpers(cfg, out) as helpers:  # helpers: from here to the sweep's end
         ckpts = train_stages(cfg, out, helpers)
+        t1 = time.perf_counter()
         sweep_dir = draw_sweep(cfg, sweep_config(cfg, ckpts, out), helpers)
         print_report(sweep_dir)
-    print(f"pipeline finished in {time.perf_counter() - t0:.0f} s")
+        # per stage, so a benchmark on a drifting machine compares the stage a change touched, not whole runs
+        times = {"stages_s": round(t1 - t0, 1), "sweep_s": round(time.perf_counter() - t1, 1),
+                 "wall_s": round(time.perf_counter() - t0, 1), "sweep_dir": str(sweep_dir)}
+        atomic_write_text(out / TIMES, json.dumps(times, indent=1) + "\n")
+    print(f"pipeline finished in {times['wall_s']:.0f} s (networks {times['stages_s']:.0f} s, sweep "
+          f"{times['sweep_s']:.0f} s; {out / TIMES})")
     return sweep_dir
 
 
