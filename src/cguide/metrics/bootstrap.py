@@ -270,11 +270,19 @@ def fid_inf_half_interval(f: torch.Tensor, finite: torch.Tensor, targets: torch.
         return math.nan, math.nan
     fits = fid_inf_replicates(f.double(), torch.stack(orders), finite.cpu(), *_real_side(real),
                               fr.fid_inf_sizes(m, sizes))
-    fits = fits.view(halves, draws)
-    # the subset orders add their own noise to each half's value: remove its share (one-way random effects)
-    var = fits.mean(1).var().item() - (fits.var(1).mean().item() / draws if draws > 1 else 0.0)
-    half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(max(var, 0.0))
+    half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(half_sample_variance(fits.view(halves, draws)))
     return point - half, point + half
+
+
+def half_sample_variance(fits: torch.Tensor) -> float:
+    """The spread of half-samples' FID_inf from fits [halves, draws]. The subset orders add their own noise to each
+    half's value: its share is removed (one-way random effects). Where that leaves nothing (the orders' noise as
+    large as the halves' spread: the estimate is then noise, and truncating it at 0 gave zero-width intervals),
+    the spread of the halves' means is kept whole: an upper bound, wider rather than falsely exact."""
+    between = fits.mean(1).var().item()
+    draws = fits.shape[1]
+    var = between - (fits.var(1).mean().item() / draws if draws > 1 else 0.0)
+    return var if var > 0 else between
 
 
 def _real_side(real: RealSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
