@@ -50,8 +50,9 @@ def test_targets_outside_the_open_unit_interval_are_refused(bad):
         MetricSettings(match_accuracy=(bad,))
 
 
-def _sweep(tmp_path, shift_b: float, noise: float = 0.01, resamples: int = 200):
-    """Two series (a, b) at scales 0, 1, 2, the same rows; b's FID is a's + shift_b at every replicate +- noise."""
+def _sweep(tmp_path, shift_b: float, noise: float = 0.01, resamples: int = 200, acc_half: dict | None = None):
+    """Two series (a, b) at scales 0, 1, 2, the same rows; b's FID is a's + shift_b at every replicate +- noise;
+    acc_half: per series, the half-width of its points' accuracy intervals (none given: no intervals)."""
     settings = MetricSettings(interval_resamples=resamples)
     folder = ResultsFolder(tmp_path)
     targets = torch.arange(40) % 4
@@ -65,7 +66,9 @@ def _sweep(tmp_path, shift_b: float, noise: float = 0.01, resamples: int = 200):
             fid_r = fid + shift + noise * torch.randn(resamples, generator=g)
             write_evidence(tmp_path, key, {"accuracy": acc_r.clamp(0, 1), "fid_judge": fid_r}, targets, settings)
             folder.append({"point": key, "method": "classifier", "variant": variant, "scale": scale, "sampler": "ddim",
-                           "steps": 5, "accuracy": acc, "fid_judge": fid + shift, "interval_level": 0.95})
+                           "steps": 5, "accuracy": acc, "fid_judge": fid + shift, "interval_level": 0.95,
+                           **({"accuracy_lo": acc - acc_half[variant], "accuracy_hi": acc + acc_half[variant]}
+                              if acc_half else {})})
     return folder.rows()
 
 
@@ -84,6 +87,27 @@ def test_report_separates_a_real_difference_and_not_a_null_one(tmp_path):
     same = _sweep(tmp_path / "same", shift_b=0.0, noise=0.5)
     (cmp,) = comparisons(matched_table(same, tmp_path / "same", (0.95,)))
     assert not cmp["diff"].separated and "not separated" in cmp["diff"].verdict()
+
+
+def test_a_separated_difference_resting_on_a_far_interpolation_is_marked(tmp_path):
+    """The interval of a matched value holds the samples' noise, not the interpolation's error: the report names the
+    drawn points each value rests on and whether one of them is at the target (its accuracy interval holds it), and
+    marks a separated difference whose side is interpolated between points that all miss the target."""
+    _sweep(tmp_path, shift_b=1.0, acc_half={"a": 0.03, "b": 0.01})  # a's s = 1 (0.9 +- 0.03) holds 0.92, b's not
+    entries = matched_table(ResultsFolder(tmp_path).rows(), tmp_path, (0.92,))
+    assert [e["bracket"] for e in entries] == [{"points": [(1.0, 0.9), (2.0, 1.0)], "near": 1.0},
+                                               {"points": [(1.0, 0.9), (2.0, 1.0)], "near": None}]
+    (cmp,) = comparisons(entries)
+    assert cmp["diff"].separated and cmp["far"] == ["b"]
+    text = write_report(tmp_path, (0.92, 0.9)).read_text()
+    assert "| a | 0.92 | 1.2 | 3.8 [" in text and "| 1: 0.900 / 2: 1.000 | s = 1 |" in text
+    assert "| 1: 0.900 / 2: 1.000 | no |" in text  # b at 0.92
+    assert ("- acc 0.92: a lower fid_judge than b: 95 % interval of the difference [" in text
+            and "] (interpolated far from a drawn point for b: the grid may decide this" in text)
+    at_point = next(line for line in text.splitlines() if line.startswith("- acc 0.9:"))
+    assert at_point.endswith("]")  # 0.9 is a drawn point of both: no mark
+    csv_text = (tmp_path / "matched.csv").read_text().splitlines()
+    assert csv_text[0].endswith(",reached,bracket,near_scale") and csv_text[1].endswith(",1:0.9000 2:1.0000,1.0")
 
 
 def test_points_with_other_resamplings_are_not_paired(tmp_path):

@@ -27,7 +27,7 @@ from ..io.atomic import atomic_write_text
 from ..metrics.bootstrap import basic_interval, paired_difference
 from ..metrics.intervals import base_name, find_key
 from ..metrics.registry import lower_is_better
-from ..metrics.matched import at_accuracy, check_targets
+from ..metrics.matched import at_accuracy, check_targets, crossing
 from .evidence_store import read_evidence
 from .plots import _save, num, plt, series
 from .results import ResultsFolder
@@ -71,7 +71,7 @@ def matched_table(rows: list[dict], out: Path, targets=DEFAULT_TARGETS, acc_key:
         scales = torch.tensor([num(r["scale"]) for r in rs], dtype=torch.float64)
         for t in targets:
             e = {"series": label, "target": t, "acc_range": (acc[0].min().item(), acc[0].max().item()),
-                 "level": level, "values": {}, "replicates": {}}
+                 "level": level, "values": {}, "replicates": {}, "bracket": _bracket(rs, acc[0], acc_key, t)}
             e["scale"] = at_accuracy(acc[0], scales, t).item()
             for key in keys:
                 curve = _curve(rs, evidence, acc_key, key)
@@ -84,6 +84,24 @@ def matched_table(rows: list[dict], out: Path, targets=DEFAULT_TARGETS, acc_key:
                 e["values"][key], e["replicates"][key] = (point, lo, hi), reps
             entries.append(e)
     return entries
+
+
+def _bracket(rs: list[dict], acc: torch.Tensor, acc_key: str, target: float) -> dict | None:
+    """The points a matched value rests on: their scales and accuracies, and the nearest whose accuracy interval
+    holds the target (None: the value is an interpolation between points that all miss it)."""
+    ks = crossing(acc, target)
+    if ks is None:
+        return None
+    pts = [(num(rs[k]["scale"]), acc[k].item(), num(rs[k].get(f"{acc_key}_lo")), num(rs[k].get(f"{acc_key}_hi")))
+           for k in dict.fromkeys(ks)]
+    near = [p for p in pts if p[2] <= target <= p[3]]
+    return {"points": [(s, a) for s, a, _, _ in pts],
+            "near": min(near, key=lambda p: abs(p[1] - target))[0] if near else None}
+
+
+def _far(e: dict) -> bool:
+    """A matched value interpolated between points none of which is near the target (in its accuracy interval)."""
+    return e.get("bracket") is not None and e["bracket"]["near"] is None
 
 
 def comparisons(entries: list[dict]) -> list[dict]:
@@ -103,7 +121,8 @@ def comparisons(entries: list[dict]) -> list[dict]:
                 ra, rb = a["replicates"][key], b["replicates"][key]
                 both = torch.isfinite(ra) & torch.isfinite(rb)
                 d = paired_difference(a["series"], b["series"], key, va, vb, ra[both], rb[both], a["level"])
-                out.append({"target": t, "diff": d, "lower_better": lower_is_better(base_name(key))})
+                out.append({"target": t, "diff": d, "lower_better": lower_is_better(base_name(key)),
+                            "far": [e["series"] for e in (a, b) if _far(e)]})
     return out
 
 
@@ -120,11 +139,12 @@ def _matched_lines(entries: list[dict], second: bool = False) -> tuple[list[str]
     second: matched at the second judge's accuracy."""
     keys = _keys(entries)
     pct = f"{100 * entries[0]['level']:g} %"
-    lines = [f"| series | target acc{' (judge2)' if second else ''} | scale | " + " | ".join(keys) + " | reached |",
-             "|" + "---|" * (len(keys) + 4)]
+    lines = [f"| series | target acc{' (judge2)' if second else ''} | scale | " + " | ".join(keys)
+             + " | reached | drawn points (s: accuracy) | near a point |", "|" + "---|" * (len(keys) + 6)]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["series", "target", "scale", *[f"{k}{s}" for k in keys for s in ("", "_lo", "_hi")], "reached"])
+    writer.writerow(["series", "target", "scale", *[f"{k}{s}" for k in keys for s in ("", "_lo", "_hi")], "reached",
+                     "bracket", "near_scale"])
     for e in entries:
         cells = []
         for k in keys:
@@ -133,16 +153,25 @@ def _matched_lines(entries: list[dict], second: bool = False) -> tuple[list[str]
         if not math.isfinite(e["scale"]):
             a0, a1 = e["acc_range"]
             cells = [f"outside its range [{a0:.3f}, {a1:.3f}]"] + ["-"] * (len(keys) - 1)
+        b = e.get("bracket")
+        drawn = "-" if b is None else " / ".join(f"{s:g}: {a:.3f}" for s, a in b["points"])
+        near = "-" if b is None else ("no" if b["near"] is None else f"s = {b['near']:g}")
         lines.append(f"| {e['series']} | {e['target']:g} | {_fmt(e['scale'])} | " + " | ".join(cells)
-                     + f" | {e.get('reached', math.nan):.2f} |")
+                     + f" | {e.get('reached', math.nan):.2f} | {drawn} | {near} |")
         writer.writerow([e["series"], e["target"], e["scale"],
-                         *[x for k in keys for x in e["values"].get(k, (math.nan,) * 3)], e.get("reached")])
+                         *[x for k in keys for x in e["values"].get(k, (math.nan,) * 3)], e.get("reached"),
+                         "" if b is None else " ".join(f"{s:g}:{a:.4f}" for s, a in b["points"]),
+                         "" if b is None or b["near"] is None else b["near"]])
     pairs = comparisons(entries)
     if pairs:
         whose = " of the second judge" if second else ""
         lines += ["", f"## Paired differences at matched accuracy{whose} ({pct} intervals of the difference)", ""]
         for p in pairs:
-            lines.append(f"- acc {p['target']:g}: {p['diff'].verdict()}")
+            caveat = ""
+            if p["diff"].separated and p["far"]:
+                caveat = (f" (interpolated far from a drawn point for {' and '.join(p['far'])}: the grid may decide "
+                          "this; draw a scale nearer the target)")
+            lines.append(f"- acc {p['target']:g}: {p['diff'].verdict()}{caveat}")
     return lines, buf.getvalue()
 
 
@@ -181,6 +210,9 @@ def write_report(out: str | Path, targets=DEFAULT_TARGETS) -> Path | None:
              "the two points that bracket it), computed inside every bootstrap replicate: [lo, hi] is the basic",
              "bootstrap interval over the generated samples (for FID it corrects the small-n bias to first order and",
              "may lie below the value).",
+             "The interpolation's own error is not in [lo, hi]: 'drawn points' are the two the value rests on, and",
+             "'near a point' names one whose accuracy interval holds the target ('no': an interpolation between",
+             "points that all miss it; a separated difference resting on one is marked, as the grid may decide it).",
              "'reached': share of replicates whose curve reaches the target. Generated by cguide.grid.evidence",
              "from results.jsonl and evidence/*.pt: do not edit.", ""]
     table, text = _matched_lines(entries)

@@ -5,7 +5,9 @@ peak counts as the peak: the curve has already reached that accuracy at a smalle
 target accuracy a* is then linear interpolation (in accuracy) between the two points where the curve first
 crosses a*. A target below the curve's first accuracy or above its highest is outside the curve (NaN).
 The same rule runs inside every bootstrap replicate (the replicates of all points hold the same rows), so the
-value at a* gets an interval, and two methods' values at a* a paired difference.
+value at a* gets an interval, and two methods' values at a* a paired difference. That interval is the samples'
+only: the interpolation's own error is not in it (FID is far from linear in accuracy between distant points), so
+`crossing` names the two points a value rests on, and a report can say when neither is near the target.
 """
 
 from __future__ import annotations
@@ -44,3 +46,16 @@ def at_accuracy(acc: torch.Tensor, values: torch.Tensor, target: float) -> torch
         out = torch.where(inside, val, out)
         done |= inside
     return out
+
+
+def crossing(acc: torch.Tensor, target: float) -> tuple[int, int] | None:
+    """Indices (k, k + 1) of the points at_accuracy interpolates between along acc [K] ((0, 0) when the first point
+    is at the target), or None outside the curve."""
+    acc = acc.double()
+    mono = torch.cummax(acc, dim=-1).values
+    if mono[0] == target:
+        return 0, 0
+    for k in range(acc.shape[-1] - 1):
+        if mono[k] < target <= mono[k + 1]:
+            return k, k + 1
+    return None
