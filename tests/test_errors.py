@@ -245,6 +245,7 @@ CASES = {
     "workers-zero": Case("pipeline", {"workers": "0"}),
     "workers-not-cpu": Case("pipeline", {"workers": "2", "device": "cuda"}),
     "workers-handover": Case("pipeline", {"workers": "2", "workers_handover": "1.5"}),
+    "extend-sweep-not-a-sweep": Case("pipeline", {"extend_sweep": "outputs/nowhere"}),
     "workers-one-call": Case("pipeline", {"workers": "2", "device": "cpu", "sweep.points_per_call": "null"}),
     "learned-variance-eps-only": Case("sweep", {"sampler.var_type": "learned"}),
     "image-size-not-divisible": Case("train", {"data.image_size": "10", "model": "small"}),

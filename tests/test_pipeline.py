@@ -44,6 +44,24 @@ def test_pipeline_trains_sweeps_then_reuses(cfg_pipeline, capsys):
     assert (sweep_dir / "results.csv").read_bytes() == csv_before
 
 
+def test_extend_sweep_adds_points_to_a_finished_sweep(cfg_pipeline, tmp_path, capsys):
+    """More scales near a target accuracy go into the finished sweep's folder (its points kept, only the new one
+    drawn), not a fresh folder per grid that would draw every point again; other settings are refused there."""
+    sweep_dir = _run(cfg_pipeline)
+    capsys.readouterr()
+    more = ["sweep.scales=[0,1,2]", f"extend_sweep={sweep_dir}"]
+    assert _run(cfg_pipeline, more) == sweep_dir
+    assert "2 done already, 1 to run" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (sweep_dir / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["scale"] for r in rows) == [0.0, 1.0, 2.0]
+    before = (sweep_dir / "results.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="holds a sweep with different settings .differs in: n_per_point"):
+        _run(cfg_pipeline, [*more, "sweep.n_per_point=24"])
+    with pytest.raises(ValueError, match=r"extend_sweep=.* is not a sweep folder \(no sweep.json\)"):
+        _run(cfg_pipeline, [f"extend_sweep={tmp_path / 'nowhere'}"])
+    assert (sweep_dir / "results.jsonl").read_bytes() == before
+
+
 def test_changed_stage_settings_retrain_and_keep_the_old_run(cfg_pipeline, tmp_path, capsys):
     _run(cfg_pipeline)
     capsys.readouterr()

@@ -347,6 +347,9 @@ class PipelineConfig(SweepParts, TrainingParts):
     # workers > 1: the share of the eps-model's steps trained on num_threads / workers threads beside the other
     # nets' process, after which it waits for that process and takes every thread; best where both end together
     workers_handover: float = 0.5
+    # a sweep folder of this run to add points to (more scales near a target accuracy) instead of the grid's own
+    # folder: its sweep.json must record the same settings (checkpoints, n_per_point, seed, sampler, metrics)
+    extend_sweep: Optional[str] = None
 
 
 def register_configs() -> None:

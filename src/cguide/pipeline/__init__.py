@@ -69,12 +69,23 @@ def sweep_config(cfg: DictConfig, ckpts: dict[str, Path], out: Path) -> DictConf
     if parts["speed"]["bf16"] or parts["speed"].get("fp16"):  # they define results (cguide.grid.runner.manifest);
         defines["speed"] = {k: True for k in ("bf16", "fp16") if parts["speed"].get(k)}  # only when on: old digests
     sweep_dir = out / "sweep" / _digest(defines)
+    if cfg.get("extend_sweep"):
+        sweep_dir = extended_sweep(cfg.extend_sweep)
     parts.update(eps_ckpt=ids.get("diffusion"), cond_ckpt=ids.get("cond_diffusion"), classifier_ckpt=ids["classifier"],
                  judge_ckpt=ids["judge"], guide_ckpt=ids.get("guide"), judge2_ckpt=ids.get("judge2"),
                  out_dir=str(sweep_dir), paths={"output_dir": str(sweep_dir)})
     parts["metrics"]["real_stats_cache"] = str(out / "real_stats")
     parts["logger"]["group"] = parts["logger"]["group"] or f"pipeline-{cfg.name}"
     return OmegaConf.merge(OmegaConf.structured(SweepConfig), parts)
+
+
+def extended_sweep(path: str) -> Path:
+    """extend_sweep's folder: a sweep folder already (its sweep.json then refuses other settings, as on resume)."""
+    folder = Path(path)
+    if not (folder / "sweep.json").is_file():
+        raise ValueError(f"extend_sweep={path} is not a sweep folder (no sweep.json); pass a finished sweep's folder, "
+                         "e.g. extend_sweep=outputs/pipeline/<name>/sweep/<id> as its run printed it")
+    return folder
 
 
 def _fmt(v) -> str:
@@ -173,6 +184,8 @@ def check_sweep_settings(cfg: DictConfig) -> None:
     from ..metrics import MetricSettings
 
     check_sweep_numbers(cfg.sweep)
+    if cfg.get("extend_sweep"):
+        extended_sweep(cfg.extend_sweep)
     MetricSettings.from_config(cfg.metrics, names=list(dict.fromkeys([*cfg.metrics.names, "nonfinite"])))
     check_samples_fit(cfg.sweep.n_per_point, cfg.data.get("image_size"), "sweep.n_per_point")
 
