@@ -190,3 +190,8 @@ def test_series_are_compared_seed_by_seed_at_matched_accuracy():
     assert (ab["mean"], ab["lo"], ab["hi"], ab["seeds"]) == pytest.approx((1.0, 1.0 - half, 1.0 + half, 3))
     assert ab["verdict"].startswith("a higher fid_judge than b")
     assert rows["b", "c"]["verdict"] == "not separated" and rows["b", "c"]["seeds"] == 3
+    # a separated verdict says in how many of its seeds a side rests on a far interpolation; "not separated" not
+    marked = {(r["a"], r["b"]): r for r in paired_across_seeds(matched, 0.95, far={("b", 0.9): {1}, ("c", 0.9): {0}})}
+    assert marked["a", "b"]["far_seeds"] == 1 and marked["a", "b"]["verdict"].endswith(
+        "; in 1 of its 3 seeds a side is interpolated far from a drawn point (the grid may decide this)")
+    assert marked["b", "c"]["far_seeds"] == 2 and marked["b", "c"]["verdict"] == "not separated"

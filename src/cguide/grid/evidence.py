@@ -99,7 +99,7 @@ def _bracket(rs: list[dict], acc: torch.Tensor, acc_key: str, target: float) -> 
             "near": min(near, key=lambda p: abs(p[1] - target))[0] if near else None}
 
 
-def _far(e: dict) -> bool:
+def is_far(e: dict) -> bool:
     """A matched value interpolated between points none of which is near the target (in its accuracy interval)."""
     return e.get("bracket") is not None and e["bracket"]["near"] is None
 
@@ -122,7 +122,7 @@ def comparisons(entries: list[dict]) -> list[dict]:
                 both = torch.isfinite(ra) & torch.isfinite(rb)
                 d = paired_difference(a["series"], b["series"], key, va, vb, ra[both], rb[both], a["level"])
                 out.append({"target": t, "diff": d, "lower_better": lower_is_better(base_name(key)),
-                            "far": [e["series"] for e in (a, b) if _far(e)]})
+                            "far": [e["series"] for e in (a, b) if is_far(e)]})
     return out
 
 

@@ -27,7 +27,7 @@ from scipy import stats
 from ..io.atomic import atomic_write_text
 from ..metrics.intervals import base_name
 from ..metrics.registry import value_bounds
-from .evidence import matched_table
+from .evidence import is_far, matched_table
 from .plots import num
 from .results import MANIFEST, ResultsFolder, read_manifest
 
@@ -79,9 +79,11 @@ def verdict(a: str, b: str, metric: str, lo: float, hi: float, pct: str) -> str:
     return f"{a} {'higher' if lo > 0 else 'lower'} {metric} than {b} ({pct} interval of the difference excludes 0)"
 
 
-def paired_across_seeds(matched: dict[tuple, dict], level: float) -> list[dict]:
+def paired_across_seeds(matched: dict[tuple, dict], level: float, far: dict[tuple, set] | None = None) -> list[dict]:
     """Each pair of series at each target and PAIRED metric: the per-seed differences' mean and t interval, over
-    the seeds where both reach the target."""
+    the seeds where both reach the target. far: (series, target) -> the seeds whose matched value is interpolated
+    far from every drawn point (evidence.is_far); a separated verdict says in how many of its seeds either side is."""
+    far = far or {}
     out = []
     pct = f"{100 * level:g} %"
     keys = sorted({(t, k) for (_, t, k) in matched if k in PAIRED})
@@ -94,8 +96,13 @@ def paired_across_seeds(matched: dict[tuple, dict], level: float) -> list[dict]:
                 if not seeds:
                     continue
                 mean, lo, hi = t_interval([va[j] - vb[j] for j in seeds], level)
+                n_far = len(set(seeds) & (far.get((a, t), set()) | far.get((b, t), set())))
+                text = verdict(a, b, k, lo, hi, pct)
+                if n_far and not text.startswith(("not separated", "too few")):
+                    text += (f"; in {n_far} of its {len(seeds)} seeds a side is interpolated far from a drawn point "
+                             "(the grid may decide this)")
                 out.append({"target": t, "metric": k, "a": a, "b": b, "seeds": len(seeds), "mean": mean, "lo": lo,
-                            "hi": hi, "verdict": verdict(a, b, k, lo, hi, pct)})
+                            "hi": hi, "far_seeds": n_far, "verdict": text})
     return out
 
 
@@ -125,8 +132,11 @@ def _aggregate(folders: list[Path], level: float) -> tuple[list[dict], list[dict
         points.append(out)
     matched: dict[tuple, list] = {}
     by_seed: dict[tuple, dict] = {}  # (series, target, metric) -> {folder index: value}
+    far: dict[tuple, set] = {}  # (series, target) -> folder indices interpolated far from every drawn point
     for j, f in enumerate(folders):
         for e in matched_table(ResultsFolder(f).rows(), f):
+            if is_far(e):
+                far.setdefault((e["series"], e["target"]), set()).add(j)
             for k, (v, lo, hi) in e["values"].items():
                 matched.setdefault((e["series"], e["target"], k), []).append((v, hi - lo))
                 by_seed.setdefault((e["series"], e["target"], k), {})[j] = v
@@ -137,7 +147,7 @@ def _aggregate(folders: list[Path], level: float) -> tuple[list[dict], list[dict
         rows.append({"series": series_, "target": target, "metric": k, "seeds": sum(math.isfinite(v) for v, _ in vs),
                      "mean": mean, "lo": lo, "hi": hi,
                      "sampling_width": sum(widths) / len(widths) if widths else math.nan})
-    return points, rows, paired_across_seeds(by_seed, level)
+    return points, rows, paired_across_seeds(by_seed, level, far)
 
 
 def _f(v) -> str:
