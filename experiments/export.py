@@ -33,6 +33,19 @@ OPTIONAL = [("options", "options", "{}"), ("eps_evals", "eps fwd", "{:.0f}"), ("
             ("clf_grads", "clf fwd+bwd", "{:.0f}")]
 
 
+def sweep_config_file(run: Path, sweep: Path) -> Path:
+    """The config of the last run that drew into this sweep: the newest that extended it (extend_sweep=<it>: its
+    grid holds the added points), else the newest written before its sweep.json (the run that made it)."""
+    from omegaconf import OmegaConf
+
+    configs = sorted(run.glob("hydra/*/.hydra/config.yaml"), key=lambda p: p.stat().st_mtime)
+    extended = [p for p in configs if (x := OmegaConf.load(p).get("extend_sweep")) and Path(x).resolve() == sweep.resolve()]
+    if extended:
+        return extended[-1]
+    made = (sweep / "sweep.json").stat().st_mtime
+    return [p for p in configs if p.stat().st_mtime <= made][-1]
+
+
 def cell(row: dict, key: str, fmt: str) -> str:
     if key == "options":
         return options_label(row)
@@ -91,11 +104,7 @@ def main(run_dir: str, exp_dir: str, sweep_dir: str | None = None) -> None:
     for sub in ("plots", "grids", "evidence"):  # evidence/: each point's replicates (the report's source)
         if (sweep / sub).is_dir():
             shutil.copytree(sweep / sub, exp / sub, dirs_exist_ok=True)
-    # the run that made this sweep: the newest config written before its sweep.json
-    made = (sweep / "sweep.json").stat().st_mtime
-    config = max((p for p in run.glob("hydra/*/.hydra/config.yaml") if p.stat().st_mtime <= made),
-                 key=lambda p: p.stat().st_mtime)
-    shutil.copy(config, exp / "config.yaml")
+    shutil.copy(sweep_config_file(run, sweep), exp / "config.yaml")
     grids = sorted((run / "diffusion" / "samples").glob("step_*.png"))
     eps_grid = exp / "eps_model_samples.png"
     if grids:

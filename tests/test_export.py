@@ -43,3 +43,27 @@ def test_export_copies_the_run_and_drops_a_stale_eps_grid(tmp_path):
     assert "| classifier | 8 | score | 3.15 |" in (exp / "results.md").read_text()
     export.main(str(_run(tmp_path / "b", eps_grid=False)), str(exp))  # a run without the end-of-training grid
     assert not (exp / "eps_model_samples.png").exists()
+
+
+def test_the_exported_config_is_the_last_run_that_drew_into_the_sweep(tmp_path):
+    """The run that made the sweep, unless later runs extended it (extend_sweep=<it>): then the newest of those,
+    whose grid holds the added points; runs of other sweeps after it are not taken."""
+    import os
+
+    export = _export()
+    run = _run(tmp_path, eps_grid=False)
+    sweep = run / "sweep" / "abc"
+
+    def config(name: str, text: str, when: float) -> None:
+        path = run / "hydra" / name / ".hydra" / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.utime(path, (when, when))
+
+    made = (sweep / "sweep.json").stat().st_mtime
+    config("x", "name: maker\n", made - 10)
+    config("y", "name: other sweep\n", made + 10)
+    assert export.sweep_config_file(run, sweep).read_text() == "name: maker\n"
+    config("z", f"name: extended\nextend_sweep: {sweep}\n", made + 20)
+    config("w", "name: other sweep again\nextend_sweep: elsewhere\n", made + 30)
+    assert export.sweep_config_file(run, sweep).read_text().startswith("name: extended")
