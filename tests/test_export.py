@@ -67,3 +67,34 @@ def test_the_exported_config_is_the_last_run_that_drew_into_the_sweep(tmp_path):
     config("z", f"name: extended\nextend_sweep: {sweep}\n", made + 20)
     config("w", "name: other sweep again\nextend_sweep: elsewhere\n", made + 30)
     assert export.sweep_config_file(run, sweep).read_text().startswith("name: extended")
+
+
+def test_subset_report_is_the_sweeps_own_report_without_the_points_left_out(tmp_path):
+    """experiments/subset_report.py: the kept rows and their stored replicates, nothing drawn again; a point the
+    sweep does not hold is refused with one line."""
+    import importlib.util
+
+    import pytest
+    import torch
+
+    from cguide.grid.evidence_store import write_evidence
+    from cguide.grid.results import ResultsFolder
+    from cguide.metrics import MetricSettings
+
+    spec = importlib.util.spec_from_file_location("subset_report", ROOT / "experiments" / "subset_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sweep, settings, targets = tmp_path / "sweep", MetricSettings(interval_resamples=20), torch.arange(40) % 4
+    folder = ResultsFolder(sweep)
+    folder.claim({"n_per_point": 40}, {})
+    for scale, acc, fid in ((0.0, 0.2, 10.0), (1.0, 0.9, 4.0), (1.5, 0.95, 3.0), (2.0, 1.0, 3.5)):
+        key = f"s{scale:g}"
+        write_evidence(sweep, key, {"accuracy": torch.full((20,), acc), "fid_judge": torch.full((20,), fid)},
+                       targets, settings)
+        folder.append({"point": key, "method": "classifier", "variant": "score", "scale": scale, "sampler": "ddim",
+                       "steps": 5, "accuracy": acc, "fid_judge": fid, "interval_level": 0.95})
+    kept = module.subset_report(sweep, tmp_path / "coarse", {"s1.5"}, (0.95,))
+    assert kept == ["s0", "s1", "s2"] and "s1.5" not in (tmp_path / "coarse" / "results.csv").read_text()
+    assert "| score | 0.95 | 1.5 | 3.75 [" in (tmp_path / "coarse" / "evidence.md").read_text()  # 4 -> 3.5 halfway
+    with pytest.raises(SystemExit, match="holds no point s9; name points as its results.csv does"):
+        module.subset_report(sweep, tmp_path / "x", {"s9"})
