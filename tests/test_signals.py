@@ -26,10 +26,17 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "WANDB_SIL
        "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT at its default. A shell without job control starts background commands with
+    SIGINT ignored, the child inherits that, and Python then never raises KeyboardInterrupt (a run started with
+    `nohup ... &` rightly ignores it); these tests are about the run's own handling, wherever pytest was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(module: str, args: list[str], cwd: Path, name: str) -> tuple[subprocess.Popen, Path, Path]:
     out, err = cwd / f"{name}.out", cwd / f"{name}.err"
     proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=ENV, stdout=open(out, "w"),
-                            stderr=open(err, "w"))
+                            stderr=open(err, "w"), preexec_fn=_default_sigint)
     return proc, out, err
 
 
