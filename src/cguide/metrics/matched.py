@@ -29,33 +29,36 @@ def check_targets(targets) -> list[float]:
     return out
 
 
+def first_crossing(acc: torch.Tensor, target: float) -> torch.Tensor:
+    """acc [..., K] (points in scale order) -> k [...]: the curve first reaches `target` between points k and k + 1
+    (0 as well when the first point is already at it), -1 where it never does."""
+    mono = torch.cummax(acc.double(), dim=-1).values
+    k = torch.full(acc.shape[:-1], -1, dtype=torch.long)
+    k = torch.where(mono[..., 0] == target, 0, k)
+    for j in range(acc.shape[-1] - 1):
+        k = torch.where((k < 0) & (mono[..., j] < target) & (target <= mono[..., j + 1]), j, k)
+    return k
+
+
 def at_accuracy(acc: torch.Tensor, values: torch.Tensor, target: float) -> torch.Tensor:
     """acc, values [..., K] (points in scale order) -> the value at accuracy `target` [...] (NaN outside)."""
     acc, values = acc.double(), values.double()
-    mono = torch.cummax(acc, dim=-1).values
-    out = torch.full(acc.shape[:-1], math.nan, dtype=torch.float64)
-    done = torch.zeros(acc.shape[:-1], dtype=torch.bool)
-    hit = (mono[..., 0] == target)  # the first point already at the target
-    out = torch.where(hit, values[..., 0], out)
-    done |= hit
-    for k in range(acc.shape[-1] - 1):
-        inside = ~done & (mono[..., k] < target) & (target <= mono[..., k + 1])  # the first crossing
-        a0, a1 = acc[..., k], acc[..., k + 1]  # there the curve itself runs from a0 < target to a1 >= target
-        frac = (target - a0) / (a1 - a0).clamp_min(1e-300)
-        val = values[..., k] + frac * (values[..., k + 1] - values[..., k])
-        out = torch.where(inside, val, out)
-        done |= inside
-    return out
+    if acc.shape[-1] < 2:  # a single point: only a hit
+        return torch.where(acc[..., 0] == target, values[..., 0], math.nan)
+    k = first_crossing(acc, target)
+    j = k.clamp(0, acc.shape[-1] - 2).unsqueeze(-1)
+    a0, a1 = acc.gather(-1, j).squeeze(-1), acc.gather(-1, j + 1).squeeze(-1)
+    v0, v1 = values.gather(-1, j).squeeze(-1), values.gather(-1, j + 1).squeeze(-1)
+    # between k and k + 1 the curve itself runs from a0 < target to a1 >= target
+    frac = (target - a0) / (a1 - a0).clamp_min(1e-300)
+    out = torch.where(k >= 0, v0 + frac * (v1 - v0), math.nan)
+    return torch.where(acc[..., 0] == target, values[..., 0], out)  # the first point already at the target
 
 
 def crossing(acc: torch.Tensor, target: float) -> tuple[int, int] | None:
     """Indices (k, k + 1) of the points at_accuracy interpolates between along acc [K] ((0, 0) when the first point
     is at the target), or None outside the curve."""
-    acc = acc.double()
-    mono = torch.cummax(acc, dim=-1).values
-    if mono[0] == target:
-        return 0, 0
-    for k in range(acc.shape[-1] - 1):
-        if mono[k] < target <= mono[k + 1]:
-            return k, k + 1
-    return None
+    k = int(first_crossing(acc, target))
+    if k < 0:
+        return None
+    return (0, 0) if float(acc[0]) == target else (k, k + 1)
